@@ -1,0 +1,155 @@
+"""Build a TorchServe archive from a catalogue entry; reuse it while its inputs are unchanged.
+
+One function, `build_archive`, serves the CLI (`archive_scripts/build_archives.py`), the
+launcher and the tests. A build record beside each archive holds the fingerprint of every
+input (source bytes, handler, extra files, settings), so a changed source rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_source
+from modelserver.errors import ConfigError
+from modelserver.training import recipe_module_file, run_recipe
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1"
+RECORDS_DIR = ".builds"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build_archive` did for one model."""
+
+    name: str
+    archive: Path
+    rebuilt: bool
+    source: str
+
+
+def _hash_path(digest: hashlib._Hash, path: Path) -> None:  # pylint: disable=protected-access
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as stream:
+            for chunk in iter(lambda s=stream: s.read(1 << 20), b""):
+                digest.update(chunk)
+
+
+def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) -> str:
+    """A digest of everything that ends up in the archive."""
+    digest = hashlib.sha256(f"{BUILDER_VERSION}\n{entry.model_dump_json()}".encode())
+    for path in [root / entry.handler, *(root / f for f in entry.extra_files)]:
+        _hash_path(digest, path)
+    if source.recipe:
+        digest.update(f"recipe:{source.recipe}".encode())
+        _hash_path(digest, recipe_module_file(source.recipe))
+    elif source.path is not None:
+        _hash_path(digest, source.path)
+    return digest.hexdigest()
+
+
+def archive_path(entry: ModelEntry, model_store: Path) -> Path:
+    """Where the archive of `entry` lives in the model store."""
+    suffix = "" if entry.archive_format == "no-archive" else ".mar"
+    return model_store / f"{entry.name}{suffix}"
+
+
+def model_config(entry: ModelEntry) -> dict[str, object]:
+    """The archive's model-config.yaml: TorchServe settings plus the `handler:` section."""
+    return {**entry.torchserve.model_dump(), "handler": entry.handler_config}
+
+
+def _record_path(entry: ModelEntry, model_store: Path) -> Path:
+    return model_store / RECORDS_DIR / f"{entry.name}.json"
+
+
+def _is_current(entry: ModelEntry, model_store: Path, digest: str) -> bool:
+    record = _record_path(entry, model_store)
+    if not archive_path(entry, model_store).exists() or not record.exists():
+        return False
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("fingerprint") == digest
+    except ValueError:
+        return False
+
+
+def build_archive(
+    entry: ModelEntry,
+    model_store: Path,
+    environ: Mapping[str, str],
+    root: Path = PROJECT_ROOT,
+) -> BuildResult:
+    """Build (or reuse) the archive for `entry` in `model_store`."""
+    source = resolve_source(entry, environ, root)
+    digest = fingerprint(entry, source, root)
+    target = archive_path(entry, model_store)
+    if _is_current(entry, model_store, digest):
+        log.info("%s: archive is current (%s)", entry.name, source.describe())
+        return BuildResult(entry.name, target, False, source.describe())
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
+        workdir = Path(work)
+        model_file = _materialise_source(entry, source, workdir)
+        config_file = workdir / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(model_config(entry), sort_keys=False), encoding="utf-8")
+        _run_archiver(entry, model_file, config_file, workdir, model_store, root)
+    record = _record_path(entry, model_store)
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(
+        json.dumps({"fingerprint": digest, "source": source.describe()}, indent=2), encoding="utf-8"
+    )
+    log.info("%s: built %s from %s", entry.name, target.name, source.describe())
+    return BuildResult(entry.name, target, True, source.describe())
+
+
+def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Path:
+    if source.recipe:
+        output = workdir / f"{entry.name}.model"
+        scores = run_recipe(source.recipe, output)
+        log.info("%s: trained with %s: %s", entry.name, source.recipe, scores)
+        return output
+    assert source.path is not None
+    if not source.path.exists():
+        raise ConfigError(f"{entry.name}: source {source.path} does not exist")
+    return source.path
+
+
+def _run_archiver(
+    entry: ModelEntry, model_file: Path, config_file: Path, workdir: Path, model_store: Path, root: Path
+) -> None:
+    target = archive_path(entry, model_store)
+    if target.is_dir():
+        shutil.rmtree(target)
+    command = [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", entry.name,
+        "--version", "1.0",
+        "--handler", str(root / entry.handler),
+        "--serialized-file", str(model_file),
+        "--config-file", str(config_file),
+        "--export-path", str(model_store),
+        "--archive-format", entry.archive_format,
+        "--force",
+    ]
+    if entry.extra_files:
+        command += ["--extra-files", ",".join(str(root / f) for f in entry.extra_files)]
+    # The archiver stages files in $TMPDIR/<model name>: give each build its own.
+    env = {**os.environ, "TMPDIR": str(workdir)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ConfigError(f"{entry.name}: torch-model-archiver failed: {result.stderr.strip()[-2000:]}")

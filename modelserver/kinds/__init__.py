@@ -1,0 +1,1 @@
+"""Model kinds: each module turns a model directory into a runtime that parses and predicts."""

@@ -1,0 +1,169 @@
+"""Crystal colour classifiers (brief 003): a scikit-learn or a PyTorch model, same contract.
+
+Rows of features in, one label and one score per label out. Labels come from a file beside
+the model, never from the model itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
+from modelserver.validation import first_problem
+
+log = logging.getLogger(__name__)
+
+Framework = Literal["sklearn", "pytorch"]
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Row = Annotated[list[FiniteNumber], Field(min_length=1)]
+
+
+class CrystalSettings(BaseModel):
+    """The `handler:` section of a crystal model's model-config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    framework: Framework
+    labels_file: str = "labels.json"
+    max_rows: int = Field(default=10_000, ge=1)
+    threads: int = Field(default=1, ge=1)
+
+
+class CrystalRequest(BaseModel):
+    """One request: rows of crystal measurements; `model` only when it names this model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    crystalData: list[Row] = Field(
+        min_length=1,
+        description="One row of measurements per crystal sample.",
+        examples=[[[0.92, 0.12, 0.31, 0.09]]],
+    )
+    model: str | None = Field(default=None, description="`sklearn` or `pytorch` (/astromech).")
+
+
+class CrystalAnswer(BaseModel):
+    """The answer to one request: a label and a score per label for every row, in order."""
+
+    prediction: list[str]
+    scores: list[dict[str, float]]
+
+
+class Classifier(Protocol):
+    """What a crystal runtime needs from a model file, whatever the framework."""
+
+    n_features: int
+    n_classes: int
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        """Return one row of class probabilities per input row."""
+
+
+# Each framework's loader lives in its own module so serving one never imports the other.
+LOADERS: dict[str, str] = {
+    "sklearn": "modelserver.kinds.crystal_sklearn",
+    "pytorch": "modelserver.kinds.crystal_torch",
+}
+
+
+def load_classifier(framework: str, path: Path, threads: int) -> Classifier:
+    """Load a model file with the loader registered for its framework."""
+    module = importlib.import_module(LOADERS[framework])
+    return module.load(path, threads)
+
+
+class CrystalRuntime:
+    """Validates crystal requests and answers a batch of them with one model call."""
+
+    def __init__(self, classifier: Classifier, labels: Sequence[str], settings: CrystalSettings):
+        if len(labels) != classifier.n_classes:
+            raise ConfigError(
+                f"{len(labels)} labels for a model with {classifier.n_classes} classes"
+            )
+        self._classifier = classifier
+        self._labels = list(labels)
+        self._settings = settings
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, in the model's class order."""
+        return list(self._labels)
+
+    def parse(self, payload: Any) -> CrystalRequest:
+        """Validate one decoded body; anomalies raise `InvalidInput`, a wrong model `BadRequest`."""
+        if not isinstance(payload, dict):
+            raise InvalidInput("the body must be a JSON object with a 'crystalData' field")
+        try:
+            request = CrystalRequest.model_validate(payload)
+        except ValidationError as error:
+            raise InvalidInput(first_problem(error)) from None
+        if request.model is not None and request.model != self._settings.framework:
+            raise BadRequest(
+                f"this route serves the {self._settings.framework} model, "
+                f"but 'model' asks for {request.model!r}"
+            )
+        if len(request.crystalData) > self._settings.max_rows:
+            raise InvalidInput(f"at most {self._settings.max_rows} rows per request")
+        width = self._classifier.n_features
+        for index, row in enumerate(request.crystalData):
+            if len(row) != width:
+                raise InvalidInput(
+                    f"crystalData[{index}] has {len(row)} values; each row needs {width}"
+                )
+        return request
+
+    def predict(self, requests: Sequence[CrystalRequest]) -> list[dict[str, Any]]:
+        """Answer every request from one model call over all their rows."""
+        rows = np.array([row for r in requests for row in r.crystalData], dtype=np.float64)
+        probabilities = self._classifier.predict_proba(rows)
+        if probabilities.shape != (len(rows), len(self._labels)):
+            raise ModelFailure(f"the model returned scores of shape {probabilities.shape}")
+        if not np.all(np.isfinite(probabilities)):
+            raise ModelFailure("the model returned scores that are not finite numbers")
+        answers = []
+        start = 0
+        for request in requests:
+            chunk = probabilities[start : start + len(request.crystalData)]
+            start += len(request.crystalData)
+            answers.append(self._answer(chunk))
+        return answers
+
+    def _answer(self, probabilities: np.ndarray) -> dict[str, Any]:
+        return {
+            "prediction": [self._labels[int(i)] for i in probabilities.argmax(axis=1)],
+            "scores": [dict(zip(self._labels, map(float, row))) for row in probabilities],
+        }
+
+
+def read_labels(path: Path) -> list[str]:
+    """Read a labels file: a JSON list of names, in class order."""
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read labels from {path.name}: {error}") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ConfigError(f"{path.name} must be a JSON list of label names")
+    return labels
+
+
+def load_crystal_runtime(model_dir: Path, model_file: str, settings: dict[str, Any]) -> CrystalRuntime:
+    """Build the runtime from an unpacked archive: model file, labels file, settings."""
+    try:
+        parsed = CrystalSettings.model_validate(settings)
+    except ValidationError as error:
+        raise ConfigError(f"bad handler settings: {first_problem(error)}") from None
+    classifier = load_classifier(parsed.framework, model_dir / model_file, parsed.threads)
+    labels = read_labels(model_dir / parsed.labels_file)
+    log.info(
+        "loaded %s crystal model: %d features, labels %s",
+        parsed.framework, classifier.n_features, labels,
+    )
+    return CrystalRuntime(classifier, labels, parsed)

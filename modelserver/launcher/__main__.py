@@ -1,0 +1,65 @@
+"""`python -m modelserver.launcher`: what `make run` and the container run.
+
+The public port is `PORT` (default 3000) or `--port`; every other port is loopback-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, environment
+from modelserver.errors import ConfigError
+from modelserver.launcher.settings import LaunchSettings, Ports
+from modelserver.launcher.supervisor import Supervisor
+
+PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
+                "health", "envoy_admin")
+
+
+def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSettings:
+    """Command line and `PORT` -> typed settings (the only place the launcher reads them)."""
+    defaults = Ports()
+    parser = argparse.ArgumentParser(prog="python -m modelserver.launcher", description=__doc__)
+    parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.public)))
+    for name in PORT_OPTIONS:
+        parser.add_argument(f"--{name.replace('_', '-')}-port", dest=name, type=int,
+                            default=getattr(defaults, name))
+    parser.add_argument("--listen-address", default="0.0.0.0")
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
+    parser.add_argument("--runtime-dir", type=Path, default=PROJECT_ROOT / "run")
+    parser.add_argument("--models", nargs="*", default=[], help="serve only these models")
+    parser.add_argument("--no-build", action="store_true", help="use the archives as they are")
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--drain-timeout", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
+    return LaunchSettings(
+        ports=ports, listen_address=args.listen_address, catalogue=args.catalogue,
+        models=tuple(args.models), model_store=args.model_store, runtime_dir=args.runtime_dir,
+        build=not args.no_build, startup_timeout_s=args.startup_timeout,
+        drain_timeout_s=args.drain_timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stack until SIGINT/SIGTERM; the exit code says whether it ran cleanly."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    environ = environment()
+    settings = parse_settings(argv, environ)
+    supervisor = Supervisor(settings, environ)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        return supervisor.run()
+    except ConfigError as error:
+        logging.getLogger("modelserver.launcher").error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

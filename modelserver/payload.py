@@ -1,0 +1,55 @@
+"""Strict decoding of request bodies: bytes in, plain JSON values out, or `InvalidInput`.
+
+Python's `json` accepts NaN, Infinity and numbers that overflow to infinity; a model server
+must not, so those are refused here once for every model kind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from modelserver.errors import InvalidInput
+
+
+def _refuse_constant(name: str) -> float:
+    raise InvalidInput(f"the body contains {name}, which is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"the number {text[:32]} is too large to represent")
+    return value
+
+
+def decode_json_body(raw: Any) -> Any:
+    """Decode a request body (bytes, str, or an already-decoded JSON value) strictly."""
+    if isinstance(raw, (dict, list)):
+        return raw
+    if raw is None or len(raw) == 0:
+        raise InvalidInput("the request body is empty; send a JSON object")
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"the body is not valid UTF-8 (byte {error.start})") from None
+    if not isinstance(raw, str):
+        raise InvalidInput("the request body is not JSON")
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(
+            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidInput("the body is nested too deeply") from None
+
+
+def request_body(row: Any) -> Any:
+    """Pick the body out of one TorchServe request row (`{"body": ...}` or `{"data": ...}`)."""
+    if isinstance(row, dict):
+        body = row.get("body")
+        return row.get("data") if body is None else body
+    return row

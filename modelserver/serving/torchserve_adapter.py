@@ -1,0 +1,70 @@
+"""The TorchServe side of every handler: context and bytes in, per-request statuses out.
+
+It reads only duck-typed attributes of TorchServe's `Context`, so nothing here imports `ts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, ClassVar
+
+from modelserver.payload import request_body
+from modelserver.serving.batch import BatchAnswerer, Outcome, Runtime
+
+log = logging.getLogger(__name__)
+
+RuntimeLoader = Callable[[Path, str, dict[str, Any]], Runtime[Any]]
+JSON_CONTENT_TYPE = "application/json"
+
+
+def handler_settings(context: Any) -> dict[str, Any]:
+    """The `handler:` section of the archive's model-config.yaml (empty when absent)."""
+    config = getattr(context, "model_yaml_config", None) or {}
+    settings = config.get("handler") or {}
+    if not isinstance(settings, Mapping):
+        raise ValueError("model-config.yaml: 'handler' must be a mapping")
+    return dict(settings)
+
+
+def serialized_file(context: Any) -> str:
+    """The model file the archive was built with (`--serialized-file`), or '' for folders."""
+    manifest = getattr(context, "manifest", None) or {}
+    return str(manifest.get("model", {}).get("serializedFile", ""))
+
+
+def encode(outcome: Outcome) -> bytes:
+    """Serialise one answer; NaN can never reach a client as invalid JSON."""
+    return json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+class TorchServeAdapter:
+    """Base of every handler: subclasses only name the loader of their model kind."""
+
+    load_runtime: ClassVar[RuntimeLoader]
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self._answerer: BatchAnswerer[Any] | None = None
+
+    def initialize(self, context: Any) -> None:
+        """Load the model once per worker; a bad archive fails the load with its reason."""
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        runtime = type(self).load_runtime(model_dir, serialized_file(context), handler_settings(context))
+        self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
+        self.initialized = True
+
+    def handle(self, data: list[Any], context: Any) -> list[bytes]:
+        """Answer a TorchServe batch: one JSON body per request, each with its own status."""
+        if self._answerer is None:
+            raise RuntimeError("handle() called before initialize()")
+        outcomes = self._answerer.answer([request_body(row) for row in data])
+        for index, outcome in enumerate(outcomes):
+            context.set_response_content_type(index, JSON_CONTENT_TYPE)
+            if outcome.status != HTTPStatus.OK:
+                context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+        return [encode(outcome) for outcome in outcomes]
