@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # pylint: disable=wrong-import-position
-from modelserver.archive import build_archive  # noqa: E402
-from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, Catalogue, environment  # noqa: E402
-from modelserver.errors import ConfigError  # noqa: E402
+from modelserver.archive import build_archive
+from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, Catalogue, environment
+from modelserver.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,14 +136,23 @@ def _run_archiver(
     if target.is_dir():
         shutil.rmtree(target)
     command = [
-        sys.executable, "-m", "model_archiver.model_packaging",
-        "--model-name", entry.name,
-        "--version", "1.0",
-        "--handler", str(root / entry.handler),
-        "--serialized-file", str(model_file),
-        "--config-file", str(config_file),
-        "--export-path", str(model_store),
-        "--archive-format", entry.archive_format,
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        entry.name,
+        "--version",
+        "1.0",
+        "--handler",
+        str(root / entry.handler),
+        "--serialized-file",
+        str(model_file),
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(model_store),
+        "--archive-format",
+        entry.archive_format,
         "--force",
     ]
     if entry.extra_files:

@@ -28,15 +28,15 @@ def decode_json_body(raw: Any) -> Any:
     """Decode a request body (bytes, str, or an already-decoded JSON value) strictly."""
     if isinstance(raw, (dict, list)):
         return raw
-    if raw is None or len(raw) == 0:
+    if not isinstance(raw, (bytes, bytearray, str, type(None))):
+        raise InvalidInput("the request body is not JSON")
+    if not raw:
         raise InvalidInput("the request body is empty; send a JSON object")
     if isinstance(raw, (bytes, bytearray)):
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as error:
             raise InvalidInput(f"the body is not valid UTF-8 (byte {error.start})") from None
-    if not isinstance(raw, str):
-        raise InvalidInput("the request body is not JSON")
     try:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as error:

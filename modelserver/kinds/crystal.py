@@ -85,9 +85,7 @@ class CrystalRuntime:
 
     def __init__(self, classifier: Classifier, labels: Sequence[str], settings: CrystalSettings):
         if len(labels) != classifier.n_classes:
-            raise ConfigError(
-                f"{len(labels)} labels for a model with {classifier.n_classes} classes"
-            )
+            raise ConfigError(f"{len(labels)} labels for a model with {classifier.n_classes} classes")
         self._classifier = classifier
         self._labels = list(labels)
         self._settings = settings
@@ -115,9 +113,7 @@ class CrystalRuntime:
         width = self._classifier.n_features
         for index, row in enumerate(request.crystalData):
             if len(row) != width:
-                raise InvalidInput(
-                    f"crystalData[{index}] has {len(row)} values; each row needs {width}"
-                )
+                raise InvalidInput(f"crystalData[{index}] has {len(row)} values; each row needs {width}")
         return request
 
     def predict(self, requests: Sequence[CrystalRequest]) -> list[dict[str, Any]]:
@@ -139,7 +135,7 @@ class CrystalRuntime:
     def _answer(self, probabilities: np.ndarray) -> dict[str, Any]:
         return {
             "prediction": [self._labels[int(i)] for i in probabilities.argmax(axis=1)],
-            "scores": [dict(zip(self._labels, map(float, row))) for row in probabilities],
+            "scores": [dict(zip(self._labels, map(float, row), strict=True)) for row in probabilities],
         }
 
 
@@ -164,6 +160,8 @@ def load_crystal_runtime(model_dir: Path, model_file: str, settings: dict[str, A
     labels = read_labels(model_dir / parsed.labels_file)
     log.info(
         "loaded %s crystal model: %d features, labels %s",
-        parsed.framework, classifier.n_features, labels,
+        parsed.framework,
+        classifier.n_features,
+        labels,
     )
     return CrystalRuntime(classifier, labels, parsed)

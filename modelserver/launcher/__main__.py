@@ -16,8 +16,15 @@ from modelserver.errors import ConfigError
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.supervisor import Supervisor
 
-PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
-                "health", "envoy_admin")
+PORT_OPTIONS = (
+    "inference",
+    "management",
+    "metrics",
+    "grpc_inference",
+    "grpc_management",
+    "health",
+    "envoy_admin",
+)
 
 
 def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSettings:
@@ -26,8 +33,9 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
     parser = argparse.ArgumentParser(prog="python -m modelserver.launcher", description=__doc__)
     parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.public)))
     for name in PORT_OPTIONS:
-        parser.add_argument(f"--{name.replace('_', '-')}-port", dest=name, type=int,
-                            default=getattr(defaults, name))
+        parser.add_argument(
+            f"--{name.replace('_', '-')}-port", dest=name, type=int, default=getattr(defaults, name)
+        )
     parser.add_argument("--listen-address", default="0.0.0.0")
     parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
@@ -39,9 +47,14 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
-        ports=ports, listen_address=args.listen_address, catalogue=args.catalogue,
-        models=tuple(args.models), model_store=args.model_store, runtime_dir=args.runtime_dir,
-        build=not args.no_build, startup_timeout_s=args.startup_timeout,
+        ports=ports,
+        listen_address=args.listen_address,
+        catalogue=args.catalogue,
+        models=tuple(args.models),
+        model_store=args.model_store,
+        runtime_dir=args.runtime_dir,
+        build=not args.no_build,
+        startup_timeout_s=args.startup_timeout,
         drain_timeout_s=args.drain_timeout,
     )
 

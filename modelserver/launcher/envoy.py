@@ -30,20 +30,27 @@ def envoy_binary() -> str:
 def render_config(settings: LaunchSettings, inference_token: str, template: Path = TEMPLATE) -> str:
     """The Envoy config for this instance's ports and TorchServe token."""
     ports = settings.ports
-    return render(template.read_text(encoding="utf-8"), {
-        "LISTEN_ADDRESS": settings.listen_address,
-        "PUBLIC_PORT": ports.public,
-        "ADMIN_PORT": ports.envoy_admin,
-        "TORCHSERVE_PORT": ports.inference,
-        "HEALTH_PORT": ports.health,
-        "INFERENCE_TOKEN": inference_token,
-    })
+    return render(
+        template.read_text(encoding="utf-8"),
+        {
+            "LISTEN_ADDRESS": settings.listen_address,
+            "PUBLIC_PORT": ports.public,
+            "ADMIN_PORT": ports.envoy_admin,
+            "TORCHSERVE_PORT": ports.inference,
+            "HEALTH_PORT": ports.health,
+            "INFERENCE_TOKEN": inference_token,
+        },
+    )
 
 
 def validate(config_file: Path) -> subprocess.CompletedProcess[str]:
     """Run `envoy --mode validate` on a rendered config."""
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config_file)],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 class Envoy:
@@ -68,16 +75,26 @@ class Envoy:
         checked = validate(config)
         if checked.returncode != 0:
             raise RuntimeError(f"invalid Envoy config {config}: {checked.stderr.strip()[-1500:]}")
-        command = [envoy_binary(), "-c", str(config), "--log-level", "warn",
-                   "--disable-hot-restart", "--drain-time-s", "2", "--drain-strategy", "immediate"]
-        self._process = ManagedProcess("envoy", command, dict(os.environ), self._dir,
-                                       self._dir / "envoy.log")
+        command = [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+            "--drain-time-s",
+            "2",
+            "--drain-strategy",
+            "immediate",
+        ]
+        self._process = ManagedProcess("envoy", command, dict(os.environ), self._dir, self._dir / "envoy.log")
         self._process.start()
 
     def admin(self, method: str, path: str, timeout_s: float = 2.0) -> str:
         """Call the admin interface (loopback only)."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self._settings.ports.envoy_admin}{path}", method=method)
+            f"http://127.0.0.1:{self._settings.ports.envoy_admin}{path}", method=method
+        )
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.read().decode("utf-8")
 

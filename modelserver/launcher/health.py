@@ -22,7 +22,9 @@ StatusSource = Callable[[str], str]
 class Readiness:
     """Decides health from per-model status; `stopping` overrides it during shutdown."""
 
-    def __init__(self, models: Sequence[str], model_status: StatusSource, skipped: dict[str, str] | None = None):
+    def __init__(
+        self, models: Sequence[str], model_status: StatusSource, skipped: dict[str, str] | None = None
+    ) -> None:
         self._models = list(models)
         self._model_status = model_status
         self._skipped = dict(skipped or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -34,8 +35,13 @@ class ManagedProcess:
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         with self._log_file.open("ab") as output:
             self._process = subprocess.Popen(  # pylint: disable=consider-using-with
-                self._command, cwd=self._cwd, env=self._env, stdout=output,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                self._command,
+                cwd=self._cwd,
+                env=self._env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         log.info("started %s (pid %d), log: %s", self.name, self._process.pid, self._log_file)
 
@@ -51,10 +57,8 @@ class ManagedProcess:
         """Send `signum` to the whole process group."""
         if self._process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the group, wait, then SIGKILL whatever is left of it."""

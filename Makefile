@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Everything installs from here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
+PY_FILES := modelserver handlers archive_scripts load_tests tests
+
+.PHONY: install run archives test lint unit live clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+## Build what is missing, start TorchServe and Envoy, serve on $$PORT (default 3000).
+run: install
+	exec $(PY) -m modelserver.launcher
+
+## Build (or reuse) every archive of models.yaml into model_store/.
+archives: install
+	$(PY) archive_scripts/build_archives.py
+
+lint: install
+	$(VENV)/bin/ruff check $(PY_FILES)
+	$(VENV)/bin/pylint --fail-under=9.5 $(PY_FILES)
+
+## Lint, then every test: pure model code, handlers, and the live stack.
+test: install lint
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+live: install
+	$(PY) -m pytest tests/live
+
+clean:
+	rm -rf model_store/*.mar model_store/.builds run

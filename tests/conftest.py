@@ -1,0 +1,25 @@
+"""Fixtures shared by every test layer: the project's default crystal models, trained once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modelserver.catalogue import PROJECT_ROOT
+from modelserver.training import run_recipe
+
+LABELS_FILE = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
+
+
+@pytest.fixture(scope="session")
+def crystal_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Unpacked-archive-like folders (model file + labels) for both default crystal models."""
+    dirs = {}
+    for framework in ("sklearn", "pytorch"):
+        folder = tmp_path_factory.mktemp(f"crystal_{framework}")
+        run_recipe(f"crystal_{framework}_iris", folder / f"{framework}.model")
+        shutil.copy(LABELS_FILE, folder / "crystal_labels.json")
+        dirs[framework] = folder
+    return dirs

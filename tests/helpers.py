@@ -1,0 +1,194 @@
+"""Test helpers: free ports, a fake TorchServe context, and a launcher run as a user runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from modelserver.catalogue import PROJECT_ROOT
+from modelserver.launcher.settings import Ports
+
+SEED_CRYSTAL = PROJECT_ROOT.parent / "shared" / "seed_data" / "crystal"
+BRIEF_ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free a moment ago."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def stack_ports() -> Ports:
+    """A full set of free ports for one stack."""
+    names = list(Ports.model_fields)
+    return Ports(**dict(zip(names, free_ports(len(names)), strict=True)))
+
+
+@dataclass
+class FakeContext:
+    """The parts of TorchServe's `Context` a handler touches, recording what it sets."""
+
+    model_dir: Path
+    handler_config: dict[str, Any]
+    serialized_file: str = ""
+    model_name: str = "test_model"
+    statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
+    content_types: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def system_properties(self) -> dict[str, Any]:
+        """As TorchServe fills them for a CPU worker."""
+        return {"model_dir": str(self.model_dir), "gpu_id": None, "batch_size": 8}
+
+    @property
+    def model_yaml_config(self) -> dict[str, Any]:
+        """The archive's model-config.yaml."""
+        return {"minWorkers": 1, "handler": self.handler_config}
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """MAR-INF/MANIFEST.json."""
+        return {"model": {"modelName": self.model_name, "serializedFile": self.serialized_file}}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        """Record a per-request status."""
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        """Record a per-request content type."""
+        self.content_types[idx] = value
+
+    def status_of(self, idx: int) -> int:
+        """The status TorchServe would send for request `idx`."""
+        return self.statuses.get(idx, (200, ""))[0]
+
+
+def write_catalogue(path: Path, extra: Mapping[str, dict[str, Any]] | None = None) -> Path:
+    """The project's catalogue plus `extra` entries, with every path made absolute."""
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
+    catalogue["models"].update(extra or {})
+    for entry in catalogue["models"].values():
+        entry["handler"] = str(PROJECT_ROOT / entry["handler"])
+        entry["extra_files"] = [str(PROJECT_ROOT / f) for f in entry.get("extra_files", [])]
+    path.write_text(yaml.safe_dump(catalogue), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Launcher:
+    """`python -m modelserver.launcher` in a temporary folder, on free ports."""
+
+    workdir: Path
+    catalogue: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ports: Ports = field(default_factory=stack_ports)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The public base URL (Envoy)."""
+        return f"http://127.0.0.1:{self.ports.public}"
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Where the launcher keeps configs, keys and logs."""
+        return self.workdir / "run"
+
+    @property
+    def log_file(self) -> Path:
+        """The launcher's own output."""
+        return self.workdir / "launcher.log"
+
+    def command(self) -> list[str]:
+        """The command line a user would type, with this instance's ports and folders."""
+        ports = self.ports
+        command = [
+            sys.executable, "-m", "modelserver.launcher", "--listen-address", "127.0.0.1",
+            "--port", str(ports.public), "--model-store", str(self.workdir / "model_store"),
+            "--runtime-dir", str(self.runtime_dir), "--startup-timeout", "240",
+            "--drain-timeout", "10",
+        ]
+        for name in Ports.model_fields:
+            if name != "public":
+                command += [f"--{name.replace('_', '-')}-port", str(getattr(ports, name))]
+        if self.catalogue is not None:
+            command += ["--catalogue", str(self.catalogue)]
+        return command
+
+    def start(self) -> Launcher:
+        """Start the launcher in the background."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+                self.command(), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_healthy(self, timeout_s: float = 300.0) -> Launcher:
+        """Block until the public /healthcheck answers 200."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"launcher exited:\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not healthy in {timeout_s} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM the launcher and wait for it; returns its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the launcher's log, for failure messages."""
+        text = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def tokens(self) -> dict[str, str]:
+        """TorchServe's keys from the runtime folder."""
+        keys = json.loads((self.runtime_dir / "torchserve" / "key_file.json").read_text(encoding="utf-8"))
+        return {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
+
+    def management(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call TorchServe's management API on loopback with the management key."""
+        headers = {"Authorization": f"Bearer {self.tokens()['management']}"}
+        return requests.request(method, f"http://127.0.0.1:{self.ports.management}{path}",
+                                headers=headers, timeout=30, **kwargs)
+
+
+@contextlib.contextmanager
+def running(launcher: Launcher) -> Iterator[Launcher]:
+    """Start a launcher, wait until healthy, and always stop it."""
+    launcher.start()
+    try:
+        yield launcher.wait_healthy()
+    finally:
+        launcher.stop()

@@ -1,0 +1,87 @@
+"""The catalogue and the one archive builder: sources, reuse and rebuilds."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelserver.archive import build_archive
+from modelserver.catalogue import Catalogue, ModelEntry, resolve_source
+from modelserver.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return Catalogue.load()
+
+
+def test_the_catalogue_lists_both_crystal_models(catalogue: Catalogue) -> None:
+    assert {"crystal_sklearn", "crystal_pytorch"} <= set(catalogue.models)
+    entry = catalogue.entry("crystal_sklearn")
+    assert entry.source.env == "CRYSTAL_SKLEARN_MODEL"
+    assert entry.torchserve.batchSize > 1, "dynamic batching is on for the crystal models"
+    assert catalogue.entry("crystal_pytorch").source.env == "CRYSTAL_PYTORCH_MODEL"
+
+
+def test_build_bring_your_own_reuse_and_rebuild(
+    catalogue: Catalogue, crystal_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    entry = catalogue.entry("crystal_sklearn")
+    store = tmp_path / "store"
+    model_file = tmp_path / "mine.model"
+    model_file.write_bytes((crystal_model_dirs["sklearn"] / "sklearn.model").read_bytes())
+    environ = {"CRYSTAL_SKLEARN_MODEL": str(model_file)}
+
+    first = build_archive(entry, store, environ)
+    assert first.rebuilt and first.archive == store / "crystal_sklearn.mar"
+    assert "from CRYSTAL_SKLEARN_MODEL" in first.source
+    with zipfile.ZipFile(first.archive) as archive:
+        names = set(archive.namelist())
+        config = yaml.safe_load(archive.read("model-config.yaml"))
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert {"crystal_handler.py", "crystal_labels.json", "mine.model"} <= names
+    assert manifest["model"]["serializedFile"] == "mine.model"
+    assert config["handler"] == entry.handler_config and config["batchSize"] == entry.torchserve.batchSize
+
+    assert not build_archive(entry, store, environ).rebuilt, "unchanged source is reused"
+    model_file.write_bytes(model_file.read_bytes() + b"\n")
+    assert build_archive(entry, store, environ).rebuilt, "a changed source rebuilds"
+    assert build_archive(entry, store, {}).rebuilt, "switching to the default rebuilds"
+
+
+def test_a_missing_source_is_a_clear_error(catalogue: Catalogue, tmp_path: Path) -> None:
+    entry = catalogue.entry("crystal_pytorch")
+    with pytest.raises(ConfigError, match="CRYSTAL_PYTORCH_MODEL=.*does not exist"):
+        resolve_source(entry, {"CRYSTAL_PYTORCH_MODEL": str(tmp_path / "missing.model")})
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"handler": "h.py", "source": {}}, "exactly one of"),
+        ({"handler": "h.py", "source": {"recipe": "nope"}}, "unknown recipe"),
+        ({"handler": "h.py", "source": {"default": "x"}, "torchserve": {"minWorkers": 2, "maxWorkers": 1}},
+         "maxWorkers must be >= minWorkers"),
+        ({"handler": "h.py", "source": {"default": "x"}, "torchserve": {"maxBatchDelay": 0}}, "maxBatchDelay"),
+        ({"handler": "h.py", "source": {"default": "x"}, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_catalogues_fail_with_the_problem(tmp_path: Path, entry: dict[str, object], problem: str) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": entry}}))
+    with pytest.raises(ConfigError, match=problem):
+        Catalogue.load(path)
+
+
+def test_unknown_model_names_list_the_known_ones(catalogue: Catalogue) -> None:
+    with pytest.raises(ConfigError, match="crystal_sklearn"):
+        catalogue.entry("nope")
+
+
+def test_entries_are_typed() -> None:
+    entry = ModelEntry.model_validate({"name": "m", "handler": "h.py", "source": {"default": "x"}})
+    assert entry.torchserve.minWorkers == 1 and entry.archive_format == "default"

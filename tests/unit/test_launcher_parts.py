@@ -1,0 +1,74 @@
+"""Launcher pieces without processes: settings, configs, readiness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelserver.launcher.__main__ import parse_settings
+from modelserver.launcher.envoy import render_config, validate
+from modelserver.launcher.health import Readiness
+from modelserver.launcher.settings import LaunchSettings, Ports
+from modelserver.launcher.templates import render
+from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties, runtime_properties
+
+
+def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
+    assert parse_settings([], {"PORT": "8080"}).ports.public == 8080
+    assert parse_settings(["--port", "3100"], {"PORT": "8080"}).ports.public == 3100
+    assert parse_settings([], {}).ports.public == 3000
+
+
+def test_torchserve_listens_on_loopback_only_and_keeps_its_fences() -> None:
+    settings = LaunchSettings(ports=Ports(inference=9180, management=9181), model_store=Path("/srv/store"))
+    props = runtime_properties(settings, CONFIG_TEMPLATE.read_text())
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["inference_address"].endswith(":9180") and props["management_address"].endswith(":9181")
+    assert props["allowed_urls"] == "file:///srv/store/.*"
+    assert props["enable_model_api"] == "false"
+    assert props["disable_token_authorization"] == "false"
+    assert props["decode_input_request"] == "false"
+    ports = {props[k].rsplit(":", 1)[1] for k in ("inference_address", "management_address")}
+    assert not ports & {"3000", "8080"}
+
+
+def test_committed_config_leaves_the_public_ports_free() -> None:
+    props = read_properties(CONFIG_TEMPLATE.read_text())
+    assert all("3000" not in v and "8080" not in v for v in props.values())
+
+
+def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render_config(LaunchSettings(), inference_token="t0ken"))
+    text = config.read_text()
+    assert "Bearer t0ken" in text and "${" not in text
+    result = validate(config)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout + result.stderr
+
+
+def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render_config(LaunchSettings(), "t").replace("prefix_rewrite", "prefix_rewrote"))
+    assert validate(config).returncode != 0
+
+
+def test_templates_refuse_missing_values() -> None:
+    assert render("a ${X} b $1 ^x$", {"X": 2}) == "a 2 b $1 ^x$"
+    with pytest.raises(KeyError, match="Y"):
+        render("${X} ${Y}", {"X": 1})
+
+
+def test_readiness_names_what_is_not_ready() -> None:
+    statuses = {"a": "ready", "b": "no workers (scaled to zero)"}
+    readiness = Readiness(["a", "b"], statuses.__getitem__)
+    code, body = readiness.report()
+    assert code == 503 and "b: no workers" in body["error"] and body["models"]["a"] == "ready"
+    statuses["b"] = "ready"
+    assert readiness.report() == (200, {"status": "Healthy", "models": {"a": "ready", "b": "ready"}})
+    readiness.set_phase("stopping")
+    code, body = readiness.report()
+    assert code == 503 and "shutting down" in body["error"]
