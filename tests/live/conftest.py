@@ -1,0 +1,44 @@
+"""The live stack: the real launcher, TorchServe and Envoy, once per test session.
+
+Archives are built in a temporary folder from the project's catalogue, plus one model that
+raises while predicting (`crystal_broken`) so the 500 path is exercised for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from tests.helpers import Launcher, running, write_catalogue
+
+
+def write_broken_model(path: Path) -> Path:
+    """A fitted LogisticRegression whose coefficients no longer fit its inputs: predict raises."""
+    rng = np.random.default_rng(0)
+    model = LogisticRegression().fit(rng.random((30, 4)), np.arange(30) % 3)
+    model.coef_ = np.zeros((3, 5))
+    joblib.dump(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """A running stack on free loopback ports."""
+    workdir = tmp_path_factory.mktemp("stack")
+    broken = {
+        "crystal_broken": {
+            "handler": "handlers/crystal_handler.py",
+            "source": {"default": str(write_broken_model(workdir / "broken.model"))},
+            "extra_files": ["archive_scripts/labels/crystal_labels.json"],
+            "handler_config": {"framework": "sklearn", "labels_file": "crystal_labels.json"},
+            "torchserve": {"batchSize": 4, "maxBatchDelay": 5},
+        }
+    }
+    launcher = Launcher(workdir, catalogue=write_catalogue(workdir / "models.yaml", broken))
+    with running(launcher) as live:
+        yield live
