@@ -1,0 +1,112 @@
+"""What Envoy answers by itself: unknown paths, wrong methods, big bodies, a dead upstream."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from modelserver.launcher.envoy import envoy_binary, render_config
+from modelserver.launcher.settings import LaunchSettings, Ports
+from tests.helpers import BRIEF_ROWS, Launcher, free_ports
+
+
+def check_json_error(response: requests.Response, status: int) -> dict[str, object]:
+    """Every error, whoever makes it, is JSON with an `error` sentence."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    return body
+
+
+@pytest.mark.parametrize("path", ["/", "/nothing", "/sklearn/extra", "/predictions", "/docs/../ping"])
+def test_unknown_paths_are_404_json(stack: Launcher, path: str) -> None:
+    check_json_error(requests.get(f"{stack.url}{path}", timeout=10), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/sklearn", "POST"), ("PUT", "/pytorch", "POST"), ("DELETE", "/astromech", "POST"),
+     ("GET", "/predictions/crystal_sklearn", "POST"), ("POST", "/healthcheck", "GET")],
+)
+def test_wrong_methods_are_405_json_with_allow(stack: Launcher, method: str, path: str, allow: str) -> None:
+    response = requests.request(method, f"{stack.url}{path}", timeout=10)
+    check_json_error(response, 405)
+    assert response.headers["allow"] == allow
+
+
+def test_bodies_over_one_mebibyte_are_413_json(stack: Launcher) -> None:
+    row = "[0.92, 0.12, 0.31, 0.09],"
+    body = '{"crystalData": [' + row * (1_100_000 // len(row)) + "[0.1, 0.2, 0.3, 0.4]]}"
+    check_json_error(requests.post(f"{stack.url}/sklearn", data=body, timeout=30), 413)
+    small = '{"crystalData": [' + row * 5000 + "[0.1, 0.2, 0.3, 0.4]]}"
+    assert requests.post(f"{stack.url}/sklearn", data=small, timeout=30).status_code == 200
+
+
+def test_an_unknown_model_on_the_generic_path_is_404_json(stack: Launcher) -> None:
+    body = check_json_error(requests.post(f"{stack.url}/predictions/nope", json={}, timeout=10), 404)
+    assert "nope" in str(body["error"])
+
+
+def test_the_generic_path_serves_catalogue_models(stack: Launcher) -> None:
+    response = requests.post(f"{stack.url}/predictions/crystal_sklearn",
+                             json={"crystalData": BRIEF_ROWS}, timeout=10)
+    assert response.status_code == 200 and len(response.json()["prediction"]) == 3
+
+
+@pytest.mark.parametrize(
+    "path", ["/ping", "/models", "/metrics", "/api-description", "/workflows", "/token",
+             "/stats", "/clusters", "/server_info", "/config_dump", "/quitquitquit", "/drain_listeners",
+             "/explanations/crystal_sklearn", "/v2/models/crystal_sklearn/infer"],
+)
+def test_internal_endpoints_are_not_reachable_through_the_public_port(stack: Launcher, path: str) -> None:
+    for method in ("GET", "POST"):
+        response = requests.request(method, f"{stack.url}{path}", timeout=10)
+        assert response.status_code in (404, 405), (method, path, response.text)
+        check_json_error(response, response.status_code)
+
+
+def test_clients_cannot_smuggle_their_own_token(stack: Launcher) -> None:
+    response = requests.post(f"{stack.url}/sklearn", json={"crystalData": BRIEF_ROWS},
+                             headers={"Authorization": "Bearer forged"}, timeout=10)
+    assert response.status_code == 200
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "envoy exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(port)
+
+
+def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
+    """Envoy alone, with nothing behind it: every route answers a JSON 503, never a hang."""
+    public, admin, upstream, health = free_ports(4)
+    settings = LaunchSettings(listen_address="127.0.0.1",
+                              ports=Ports(public=public, envoy_admin=admin, inference=upstream, health=health))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render_config(settings, "token"))
+    with (tmp_path / "envoy.log").open("wb") as log:
+        envoy = subprocess.Popen([envoy_binary(), "-c", str(config), "--disable-hot-restart"],
+                                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(public, envoy)
+        url = f"http://127.0.0.1:{public}"
+        for path, body in [("/sklearn", {"crystalData": BRIEF_ROWS}),
+                           ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"})]:
+            response = requests.post(f"{url}{path}", json=body, timeout=10)
+            check_json_error(response, 503)
+            assert response.headers["retry-after"]
+        check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=10)

@@ -1,0 +1,118 @@
+"""/healthcheck against real worker states, and the fences around TorchServe."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from tests.helpers import BRIEF_ROWS, Launcher
+
+
+def health(stack: Launcher) -> tuple[int, dict[str, Any]]:
+    response = requests.get(f"{stack.url}/healthcheck", timeout=10)
+    assert response.headers["content-type"].startswith("application/json")
+    return response.status_code, response.json()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every_s)
+
+
+def test_healthy_names_every_model(stack: Launcher) -> None:
+    status, body = health(stack)
+    assert status == 200 and body["status"] == "Healthy"
+    assert {"crystal_sklearn", "crystal_pytorch", "crystal_broken"} <= set(body["models"])
+
+
+def test_a_model_scaled_to_zero_makes_the_service_unhealthy(stack: Launcher) -> None:
+    scale = "/models/crystal_pytorch?min_worker={0}&max_worker={0}&synchronous=true"
+    try:
+        assert stack.management("PUT", scale.format(0)).status_code == 200
+        wait_until(lambda: health(stack)[0] == 503)
+        status, body = health(stack)
+        assert status == 503 and "crystal_pytorch" in body["error"]
+        assert body["models"]["crystal_sklearn"] == "ready"
+        reply = requests.post(f"{stack.url}/pytorch", json={"crystalData": BRIEF_ROWS}, timeout=10)
+        assert reply.status_code == 503 and "crystal_pytorch" in reply.json()["error"]
+    finally:
+        stack.management("PUT", scale.format(1))
+    wait_until(lambda: health(stack)[0] == 200)
+
+
+def test_a_dead_worker_makes_the_service_unhealthy_until_replaced(stack: Launcher) -> None:
+    [version] = stack.management("GET", "/models/crystal_sklearn").json()
+    [worker] = version["workers"]
+    seen: list[int] = []
+    os.kill(int(worker["pid"]), signal.SIGKILL)
+    wait_until(lambda: seen.append(health(stack)[0]) or seen[-1] == 503, timeout_s=20)
+    assert "crystal_sklearn" in health(stack)[1].get("error", "crystal_sklearn")
+    wait_until(lambda: health(stack)[0] == 200, timeout_s=120, every_s=0.5)
+    response = requests.post(f"{stack.url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_torchserve_requires_its_tokens(stack: Launcher) -> None:
+    inference = f"http://127.0.0.1:{stack.ports.inference}/predictions/crystal_sklearn"
+    management = f"http://127.0.0.1:{stack.ports.management}/models"
+    assert requests.post(inference, json={"crystalData": BRIEF_ROWS}, timeout=10).status_code in (400, 401)
+    assert requests.get(management, timeout=10).status_code in (400, 401)
+    wrong = {"Authorization": "Bearer wrong"}
+    assert requests.get(management, headers=wrong, timeout=10).status_code in (400, 401)
+    assert stack.management("GET", "/models").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/models?url=http://example.invalid/x.mar"),
+     ("POST", "/models?url=file:///etc/passwd"),
+     ("POST", "/workflows?url=http://example.invalid/w.war"),
+     ("POST", "/workflows?url=file:///etc/w.war"),
+     ("DELETE", "/models/crystal_sklearn")],
+)
+def test_registration_is_refused_even_with_the_management_token(stack: Launcher, method: str, path: str) -> None:
+    response = stack.management(method, path)
+    assert response.status_code >= 400, response.text
+    names = {m["modelName"] for m in stack.management("GET", "/models").json()["models"]}
+    assert {"crystal_sklearn", "crystal_pytorch"} <= names
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) pairs that a process and its children listen on."""
+    process = psutil.Process(pid)
+    found = set()
+    for proc in [process, *process.children(recursive=True)]:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                found.add((conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (how Java reports 127.0.0.1)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_only_the_public_port_listens_beyond_loopback(stack: Launcher) -> None:
+    assert stack.process is not None
+    sockets = listening(stack.process.pid)
+    ports = stack.ports
+    expected_internal = {ports.inference, ports.management, ports.metrics, ports.grpc_inference,
+                         ports.grpc_management, ports.health, ports.envoy_admin}
+    assert expected_internal <= {port for _, port in sockets}
+    for address, port in sockets:
+        if port != ports.public:
+            assert is_loopback(address), (address, port, sorted(sockets))
