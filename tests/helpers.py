@@ -35,7 +35,7 @@ def free_ports(count: int) -> list[int]:
 
 def stack_ports() -> Ports:
     """A full set of free ports for one stack."""
-    names = list(Ports.model_fields)
+    names = list(Ports().model_dump())
     return Ports(**dict(zip(names, free_ports(len(names)), strict=True)))
 
 
@@ -120,12 +120,23 @@ class Launcher:
         """The command line a user would type, with this instance's ports and folders."""
         ports = self.ports
         command = [
-            sys.executable, "-m", "modelserver.launcher", "--listen-address", "127.0.0.1",
-            "--port", str(ports.public), "--model-store", str(self.workdir / "model_store"),
-            "--runtime-dir", str(self.runtime_dir), "--startup-timeout", "240",
-            "--drain-timeout", "10",
+            sys.executable,
+            "-m",
+            "modelserver.launcher",
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            str(ports.public),
+            "--model-store",
+            str(self.workdir / "model_store"),
+            "--runtime-dir",
+            str(self.runtime_dir),
+            "--startup-timeout",
+            "240",
+            "--drain-timeout",
+            "10",
         ]
-        for name in Ports.model_fields:
+        for name in Ports().model_dump():
             if name != "public":
                 command += [f"--{name.replace('_', '-')}-port", str(getattr(ports, name))]
         if self.catalogue is not None:
@@ -138,7 +149,11 @@ class Launcher:
         env = {**os.environ, **self.env}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
-                self.command(), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                self.command(),
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -180,8 +195,9 @@ class Launcher:
     def management(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call TorchServe's management API on loopback with the management key."""
         headers = {"Authorization": f"Bearer {self.tokens()['management']}"}
-        return requests.request(method, f"http://127.0.0.1:{self.ports.management}{path}",
-                                headers=headers, timeout=30, **kwargs)
+        return requests.request(
+            method, f"http://127.0.0.1:{self.ports.management}{path}", headers=headers, timeout=30, **kwargs
+        )
 
 
 @contextlib.contextmanager

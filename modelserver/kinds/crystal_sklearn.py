@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+from sklearn.exceptions import InconsistentVersionWarning
 from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class SklearnClassifier:
@@ -34,7 +39,18 @@ def load(path: Path, threads: int) -> SklearnClassifier:
     """Load a joblib file. Unpickling runs code: serve only files the operator chose."""
     threadpool_limits(threads)
     try:
-        estimator = joblib.load(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InconsistentVersionWarning)
+            estimator = joblib.load(path)
     except Exception as error:  # a corrupt or foreign file: fail the load with its reason
         raise ConfigError(f"cannot load {path.name} with joblib: {error}") from error
+    for warning in caught:
+        if isinstance(warning.message, InconsistentVersionWarning):
+            message = warning.message
+            log.warning(
+                "%s was saved with scikit-learn %s and is served with %s: check its answers",
+                path.name,
+                message.original_sklearn_version,
+                message.current_sklearn_version,
+            )
     return SklearnClassifier(estimator)

@@ -74,7 +74,8 @@ def test_served_scores_equal_the_archived_model_file(stack: Launcher, framework:
 
 
 @pytest.mark.parametrize(
-    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=utf-8", None]
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=utf-8", None],
 )
 def test_json_is_understood_whatever_the_content_type(stack: Launcher, content_type: str | None) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
@@ -106,7 +107,7 @@ BAD_BODIES: dict[str, bytes] = {
     "NaN": b'{"crystalData": [[NaN, 0.12, 0.31, 0.09]]}',
     "Infinity": b'{"crystalData": [[Infinity, 0.12, 0.31, 0.09]]}',
     "overflow to infinity": b'{"crystalData": [[1e400, 0.12, 0.31, 0.09]]}',
-    "huge integer": b'{"crystalData": [[' + b"9" * 400 + b', 0.12, 0.31, 0.09]]}',
+    "huge integer": b'{"crystalData": [[' + b"9" * 400 + b", 0.12, 0.31, 0.09]]}",
     "extra field": b'{"crystalData": [[0.92, 0.12, 0.31, 0.09]], "extra": 1}',
     "invalid UTF-8": b'{"crystalData": [[0.92, 0.12, 0.31, 0.09]], "x": "\xff"}',
     "top-level list": b"[[0.92, 0.12, 0.31, 0.09]]",

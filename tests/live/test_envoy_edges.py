@@ -31,8 +31,13 @@ def test_unknown_paths_are_404_json(stack: Launcher, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("GET", "/sklearn", "POST"), ("PUT", "/pytorch", "POST"), ("DELETE", "/astromech", "POST"),
-     ("GET", "/predictions/crystal_sklearn", "POST"), ("POST", "/healthcheck", "GET")],
+    [
+        ("GET", "/sklearn", "POST"),
+        ("PUT", "/pytorch", "POST"),
+        ("DELETE", "/astromech", "POST"),
+        ("GET", "/predictions/crystal_sklearn", "POST"),
+        ("POST", "/healthcheck", "GET"),
+    ],
 )
 def test_wrong_methods_are_405_json_with_allow(stack: Launcher, method: str, path: str, allow: str) -> None:
     response = requests.request(method, f"{stack.url}{path}", timeout=10)
@@ -54,15 +59,30 @@ def test_an_unknown_model_on_the_generic_path_is_404_json(stack: Launcher) -> No
 
 
 def test_the_generic_path_serves_catalogue_models(stack: Launcher) -> None:
-    response = requests.post(f"{stack.url}/predictions/crystal_sklearn",
-                             json={"crystalData": BRIEF_ROWS}, timeout=10)
+    response = requests.post(
+        f"{stack.url}/predictions/crystal_sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10
+    )
     assert response.status_code == 200 and len(response.json()["prediction"]) == 3
 
 
 @pytest.mark.parametrize(
-    "path", ["/ping", "/models", "/metrics", "/api-description", "/workflows", "/token",
-             "/stats", "/clusters", "/server_info", "/config_dump", "/quitquitquit", "/drain_listeners",
-             "/explanations/crystal_sklearn", "/v2/models/crystal_sklearn/infer"],
+    "path",
+    [
+        "/ping",
+        "/models",
+        "/metrics",
+        "/api-description",
+        "/workflows",
+        "/token",
+        "/stats",
+        "/clusters",
+        "/server_info",
+        "/config_dump",
+        "/quitquitquit",
+        "/drain_listeners",
+        "/explanations/crystal_sklearn",
+        "/v2/models/crystal_sklearn/infer",
+    ],
 )
 def test_internal_endpoints_are_not_reachable_through_the_public_port(stack: Launcher, path: str) -> None:
     for method in ("GET", "POST"):
@@ -72,8 +92,12 @@ def test_internal_endpoints_are_not_reachable_through_the_public_port(stack: Lau
 
 
 def test_clients_cannot_smuggle_their_own_token(stack: Launcher) -> None:
-    response = requests.post(f"{stack.url}/sklearn", json={"crystalData": BRIEF_ROWS},
-                             headers={"Authorization": "Bearer forged"}, timeout=10)
+    response = requests.post(
+        f"{stack.url}/sklearn",
+        json={"crystalData": BRIEF_ROWS},
+        headers={"Authorization": "Bearer forged"},
+        timeout=10,
+    )
     assert response.status_code == 200
 
 
@@ -91,22 +115,27 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
 def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
     """Envoy alone, with nothing behind it: every route answers a JSON 503, never a hang."""
     public, admin, upstream, health = free_ports(4)
-    settings = LaunchSettings(listen_address="127.0.0.1",
-                              ports=Ports(public=public, envoy_admin=admin, inference=upstream, health=health))
+    settings = LaunchSettings(
+        listen_address="127.0.0.1",
+        ports=Ports(public=public, envoy_admin=admin, inference=upstream, health=health),
+    )
     config = tmp_path / "envoy.yaml"
     config.write_text(render_config(settings, "token"))
-    with (tmp_path / "envoy.log").open("wb") as log:
-        envoy = subprocess.Popen([envoy_binary(), "-c", str(config), "--disable-hot-restart"],
-                                 stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(public, envoy)
-        url = f"http://127.0.0.1:{public}"
-        for path, body in [("/sklearn", {"crystalData": BRIEF_ROWS}),
-                           ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"})]:
-            response = requests.post(f"{url}{path}", json=body, timeout=10)
-            check_json_error(response, 503)
-            assert response.headers["retry-after"]
-        check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
+    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart"]
+    with (
+        (tmp_path / "envoy.log").open("wb") as log,
+        subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) as envoy,
+    ):
+        try:
+            _wait_for_port(public, envoy)
+            url = f"http://127.0.0.1:{public}"
+            for path, body in [
+                ("/sklearn", {"crystalData": BRIEF_ROWS}),
+                ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"}),
+            ]:
+                response = requests.post(f"{url}{path}", json=body, timeout=10)
+                check_json_error(response, 503)
+                assert response.headers["retry-after"]
+            check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
+        finally:
+            envoy.terminate()

@@ -17,12 +17,14 @@ from tests.helpers import BRIEF_ROWS, Launcher
 
 
 def health(stack: Launcher) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the public /healthcheck."""
     response = requests.get(f"{stack.url}/healthcheck", timeout=10)
     assert response.headers["content-type"].startswith("application/json")
     return response.status_code, response.json()
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.05) -> None:
+    """Poll `condition` until it holds."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -75,13 +77,17 @@ def test_torchserve_requires_its_tokens(stack: Launcher) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/models?url=http://example.invalid/x.mar"),
-     ("POST", "/models?url=file:///etc/passwd"),
-     ("POST", "/workflows?url=http://example.invalid/w.war"),
-     ("POST", "/workflows?url=file:///etc/w.war"),
-     ("DELETE", "/models/crystal_sklearn")],
+    [
+        ("POST", "/models?url=http://example.invalid/x.mar"),
+        ("POST", "/models?url=file:///etc/passwd"),
+        ("POST", "/workflows?url=http://example.invalid/w.war"),
+        ("POST", "/workflows?url=file:///etc/w.war"),
+        ("DELETE", "/models/crystal_sklearn"),
+    ],
 )
-def test_registration_is_refused_even_with_the_management_token(stack: Launcher, method: str, path: str) -> None:
+def test_registration_is_refused_even_with_the_management_token(
+    stack: Launcher, method: str, path: str
+) -> None:
     response = stack.management(method, path)
     assert response.status_code >= 400, response.text
     names = {m["modelName"] for m in stack.management("GET", "/models").json()["models"]}
@@ -110,8 +116,15 @@ def test_only_the_public_port_listens_beyond_loopback(stack: Launcher) -> None:
     assert stack.process is not None
     sockets = listening(stack.process.pid)
     ports = stack.ports
-    expected_internal = {ports.inference, ports.management, ports.metrics, ports.grpc_inference,
-                         ports.grpc_management, ports.health, ports.envoy_admin}
+    expected_internal = {
+        ports.inference,
+        ports.management,
+        ports.metrics,
+        ports.grpc_inference,
+        ports.grpc_management,
+        ports.health,
+        ports.envoy_admin,
+    }
     assert expected_internal <= {port for _, port in sockets}
     for address, port in sockets:
         if port != ports.public:

@@ -14,8 +14,9 @@ from modelserver.catalogue import Catalogue, ModelEntry, resolve_source
 from modelserver.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def catalogue() -> Catalogue:
+@pytest.fixture(scope="module", name="catalogue")
+def fixture_catalogue() -> Catalogue:
+    """The project's own models.yaml."""
     return Catalogue.load()
 
 
@@ -55,7 +56,7 @@ def test_build_bring_your_own_reuse_and_rebuild(
 
 def test_a_missing_source_is_a_clear_error(catalogue: Catalogue, tmp_path: Path) -> None:
     entry = catalogue.entry("crystal_pytorch")
-    with pytest.raises(ConfigError, match="CRYSTAL_PYTORCH_MODEL=.*does not exist"):
+    with pytest.raises(ConfigError, match=r"CRYSTAL_PYTORCH_MODEL=.*does not exist"):
         resolve_source(entry, {"CRYSTAL_PYTORCH_MODEL": str(tmp_path / "missing.model")})
 
 
@@ -64,9 +65,14 @@ def test_a_missing_source_is_a_clear_error(catalogue: Catalogue, tmp_path: Path)
     [
         ({"handler": "h.py", "source": {}}, "exactly one of"),
         ({"handler": "h.py", "source": {"recipe": "nope"}}, "unknown recipe"),
-        ({"handler": "h.py", "source": {"default": "x"}, "torchserve": {"minWorkers": 2, "maxWorkers": 1}},
-         "maxWorkers must be >= minWorkers"),
-        ({"handler": "h.py", "source": {"default": "x"}, "torchserve": {"maxBatchDelay": 0}}, "maxBatchDelay"),
+        (
+            {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"minWorkers": 2, "maxWorkers": 1}},
+            "maxWorkers must be >= minWorkers",
+        ),
+        (
+            {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"maxBatchDelay": 0}},
+            "maxBatchDelay",
+        ),
         ({"handler": "h.py", "source": {"default": "x"}, "colour": "red"}, "colour"),
     ],
 )

@@ -18,8 +18,10 @@ GOOD = json.dumps({"crystalData": BRIEF_ROWS[:1]}).encode()
 def handler_for(model_dir: Path, framework: str) -> tuple[CrystalHandler, FakeContext]:
     """An initialised handler and the context TorchServe would pass it."""
     context = FakeContext(
-        model_dir, {"framework": framework, "labels_file": "crystal_labels.json"},
-        serialized_file=f"{framework}.model", model_name=f"crystal_{framework}",
+        model_dir,
+        {"framework": framework, "labels_file": "crystal_labels.json"},
+        serialized_file=f"{framework}.model",
+        model_name=f"crystal_{framework}",
     )
     handler = CrystalHandler()
     handler.initialize(context)
@@ -80,7 +82,9 @@ def test_a_model_that_raises_gives_500_to_valid_requests_only(
     assert "kaput" not in bodies[0]["error"]
 
 
-def test_a_poison_request_fails_alone(crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_poison_request_fails_alone(
+    crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the batched call fails, each request is retried alone: only the culprit gets 500."""
     handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
     real = crystal.CrystalRuntime.predict
@@ -98,9 +102,12 @@ def test_a_poison_request_fails_alone(crystal_model_dirs: dict[str, Path], monke
 
 
 def test_a_bad_archive_fails_initialize(crystal_model_dirs: dict[str, Path]) -> None:
-    context = FakeContext(crystal_model_dirs["sklearn"], {"framework": "sklearn", "labels_file": "nope.json"},
-                          serialized_file="sklearn.model")
-    with pytest.raises(ValueError, match="nope.json"):
+    context = FakeContext(
+        crystal_model_dirs["sklearn"],
+        {"framework": "sklearn", "labels_file": "nope.json"},
+        serialized_file="sklearn.model",
+    )
+    with pytest.raises(ValueError, match=r"nope\.json"):
         CrystalHandler().initialize(context)
 
 
@@ -110,6 +117,9 @@ def test_the_handler_module_defines_exactly_one_class() -> None:
 
     from handlers import crystal_handler  # pylint: disable=import-outside-toplevel
 
-    own = [c for _, c in inspect.getmembers(crystal_handler, inspect.isclass)
-           if c.__module__ == crystal_handler.__name__]
+    own = [
+        c
+        for _, c in inspect.getmembers(crystal_handler, inspect.isclass)
+        if c.__module__ == crystal_handler.__name__
+    ]
     assert own == [CrystalHandler]

@@ -30,7 +30,7 @@ def runtime(dirs: dict[str, Path], framework: str, **settings: Any) -> CrystalRu
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_answers_follow_the_brief(crystal_model_dirs: dict[str, Path], framework: str) -> None:
     model = runtime(crystal_model_dirs, framework)
-    [answer] = model.predict([model.parse({"crystalData": BRIEF_ROWS})])
+    answer = model.predict([model.parse({"crystalData": BRIEF_ROWS})])[0]
     assert len(answer["prediction"]) == len(answer["scores"]) == 3
     for label, scores in zip(answer["prediction"], answer["scores"], strict=True):
         assert list(scores) == ["blue", "green", "yellow"]
@@ -40,7 +40,9 @@ def test_answers_follow_the_brief(crystal_model_dirs: dict[str, Path], framework
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_a_batch_gives_each_request_its_own_answer(crystal_model_dirs: dict[str, Path], framework: str) -> None:
+def test_a_batch_gives_each_request_its_own_answer(
+    crystal_model_dirs: dict[str, Path], framework: str
+) -> None:
     model = runtime(crystal_model_dirs, framework)
     requests = [model.parse({"crystalData": [row]}) for row in BRIEF_ROWS]
     batched = model.predict(requests)
@@ -55,7 +57,7 @@ def test_defaults_tell_the_classes_apart(crystal_model_dirs: dict[str, Path]) ->
     rows = [[0.22, 0.62, 0.07, 0.04], [0.56, 0.38, 0.58, 0.54], [0.72, 0.46, 0.84, 0.92]]
     for framework in FRAMEWORKS:
         model = runtime(crystal_model_dirs, framework)
-        [answer] = model.predict([model.parse({"crystalData": rows})])
+        answer = model.predict([model.parse({"crystalData": rows})])[0]
         assert answer["prediction"] == ["blue", "green", "yellow"], framework
 
 
@@ -108,7 +110,9 @@ def test_a_model_field_for_another_model_is_a_bad_request(crystal_model_dirs: di
     assert caught.value.status == 400
 
 
-def test_non_finite_model_output_is_a_model_failure(crystal_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_non_finite_model_output_is_a_model_failure(
+    crystal_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     net = CrystalNet()
     with torch.no_grad():
         net.layer3.weight.fill_(float("nan"))
@@ -137,9 +141,11 @@ def test_bad_settings_fail_the_load(crystal_model_dirs: dict[str, Path], setting
 
 def test_torch_loading_refuses_pickled_objects(tmp_path: Path) -> None:
     """`weights_only=True`: a file that would run code on load is refused, not executed."""
-    torch.save({"layer1.weight": torch.zeros(50, 4), "extra": CrystalSettings(framework="sklearn")},
-               tmp_path / "evil.model")
-    with pytest.raises(ConfigError, match="cannot load evil.model"):
+    torch.save(
+        {"layer1.weight": torch.zeros(50, 4), "extra": CrystalSettings(framework="sklearn")},
+        tmp_path / "evil.model",
+    )
+    with pytest.raises(ConfigError, match=r"cannot load evil\.model"):
         load_classifier("pytorch", tmp_path / "evil.model", 1)
 
 
@@ -159,17 +165,19 @@ def test_sklearn_loading_requires_a_fitted_classifier(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="predict_proba"):
         load_classifier("sklearn", tmp_path / "dict.model", 1)
     (tmp_path / "garbage.model").write_bytes(b"not a joblib file")
-    with pytest.raises(ConfigError, match="cannot load garbage.model"):
+    with pytest.raises(ConfigError, match=r"cannot load garbage\.model"):
         load_classifier("sklearn", tmp_path / "garbage.model", 1)
 
 
 @pytest.mark.skipif(not SEED_CRYSTAL.exists(), reason="../shared/seed_data/crystal is absent (fresh clone)")
-def test_the_briefs_own_model_files_load_and_answer_as_the_brief_says(tmp_path: Path) -> None:
+def test_the_briefs_own_model_files_load_and_answer_as_the_brief_says() -> None:
     rows = np.array(BRIEF_ROWS)
     sklearn_model = load_classifier("sklearn", SEED_CRYSTAL / "sklearn.model", 1)
     # The brief's sample answers for these rows (its README, batch example, first two rows).
-    expected = [[0.9927769331813387, 0.007223053394387628, 1.3424273700413213e-8],
-                [0.9924667517303258, 0.007533175370560812, 7.28991131694263e-8]]
+    expected = [
+        [0.9927769331813387, 0.007223053394387628, 1.3424273700413213e-8],
+        [0.9924667517303258, 0.007533175370560812, 7.28991131694263e-8],
+    ]
     assert sklearn_model.predict_proba(rows)[:2] == pytest.approx(np.array(expected), abs=1e-9)
     torch_model = load_classifier("pytorch", SEED_CRYSTAL / "pytorch.model", 1)
     assert (torch_model.n_features, torch_model.n_classes) == (4, 3)
