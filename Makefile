@@ -21,7 +21,7 @@ run: install
 
 ## Build (or reuse) every archive of models.yaml into model_store/.
 archives: install
-	$(PY) archive_scripts/build_archives.py
+	$(PY) -m archive_scripts.build_archives
 
 lint: install
 	$(VENV)/bin/ruff check $(PY_FILES)

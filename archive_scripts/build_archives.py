@@ -1,6 +1,6 @@
 """Build the TorchServe archives of the catalogue into a model store.
 
-    python archive_scripts/build_archives.py [--model-store DIR] [--catalogue FILE] [NAME ...]
+    python -m archive_scripts.build_archives [--model-store DIR] [--catalogue FILE] [NAME ...]
 
 Each model's source follows its catalogue entry: the variable it names (e.g.
 CRYSTAL_SKLEARN_MODEL=/path/to/sklearn.model) if set, else the project's default.
@@ -14,9 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-# pylint: disable=wrong-import-position
 from modelserver.archive import build_archive
 from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, Catalogue, environment
 from modelserver.errors import ConfigError

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,12 +22,13 @@ import yaml
 
 from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
-from modelserver.training import recipe_module_file, run_recipe
+from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "1"
 RECORDS_DIR = ".builds"
+RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
     for path in [root / entry.handler, *(root / f for f in entry.extra_files)]:
         _hash_path(digest, path)
     if source.recipe:
+        # A recipe's output depends on its module and what it imports (data, architectures).
         digest.update(f"recipe:{source.recipe}".encode())
-        _hash_path(digest, recipe_module_file(source.recipe))
+        for folder in RECIPE_INPUTS:
+            _hash_path(digest, folder)
     elif source.path is not None:
         _hash_path(digest, source.path)
     return digest.hexdigest()
@@ -107,7 +109,7 @@ def build_archive(
         model_file = _materialise_source(entry, source, workdir)
         config_file = workdir / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(entry), sort_keys=False), encoding="utf-8")
-        _run_archiver(entry, model_file, config_file, workdir, model_store, root)
+        _run_archiver(entry, model_file, config_file, workdir, model_store, root, environ)
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
     record.write_text(
@@ -130,7 +132,13 @@ def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Pat
 
 
 def _run_archiver(
-    entry: ModelEntry, model_file: Path, config_file: Path, workdir: Path, model_store: Path, root: Path
+    entry: ModelEntry,
+    model_file: Path,
+    config_file: Path,
+    workdir: Path,
+    model_store: Path,
+    root: Path,
+    environ: Mapping[str, str],
 ) -> None:
     target = archive_path(entry, model_store)
     if target.is_dir():
@@ -158,7 +166,7 @@ def _run_archiver(
     if entry.extra_files:
         command += ["--extra-files", ",".join(str(root / f) for f in entry.extra_files)]
     # The archiver stages files in $TMPDIR/<model name>: give each build its own.
-    env = {**os.environ, "TMPDIR": str(workdir)}
+    env = {**environ, "TMPDIR": str(workdir)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ConfigError(f"{entry.name}: torch-model-archiver failed: {result.stderr.strip()[-2000:]}")

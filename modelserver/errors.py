@@ -38,6 +38,12 @@ class ModelFailure(ServingError):
     status = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class NotFound(ServingError):
+    """No such route or model."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
 class ModelUnavailable(ServingError):
     """The model cannot answer now (not loaded, not provided)."""
 
@@ -49,7 +55,7 @@ class ConfigError(ValueError):
 
 
 def error_response(error: ServingError) -> tuple[int, dict[str, Any]]:
-    """Map an error to `(status code, JSON body)`; the body always carries `error`."""
-    body: dict[str, Any] = {"error": error.message, "status": int(error.status)}
+    """Map an error to `(status code, JSON body)`: `{"error": sentence, "code": status, ...}`."""
+    body: dict[str, Any] = {"error": error.message, "code": int(error.status)}
     body.update(error.details)
     return int(error.status), body

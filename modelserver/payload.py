@@ -45,6 +45,8 @@ def decode_json_body(raw: Any) -> Any:
         ) from None
     except RecursionError:
         raise InvalidInput("the body is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise InvalidInput(f"the body holds a value that cannot be read: {str(error)[:80]}") from None
 
 
 def request_body(row: Any) -> Any:

@@ -12,16 +12,16 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "body"
 
 
+# Pydantic's wording for these reads oddly after a field path; say it plainly.
+PLAIN_MESSAGES = {"extra_forbidden": "is not a known field", "missing": "is required"}
+
+
 def first_problem(error: ValidationError) -> str:
     """Describe the first problem, e.g. `crystalData[0][2]: Input should be a valid number`."""
     problems = error.errors(include_url=False)
     if not problems:
         return "the request is not valid"
     first = problems[0]
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "is not a known field"
-    elif first["type"] == "missing":
-        message = "is required"
+    message = PLAIN_MESSAGES.get(first["type"], first["msg"])
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return f"{_location(tuple(first['loc']))}: {message}{more}"

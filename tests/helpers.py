@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from modelserver.catalogue import PROJECT_ROOT
@@ -25,12 +27,20 @@ BRIEF_ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free a moment ago."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+    """`count` distinct free ports below Linux's ephemeral range (32768+), which outgoing
+    connections use: a port picked there could be taken by a client before the server binds."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(20000, 32000)
+        if port in chosen:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def stack_ports() -> Ports:
@@ -119,23 +129,18 @@ class Launcher:
     def command(self) -> list[str]:
         """The command line a user would type, with this instance's ports and folders."""
         ports = self.ports
-        command = [
-            sys.executable,
-            "-m",
-            "modelserver.launcher",
-            "--listen-address",
-            "127.0.0.1",
-            "--port",
-            str(ports.public),
-            "--model-store",
-            str(self.workdir / "model_store"),
-            "--runtime-dir",
-            str(self.runtime_dir),
-            "--startup-timeout",
-            "240",
-            "--drain-timeout",
-            "10",
-        ]
+        options = {
+            "--listen-address": "127.0.0.1",
+            "--port": ports.public,
+            "--model-store": self.workdir / "model_store",
+            "--runtime-dir": self.runtime_dir,
+            "--startup-timeout": 200,
+            "--unready-delay": 0.2,
+            "--drain-timeout": 10,
+        }
+        command = [sys.executable, "-m", "modelserver.launcher"]
+        for option, value in options.items():
+            command += [option, str(value)]
         for name in Ports().model_dump():
             if name != "public":
                 command += [f"--{name.replace('_', '-')}-port", str(getattr(ports, name))]
@@ -157,7 +162,7 @@ class Launcher:
             )
         return self
 
-    def wait_healthy(self, timeout_s: float = 300.0) -> Launcher:
+    def wait_healthy(self, timeout_s: float = 240.0) -> Launcher:
         """Block until the public /healthcheck answers 200."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -174,11 +179,15 @@ class Launcher:
         if self.process is None:
             return None
         if self.process.poll() is None:
+            # TorchServe and Envoy run in sessions of their own: note them to clean up a hang.
+            tree = psutil.Process(self.process.pid).children(recursive=True)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                for process in [psutil.Process(self.process.pid), *tree]:
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
                 self.process.wait()
         return self.process.returncode
 

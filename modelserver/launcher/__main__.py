@@ -16,15 +16,8 @@ from modelserver.errors import ConfigError
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.supervisor import Supervisor
 
-PORT_OPTIONS = (
-    "inference",
-    "management",
-    "metrics",
-    "grpc_inference",
-    "grpc_management",
-    "health",
-    "envoy_admin",
-)
+# Every internal (loopback) port gets a --NAME-port option.
+PORT_OPTIONS = tuple(name for name in Ports().model_dump() if name != "public")
 
 
 def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSettings:
@@ -43,6 +36,9 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
     parser.add_argument("--models", nargs="*", default=[], help="serve only these models")
     parser.add_argument("--no-build", action="store_true", help="use the archives as they are")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--unready-delay", type=float, default=1.0, help="seconds of 503 health before draining on a stop"
+    )
     parser.add_argument("--drain-timeout", type=float, default=15.0)
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
@@ -55,6 +51,7 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
         runtime_dir=args.runtime_dir,
         build=not args.no_build,
         startup_timeout_s=args.startup_timeout,
+        unready_delay_s=args.unready_delay,
         drain_timeout_s=args.drain_timeout,
     )
 

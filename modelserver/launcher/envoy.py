@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from modelserver.catalogue import PROJECT_ROOT
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.templates import render
+from modelserver.launcher.unix_http import unix_request
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = PROJECT_ROOT / "proxy" / "envoy.yaml"
 ACTIVE_REQUESTS_STAT = "http.public.downstream_rq_active"
+DRAIN_TIME_S = 2
 
 
 def envoy_binary() -> str:
@@ -35,7 +35,7 @@ def render_config(settings: LaunchSettings, inference_token: str, template: Path
         {
             "LISTEN_ADDRESS": settings.listen_address,
             "PUBLIC_PORT": ports.public,
-            "ADMIN_PORT": ports.envoy_admin,
+            "ADMIN_SOCKET": settings.envoy_admin_socket,
             "TORCHSERVE_PORT": ports.inference,
             "HEALTH_PORT": ports.health,
             "INFERENCE_TOKEN": inference_token,
@@ -54,10 +54,11 @@ def validate(config_file: Path) -> subprocess.CompletedProcess[str]:
 
 
 class Envoy:
-    """The public proxy process and its loopback admin interface."""
+    """The public proxy process and its admin interface."""
 
-    def __init__(self, settings: LaunchSettings) -> None:
+    def __init__(self, settings: LaunchSettings, environ: Mapping[str, str]) -> None:
         self._settings = settings
+        self._environ = dict(environ)
         self._dir = settings.runtime_dir / "envoy"
         self._process: ManagedProcess | None = None
 
@@ -83,20 +84,19 @@ class Envoy:
             "warn",
             "--disable-hot-restart",
             "--drain-time-s",
-            "2",
+            str(DRAIN_TIME_S),
             "--drain-strategy",
             "immediate",
         ]
-        self._process = ManagedProcess("envoy", command, dict(os.environ), self._dir, self._dir / "envoy.log")
+        self._process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
         self._process.start()
 
-    def admin(self, method: str, path: str, timeout_s: float = 2.0) -> str:
-        """Call the admin interface (loopback only)."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self._settings.ports.envoy_admin}{path}", method=method
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.read().decode("utf-8")
+    def admin(self, method: str, path: str) -> str:
+        """Call the admin interface; raises `OSError` if Envoy is not there."""
+        status, body = unix_request(self._settings.envoy_admin_socket, method, path)
+        if status != 200:
+            raise OSError(f"Envoy admin {path}: HTTP {status}")
+        return body
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until Envoy reports LIVE on its admin `/ready`."""
@@ -107,7 +107,7 @@ class Envoy:
             try:
                 if self.admin("GET", "/ready").strip() == "LIVE":
                     return
-            except (OSError, urllib.error.URLError):
+            except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Envoy was not ready within {timeout_s:.0f} s")
@@ -122,18 +122,22 @@ class Envoy:
         return 0
 
     def drain(self, timeout_s: float) -> None:
-        """Stop taking new connections gracefully and wait for in-flight requests to finish."""
+        """Close listeners gracefully; wait out the drain time and every in-flight request."""
         if self._process is None or not self._process.alive():
             return
+        started = time.monotonic()
         try:
             self.admin("POST", "/drain_listeners?graceful")
-            deadline = time.monotonic() + timeout_s
-            while self.active_requests() > 0 and time.monotonic() < deadline:
+            # During the drain time the listener still accepts (answering `Connection: close`):
+            # wait it out, then until the last in-flight request has its answer.
+            while time.monotonic() - started < timeout_s:
+                if time.monotonic() - started >= DRAIN_TIME_S and self.active_requests() == 0:
+                    break
                 time.sleep(0.05)
-        except (OSError, urllib.error.URLError) as error:
+        except OSError as error:
             log.warning("could not drain Envoy: %s", error)
 
     def stop(self) -> None:
-        """Stop Envoy (drain first)."""
+        """Stop Envoy (call `drain` first)."""
         if self._process is not None:
             self._process.stop(timeout_s=5.0)

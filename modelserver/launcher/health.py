@@ -10,17 +10,21 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from modelserver.errors import ModelUnavailable, NotFound, error_response
+
 log = logging.getLogger(__name__)
 
 StatusSource = Callable[[str], str]
+PHASES = ("starting", "serving", "stopping")
 
 
 class Readiness:
-    """Decides health from per-model status; `stopping` overrides it during shutdown."""
+    """Decides health from per-model status; once `stopping`, always unhealthy."""
 
     def __init__(
         self, models: Sequence[str], model_status: StatusSource, skipped: dict[str, str] | None = None
@@ -29,30 +33,40 @@ class Readiness:
         self._model_status = model_status
         self._skipped = dict(skipped or {})
         self._phase = "starting"
+        self._lock = threading.Lock()
+
+    @property
+    def phase(self) -> str:
+        """'starting', 'serving' or 'stopping'."""
+        return self._phase
 
     def set_phase(self, phase: str) -> None:
-        """'starting', 'serving' or 'stopping'."""
-        self._phase = phase
+        """Move on; nothing moves a stopping server back to serving."""
+        if phase not in PHASES:
+            raise ValueError(phase)
+        with self._lock:
+            if self._phase != "stopping":
+                self._phase = phase
 
     def report(self) -> tuple[int, dict[str, Any]]:
-        """(status code, JSON body) for `/healthcheck`."""
+        """(status code, JSON body) for `/healthcheck`; models are asked in parallel."""
         if self._phase == "stopping":
-            return 503, {"status": "Unhealthy", "error": "the server is shutting down"}
-        models = {name: self._model_status(name) for name in self._models}
+            return error_response(ModelUnavailable("the server is shutting down", status="Unhealthy"))
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(self._models)))) as pool:
+            models = dict(zip(self._models, pool.map(self._model_status, self._models), strict=True))
         models.update(self._skipped)
         not_ready = {name: why for name, why in models.items() if why != "ready"}
         if not not_ready:
             return 200, {"status": "Healthy", "models": models}
         reasons = "; ".join(f"{name}: {why}" for name, why in sorted(not_ready.items()))
-        return 503, {"status": "Unhealthy", "error": f"not ready: {reasons}", "models": models}
+        return error_response(ModelUnavailable(f"not ready: {reasons}", status="Unhealthy", models=models))
 
 
 class HealthServer:
     """A small HTTP server on loopback answering GET /healthcheck from a `Readiness`."""
 
     def __init__(self, port: int, readiness: Readiness) -> None:
-        handler = _handler_for(readiness)
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(readiness))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
@@ -72,18 +86,17 @@ def _handler_for(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # pylint: disable=invalid-name
             """Answer the health check."""
-            if self.path.split("?", 1)[0] != "/healthcheck":
-                self._send(404, {"error": "no such route", "status": 404})
-                return
-            status, body = readiness.report()
-            self._send(status, body)
+            if self.path.split("?", 1)[0] == "/healthcheck":
+                self._send(*readiness.report())
+            else:
+                self._send(*error_response(NotFound("no such route")))
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode("utf-8")
             self.send_response(status, HTTPStatus(status).phrase)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            if status == 503:
+            if status == HTTPStatus.SERVICE_UNAVAILABLE:
                 self.send_header("Retry-After", "5")
             self.end_headers()
             self.wfile.write(data)

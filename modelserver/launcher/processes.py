@@ -61,19 +61,19 @@ class ManagedProcess:
             os.killpg(self._process.pid, signum)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the group, wait, then SIGKILL whatever is left of it."""
+        """SIGTERM the group; SIGKILL what is left of it after `timeout_s`."""
         if self._process is None:
             return
         self.signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
-        # Children (TorchServe's Python workers) may outlive the leader: clear the group.
         deadline = time.monotonic() + timeout_s
-        while _group_alive(self._process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.signal(signal.SIGKILL)
+        # Children (TorchServe's Python workers) may outlive the leader: wait for the group.
+        while (
+            self._process.poll() is None or _group_alive(self._process.pid)
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._process.poll() is None or _group_alive(self._process.pid):
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
+            self.signal(signal.SIGKILL)
         try:
             self._process.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -12,7 +12,7 @@ Port = int
 
 
 class Ports(BaseModel):
-    """Every port the stack listens on. Only `public` is reachable from outside the machine."""
+    """Every TCP port the stack listens on. Only `public` is reachable from other machines."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -23,7 +23,6 @@ class Ports(BaseModel):
     grpc_inference: Port = 9070
     grpc_management: Port = 9071
     health: Port = 9090
-    envoy_admin: Port = 9901
 
 
 class LaunchSettings(BaseModel):
@@ -39,4 +38,12 @@ class LaunchSettings(BaseModel):
     runtime_dir: Path = PROJECT_ROOT / "run"
     build: bool = True
     startup_timeout_s: float = Field(default=180.0, gt=0)
+    # On a stop: /healthcheck answers 503 for this long before Envoy drains, so load balancers
+    # stop sending traffic first; then in-flight requests get up to drain_timeout_s to finish.
+    unready_delay_s: float = Field(default=1.0, ge=0)
     drain_timeout_s: float = Field(default=15.0, ge=0)
+
+    @property
+    def envoy_admin_socket(self) -> Path:
+        """Envoy's admin interface: a unix socket, never a TCP port."""
+        return self.runtime_dir / "envoy" / "admin.sock"

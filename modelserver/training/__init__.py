@@ -14,14 +14,6 @@ RECIPES: dict[str, str] = {
 }
 
 
-def recipe_module_file(name: str) -> Path:
-    """The source file of a recipe, so a changed recipe rebuilds its archive."""
-    spec = importlib.util.find_spec(RECIPES[name])
-    if spec is None or spec.origin is None:
-        raise KeyError(name)
-    return Path(spec.origin)
-
-
 def run_recipe(name: str, output: Path) -> dict[str, float]:
     """Train with recipe `name`, write the model to `output`, return its evaluation."""
     return importlib.import_module(RECIPES[name]).train(output)

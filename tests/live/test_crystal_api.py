@@ -108,6 +108,7 @@ BAD_BODIES: dict[str, bytes] = {
     "Infinity": b'{"crystalData": [[Infinity, 0.12, 0.31, 0.09]]}',
     "overflow to infinity": b'{"crystalData": [[1e400, 0.12, 0.31, 0.09]]}',
     "huge integer": b'{"crystalData": [[' + b"9" * 400 + b", 0.12, 0.31, 0.09]]}",
+    "integer past the parser digit limit": b'{"crystalData": [[' + b"9" * 5000 + b", 0.12, 0.31, 0.09]]}",
     "extra field": b'{"crystalData": [[0.92, 0.12, 0.31, 0.09]], "extra": 1}',
     "invalid UTF-8": b'{"crystalData": [[0.92, 0.12, 0.31, 0.09]], "x": "\xff"}',
     "top-level list": b"[[0.92, 0.12, 0.31, 0.09]]",
@@ -118,7 +119,7 @@ def check_422(response: requests.Response, case: str) -> None:
     """A JSON 422 with a sentence saying what is wrong."""
     assert response.status_code == 422, (case, response.text)
     error = response.json()
-    assert isinstance(error["error"], str) and error["error"] and error["status"] == 422
+    assert isinstance(error["error"], str) and error["error"] and error["code"] == 422
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))

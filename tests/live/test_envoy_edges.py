@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -101,24 +106,41 @@ def test_clients_cannot_smuggle_their_own_token(stack: Launcher) -> None:
     assert response.status_code == 200
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "envoy exited"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(port)
+class FakeTorchServe(BaseHTTPRequestHandler):
+    """Answers like TorchServe does when it fails: its own `{"code","type","message"}` JSON."""
+
+    MESSAGE = 'Model "x" \\ said: "no", {twice}'
+
+    def do_POST(self) -> None:  # pylint: disable=invalid-name
+        """Every prediction fails the TorchServe way."""
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"code": 507, "type": "InternalServerException", "message": self.MESSAGE}).encode()
+        self.send_response(507)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # pylint: disable=redefined-builtin
+        """Quiet."""
 
 
-def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
-    """Envoy alone, with nothing behind it: every route answers a JSON 503, never a hang."""
-    public, admin, upstream, health = free_ports(4)
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on the loopback `port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
+    """Envoy with the project's config, its TorchServe and health upstreams at `upstream`."""
+    public, health = free_ports(2)
     settings = LaunchSettings(
         listen_address="127.0.0.1",
-        ports=Ports(public=public, envoy_admin=admin, inference=upstream, health=health),
+        runtime_dir=tmp_path,
+        ports=Ports(public=public, inference=upstream, health=health),
     )
+    (tmp_path / "envoy").mkdir()
     config = tmp_path / "envoy.yaml"
     config.write_text(render_config(settings, "token"))
     command = [envoy_binary(), "-c", str(config), "--disable-hot-restart"]
@@ -127,15 +149,35 @@ def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
         subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) as envoy,
     ):
         try:
-            _wait_for_port(public, envoy)
-            url = f"http://127.0.0.1:{public}"
-            for path, body in [
-                ("/sklearn", {"crystalData": BRIEF_ROWS}),
-                ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"}),
-            ]:
-                response = requests.post(f"{url}{path}", json=body, timeout=10)
-                check_json_error(response, 503)
-                assert response.headers["retry-after"]
-            check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
+            deadline = time.monotonic() + 20
+            while not port_open(public):
+                assert envoy.poll() is None and time.monotonic() < deadline, "envoy did not start"
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{public}"
         finally:
             envoy.terminate()
+
+
+def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
+    """Envoy with nothing behind it: every route answers a JSON 503, never a hang."""
+    with envoy_alone(tmp_path, free_ports(1)[0]) as url:
+        for path, body in [
+            ("/sklearn", {"crystalData": BRIEF_ROWS}),
+            ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"}),
+        ]:
+            response = requests.post(f"{url}{path}", json=body, timeout=10)
+            check_json_error(response, 503)
+            assert response.headers["retry-after"]
+        check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
+
+
+def test_torchserve_errors_become_json_errors_whatever_their_message(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeTorchServe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with envoy_alone(tmp_path, server.server_address[1]) as url:
+            response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+            body = check_json_error(response, 507)
+            assert body == {"error": FakeTorchServe.MESSAGE, "code": 507}
+    finally:
+        server.shutdown()

@@ -21,7 +21,7 @@ def first_health_answer(launcher: Launcher, timeout_s: float = 120.0) -> request
         assert launcher.process is not None and launcher.process.poll() is None, launcher.log_tail()
         try:
             return requests.get(url, timeout=5)
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.02)
     raise TimeoutError(launcher.log_tail())
 

@@ -51,7 +51,7 @@ def test_one_batch_mixes_good_and_bad_requests(crystal_model_dirs: dict[str, Pat
     assert bodies[0] == bodies[5]
     assert len(bodies[3]["prediction"]) == 3
     assert "crystalData[0] has 2 values" in bodies[1]["error"]
-    assert bodies[2]["status"] == 422 and "not valid JSON" in bodies[2]["error"]
+    assert bodies[2]["code"] == 422 and "not valid JSON" in bodies[2]["error"]
     assert other in bodies[4]["error"]
 
 
@@ -123,3 +123,21 @@ def test_the_handler_module_defines_exactly_one_class() -> None:
         if c.__module__ == crystal_handler.__name__
     ]
     assert own == [CrystalHandler]
+
+
+def test_a_validation_bug_costs_only_its_own_request(
+    crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    real = crystal.CrystalRuntime.parse
+
+    def buggy(self: crystal.CrystalRuntime, payload: Any) -> crystal.CrystalRequest:
+        if payload.get("trip"):
+            raise KeyError("bug")
+        return real(self, payload)
+
+    monkeypatch.setattr(crystal.CrystalRuntime, "parse", buggy)
+    trip = json.dumps({"crystalData": BRIEF_ROWS[:1], "trip": 1}).encode()
+    bodies = decode(handler.handle([{"body": GOOD}, {"body": trip}], context))
+    assert [context.status_of(i) for i in range(2)] == [200, 500]
+    assert "prediction" in bodies[0] and bodies[1]["error"]

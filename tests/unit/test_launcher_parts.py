@@ -72,3 +72,26 @@ def test_readiness_names_what_is_not_ready() -> None:
     readiness.set_phase("stopping")
     code, body = readiness.report()
     assert code == 503 and "shutting down" in body["error"]
+
+
+def test_readiness_never_returns_from_stopping() -> None:
+    readiness = Readiness(["a"], lambda _name: "ready")
+    readiness.set_phase("serving")
+    readiness.set_phase("stopping")
+    readiness.set_phase("serving")
+    assert readiness.phase == "stopping" and readiness.report()[0] == 503
+
+
+def test_a_torchserve_without_keys_is_starting_not_hanging(tmp_path: Path) -> None:
+    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+
+    torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path), {}, {})
+    assert torchserve.model_status("m") == "TorchServe is starting"
+
+
+def test_a_second_launcher_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from modelserver.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.supervisor import exclusive  # pylint: disable=import-outside-toplevel
+
+    with exclusive(tmp_path), pytest.raises(ConfigError, match="another launcher"), exclusive(tmp_path):
+        pass

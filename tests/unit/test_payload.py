@@ -36,6 +36,7 @@ def test_valid_bodies_decode(raw: object, expected: object) -> None:
         (b"crystalData=1", "not valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (12, "not JSON"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "cannot be read"),
     ],
 )
 def test_anomalous_bodies_are_refused(raw: object, fragment: str) -> None:
