@@ -15,18 +15,21 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
+from modelserver.hub import fetch_from_hub
+from modelserver.kinds import MODEL_SUBDIR
 from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+LARGE_FILE_BYTES = 32 << 20
 RECORDS_DIR = ".builds"
 RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
 
@@ -42,9 +45,14 @@ class BuildResult:
 
 
 def _hash_path(digest: hashlib._Hash, path: Path) -> None:  # pylint: disable=protected-access
+    """Content of small files; name, size and mtime of large ones (weights: GBs per start)."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        info = file.stat()
+        if info.st_size > LARGE_FILE_BYTES:
+            digest.update(f"{info.st_size}:{info.st_mtime_ns}".encode())
+            continue
         with file.open("rb") as stream:
             for chunk in iter(lambda s=stream: s.read(1 << 20), b""):
                 digest.update(chunk)
@@ -71,9 +79,13 @@ def archive_path(entry: ModelEntry, model_store: Path) -> Path:
     return model_store / f"{entry.name}{suffix}"
 
 
-def model_config(entry: ModelEntry) -> dict[str, object]:
-    """The archive's model-config.yaml: TorchServe settings plus the `handler:` section."""
-    return {**entry.torchserve.model_dump(), "handler": entry.handler_config}
+def model_config(entry: ModelEntry, source: Source) -> dict[str, object]:
+    """The archive's model-config.yaml: TorchServe settings, the `handler:` section, and the
+    names a request may use for this model (served name, aliases, the Hub id it came from)."""
+    names = [entry.name, *entry.aliases]
+    if source.hub_id and source.hub_id not in names:
+        names.append(source.hub_id)
+    return {**entry.torchserve.model_dump(), "served_names": names, "handler": entry.handler_config}
 
 
 def _record_path(entry: ModelEntry, model_store: Path) -> Path:
@@ -98,6 +110,8 @@ def build_archive(
 ) -> BuildResult:
     """Build (or reuse) the archive for `entry` in `model_store`."""
     source = resolve_source(entry, environ, root)
+    if source.hub_id:
+        source = replace(source, path=fetch_from_hub(source.hub_id, environ))
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
     if _is_current(entry, model_store, digest):
@@ -108,7 +122,7 @@ def build_archive(
         workdir = Path(work)
         model_file = _materialise_source(entry, source, workdir)
         config_file = workdir / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(model_config(entry), sort_keys=False), encoding="utf-8")
+        config_file.write_text(yaml.safe_dump(model_config(entry, source), sort_keys=False), encoding="utf-8")
         _run_archiver(entry, model_file, config_file, workdir, model_store, root, environ)
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
@@ -143,28 +157,29 @@ def _run_archiver(
     target = archive_path(entry, model_store)
     if target.is_dir():
         shutil.rmtree(target)
-    command = [
-        sys.executable,
-        "-m",
-        "model_archiver.model_packaging",
-        "--model-name",
-        entry.name,
-        "--version",
-        "1.0",
-        "--handler",
-        str(root / entry.handler),
-        "--serialized-file",
-        str(model_file),
-        "--config-file",
-        str(config_file),
-        "--export-path",
-        str(model_store),
-        "--archive-format",
-        entry.archive_format,
-        "--force",
-    ]
-    if entry.extra_files:
-        command += ["--extra-files", ",".join(str(root / f) for f in entry.extra_files)]
+    options = {
+        "--model-name": entry.name,
+        "--version": "1.0",
+        "--handler": root / entry.handler,
+        "--config-file": config_file,
+        "--export-path": model_store,
+        "--archive-format": entry.archive_format,
+    }
+    extra_files = [root / f for f in entry.extra_files]
+    if model_file.is_dir():
+        # A folder model goes under model/ (the archiver copies a folder's contents to the root,
+        # so hand it a folder that holds `model`, a link to the source).
+        holder = workdir / "holder"
+        holder.mkdir()
+        (holder / MODEL_SUBDIR).symlink_to(model_file, target_is_directory=True)
+        extra_files.append(holder)
+    else:
+        options["--serialized-file"] = model_file
+    command = [sys.executable, "-m", "model_archiver.model_packaging", "--force"]
+    for option, value in options.items():
+        command += [option, str(value)]
+    if extra_files:
+        command += ["--extra-files", ",".join(map(str, extra_files))]
     # The archiver stages files in $TMPDIR/<model name>: give each build its own.
     env = {**environ, "TMPDIR": str(workdir)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

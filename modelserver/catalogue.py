@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +20,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 class SourceSpec(BaseModel):
-    """Where a model comes from: a user's variable, else a default path/id, else a recipe."""
+    """Where a model comes from: a user's variable, else a default file, Hub id or recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
     env: str | None = None
-    default: str | None = None
-    recipe: str | None = None
+    default: str | None = None  # a file or folder, relative to the repository
+    hub: str | None = None  # a Hugging Face Hub id, fetched at build time
+    recipe: str | None = None  # trained by the project
 
     @model_validator(mode="after")
-    def _has_fallback(self) -> SourceSpec:
-        if (self.default is None) == (self.recipe is None):
-            raise ValueError("give exactly one of 'default' or 'recipe'")
+    def _has_one_fallback(self) -> SourceSpec:
+        if sum(x is not None for x in (self.default, self.hub, self.recipe)) != 1:
+            raise ValueError("give exactly one of 'default', 'hub' or 'recipe'")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
         return self
@@ -67,34 +72,65 @@ class ModelEntry(BaseModel):
     handler_config: dict[str, Any] = Field(default_factory=dict)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
     archive_format: Literal["default", "no-archive"] = "default"
+    aliases: list[str] = Field(default_factory=list)  # other names a request may use (Hub ids)
 
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved source: a file or folder to package, or a recipe to run."""
+    """A resolved source: a file or folder to package, a Hub id to fetch, or a recipe to run."""
 
     path: Path | None = None
+    hub_id: str | None = None
     recipe: str | None = None
     origin: str = "default"
 
     def describe(self) -> str:
         """Human wording for logs and build records."""
-        what = f"recipe {self.recipe}" if self.recipe else str(self.path)
-        return f"{what} ({self.origin})"
+        if self.recipe:
+            return f"recipe {self.recipe} ({self.origin})"
+        return f"Hub {self.hub_id} ({self.origin})" if self.hub_id else f"{self.path} ({self.origin})"
 
 
 def resolve_source(entry: ModelEntry, environ: Mapping[str, str], root: Path = PROJECT_ROOT) -> Source:
-    """Pick the model source: `$ENV` if set (it must exist), else the catalogue default."""
+    """Pick the model source: `$ENV` if set (a path that exists, or a Hub id where the model
+    comes from the Hub), else the catalogue default."""
     spec = entry.source
     chosen = environ.get(spec.env, "") if spec.env else ""
     if chosen:
-        path = Path(chosen).expanduser().resolve()
-        if not path.exists():
-            raise ConfigError(f"{spec.env}={chosen} does not exist")
-        return Source(path=path, origin=f"from {spec.env}")
+        path = Path(chosen).expanduser()
+        if path.exists():
+            return Source(path=path.resolve(), origin=f"from {spec.env}")
+        if spec.hub is not None and HUB_ID.match(chosen) and not chosen.startswith((".", "/")):
+            return Source(hub_id=chosen, origin=f"from {spec.env}")
+        raise ConfigError(f"{spec.env}={chosen} does not exist")
     if spec.recipe:
         return Source(recipe=spec.recipe, origin="trained by the project")
+    if spec.hub:
+        return Source(hub_id=spec.hub, origin="catalogue default")
     return Source(path=(root / str(spec.default)).resolve(), origin="catalogue default")
+
+
+class RouteSpec(BaseModel):
+    """A public path and the model that answers it.
+
+    `model` answers by default. `select_by` names a body field that picks the model instead:
+    among `choices` (value -> model) if given, else among every served model by name or alias.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    select_by: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    choices: dict[str, str] | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _answerable(self) -> RouteSpec:
+        if self.model is None and not self.choices:
+            raise ValueError("a route needs a 'model' or 'select_by' with 'choices'")
+        if self.choices and not self.select_by:
+            raise ValueError("'choices' needs 'select_by'")
+        return self
 
 
 class Catalogue(BaseModel):
@@ -103,6 +139,17 @@ class Catalogue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, ModelEntry]
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _routes_name_models(self) -> Catalogue:
+        for path, route in self.routes.items():
+            if not re.fullmatch(r"/[a-z][a-z0-9_-]*", path):
+                raise ValueError(f"route {path!r} must look like /name")
+            for target in [route.model, *(route.choices or {}).values()]:
+                if target is not None and target not in self.models:
+                    raise ValueError(f"route {path} names unknown model {target!r}")
+        return self
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CATALOGUE) -> Catalogue:

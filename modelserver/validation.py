@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from modelserver.errors import ConfigError
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -25,3 +31,11 @@ def first_problem(error: ValidationError) -> str:
     message = PLAIN_MESSAGES.get(first["type"], first["msg"])
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return f"{_location(tuple(first['loc']))}: {message}{more}"
+
+
+def parse_settings(model: type[SettingsT], settings: object) -> SettingsT:
+    """Validate a `handler:` section once, at load; a bad one fails the load with its problem."""
+    try:
+        return model.model_validate(settings)
+    except ValidationError as error:
+        raise ConfigError(f"bad handler settings: {first_problem(error)}") from None

@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
-from modelserver.validation import first_problem
+from modelserver.kinds import ModelFiles
+from modelserver.validation import first_problem, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,11 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def load_crystal_runtime(model_dir: Path, model_file: str, settings: dict[str, Any]) -> CrystalRuntime:
+def load_crystal_runtime(files: ModelFiles) -> CrystalRuntime:
     """Build the runtime from an unpacked archive: model file, labels file, settings."""
-    try:
-        parsed = CrystalSettings.model_validate(settings)
-    except ValidationError as error:
-        raise ConfigError(f"bad handler settings: {first_problem(error)}") from None
-    classifier = load_classifier(parsed.framework, model_dir / model_file, parsed.threads)
-    labels = read_labels(model_dir / parsed.labels_file)
+    parsed = parse_settings(CrystalSettings, files.settings)
+    classifier = load_classifier(parsed.framework, files.model_dir / files.model_file, parsed.threads)
+    labels = read_labels(files.model_dir / parsed.labels_file)
     log.info(
         "loaded %s crystal model: %d features, labels %s",
         parsed.framework,

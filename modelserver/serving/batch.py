@@ -26,7 +26,7 @@ class Runtime(Protocol[RequestT]):
         """Validate one decoded body or raise a `ServingError`."""
 
     def predict(self, requests: Sequence[RequestT]) -> list[Any]:
-        """Answer valid requests, one JSON-able answer each, in order."""
+        """Answer valid requests in order: a JSON-able answer, or a `ServingError`, each."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,11 @@ class BatchAnswerer(Generic[RequestT]):
             answers = self.runtime.predict(requests)
             if len(answers) != len(requests):
                 raise ModelFailure(f"{len(answers)} answers for {len(requests)} requests")
-            return [Outcome(200, answer) for answer in answers]
+            # A runtime may answer one request of a batch with an error (e.g. a text too long).
+            return [
+                Outcome.of_error(answer) if isinstance(answer, ServingError) else Outcome(200, answer)
+                for answer in answers
+            ]
         except ServingError as error:
             if len(requests) == 1:
                 return [Outcome.of_error(error)]

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modelserver.errors import ConfigError, ModelFailure
+from modelserver.kinds import ModelFiles
 from modelserver.payload import request_body
 from modelserver.serving.batch import BatchAnswerer, Outcome, Runtime
 
 log = logging.getLogger(__name__)
 
-RuntimeLoader = Callable[[Path, str, dict[str, Any]], Runtime[Any]]
+RuntimeLoader = Callable[[ModelFiles], Runtime[Any]]
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -57,9 +58,14 @@ class TorchServeAdapter:
 
     def initialize(self, context: Any) -> None:
         """Load the model once per worker; a bad archive fails the load with its reason."""
-        properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
-        runtime = type(self).load_runtime(model_dir, serialized_file(context), handler_settings(context))
+        config = getattr(context, "model_yaml_config", None) or {}
+        files = ModelFiles(
+            model_dir=Path(context.system_properties["model_dir"]),
+            model_file=serialized_file(context),
+            settings=handler_settings(context),
+            names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
+        )
+        runtime = type(self).load_runtime(files)
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
         self.initialized = True
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
+from modelserver.kinds import ModelFiles
 from modelserver.kinds.crystal import CrystalRuntime, CrystalSettings, load_classifier, load_crystal_runtime
 from modelserver.kinds.crystal_torch import CrystalNet
 from tests.helpers import BRIEF_ROWS, SEED_CRYSTAL
@@ -24,7 +25,7 @@ SETTINGS = {"labels_file": "crystal_labels.json"}
 def runtime(dirs: dict[str, Path], framework: str, **settings: Any) -> CrystalRuntime:
     """A runtime for one of the default models."""
     config = {**SETTINGS, "framework": framework, **settings}
-    return load_crystal_runtime(dirs[framework], f"{framework}.model", config)
+    return load_crystal_runtime(ModelFiles(dirs[framework], f"{framework}.model", config))
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -118,7 +119,7 @@ def test_non_finite_model_output_is_a_model_failure(
         net.layer3.weight.fill_(float("nan"))
     torch.save(net.state_dict(), tmp_path / "nan.model")
     shutil.copy(crystal_model_dirs["pytorch"] / "crystal_labels.json", tmp_path)
-    model = load_crystal_runtime(tmp_path, "nan.model", {**SETTINGS, "framework": "pytorch"})
+    model = load_crystal_runtime(ModelFiles(tmp_path, "nan.model", {**SETTINGS, "framework": "pytorch"}))
     with pytest.raises(ModelFailure, match="not finite"):
         model.predict([model.parse({"crystalData": BRIEF_ROWS})])
 
@@ -127,7 +128,7 @@ def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_
     shutil.copy(crystal_model_dirs["sklearn"] / "sklearn.model", tmp_path)
     (tmp_path / "crystal_labels.json").write_text(json.dumps(["blue", "green"]))
     with pytest.raises(ConfigError, match="2 labels for a model with 3 classes"):
-        load_crystal_runtime(tmp_path, "sklearn.model", {**SETTINGS, "framework": "sklearn"})
+        load_crystal_runtime(ModelFiles(tmp_path, "sklearn.model", {**SETTINGS, "framework": "sklearn"}))
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,7 @@ def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_
 )
 def test_bad_settings_fail_the_load(crystal_model_dirs: dict[str, Path], settings: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="bad handler settings"):
-        load_crystal_runtime(crystal_model_dirs["sklearn"], "sklearn.model", settings)
+        load_crystal_runtime(ModelFiles(crystal_model_dirs["sklearn"], "sklearn.model", settings))
 
 
 def test_torch_loading_refuses_pickled_objects(tmp_path: Path) -> None:

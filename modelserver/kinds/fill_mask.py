@@ -1,0 +1,160 @@
+"""Fill-mask for any masked-LM checkpoint, answering exactly as transformers' pipeline does.
+
+A TorchServe batch is tokenised once, padded to its longest text; the encoder runs once and
+the vocabulary-sized head runs only at the mask positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import Field
+from transformers import AutoModelForMaskedLM
+
+from modelserver.errors import ConfigError, InvalidInput, ServingError
+from modelserver.kinds import ModelFiles
+from modelserver.kinds.text_models import (
+    TextModelSettings,
+    TextRequest,
+    load_pretrained,
+    max_tokens,
+    validate_request,
+)
+from modelserver.validation import parse_settings
+
+PUBLIC_MASK = "[MASK]"
+TASKS = ("fill-mask",)
+
+# The masked-LM head of each architecture, applied to hidden states at mask positions only.
+HEADS: dict[str, Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "bert": lambda model: model.cls,
+    "roberta": lambda model: model.lm_head,
+    "camembert": lambda model: model.lm_head,
+    "xlm-roberta": lambda model: model.lm_head,
+    "distilbert": lambda model: torch.nn.Sequential(
+        model.vocab_transform, model.activation, model.vocab_layer_norm, model.vocab_projector
+    ),
+}
+
+
+class FillMaskRequest(TextRequest):
+    """Texts with one or more `[MASK]` (or the model's own mask token)."""
+
+    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
+
+
+@dataclass
+class _Item:
+    """One text of one request, on its way through the batch."""
+
+    request: int
+    ids: list[int]
+
+
+class FillMaskRuntime:
+    """Validates fill-mask requests and answers a batch of them with one encoder pass."""
+
+    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
+        if tokenizer.mask_token is None or tokenizer.pad_token_id is None:
+            raise ConfigError("the tokenizer has no mask or padding token")
+        self._tokenizer = tokenizer
+        self._model = model
+        self._settings = settings
+        self._names = list(names)
+        self._limit = max_tokens(tokenizer, model.config)
+        head = HEADS.get(model.config.model_type)
+        self._head = head(model) if head else None
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest text, in tokens, the model accepts."""
+        return self._limit
+
+    def parse(self, payload: Any) -> FillMaskRequest:
+        """Validate one body: types, top_k, and a mask in every text."""
+        request: FillMaskRequest = validate_request(
+            FillMaskRequest, payload, self._names, TASKS, self._settings.max_texts
+        )
+        mask = self._tokenizer.mask_token
+        for index, text in enumerate(request.texts):
+            if PUBLIC_MASK not in text and mask not in text:
+                where = f"text[{index}]" if isinstance(request.text, list) else "text"
+                raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
+        return request
+
+    def predict(self, requests: Sequence[FillMaskRequest]) -> list[Any]:
+        """One answer (or error) per request; every text of the batch tokenised together."""
+        texts, owners = [], []
+        for index, request in enumerate(requests):
+            for text in request.texts:
+                texts.append(text.replace(PUBLIC_MASK, self._tokenizer.mask_token))
+                owners.append(index)
+        encoded = self._tokenizer(texts, add_special_tokens=True)["input_ids"]
+        errors: dict[int, ServingError] = {}
+        for owner, ids in zip(owners, encoded, strict=True):
+            if len(ids) > self._limit:
+                errors[owner] = InvalidInput(
+                    f"a text is {len(ids)} tokens long; this model accepts at most {self._limit}"
+                )
+        items = [_Item(owner, ids) for owner, ids in zip(owners, encoded, strict=True) if owner not in errors]
+        results = self._fill(items, [requests[item.request].top_k for item in items])
+        per_request: list[list[Any]] = [[] for _ in requests]
+        for item, result in zip(items, results, strict=True):
+            per_request[item.request].append(result)
+        return [
+            errors.get(index) or (answers if isinstance(requests[index].text, list) else answers[0])
+            for index, answers in enumerate(per_request)
+        ]
+
+    def _fill(self, items: list[_Item], top_ks: list[int]) -> list[Any]:
+        """Run the model over `items` (padded together) and format each like the pipeline."""
+        if not items:
+            return []
+        width = max(len(item.ids) for item in items)
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.tensor([item.ids + [pad] * (width - len(item.ids)) for item in items])
+        attention = torch.tensor([[1] * len(item.ids) + [0] * (width - len(item.ids)) for item in items])
+        rows, columns = torch.nonzero(input_ids == self._tokenizer.mask_token_id, as_tuple=True)
+        with torch.inference_mode():
+            if self._head is not None:
+                hidden = self._model.base_model(
+                    input_ids=input_ids, attention_mask=attention
+                ).last_hidden_state
+                logits = self._head(hidden[rows, columns])
+            else:  # an architecture without a known head: full logits, then pick the masks
+                logits = self._model(input_ids=input_ids, attention_mask=attention).logits[rows, columns]
+            probabilities = logits.float().softmax(dim=-1)
+        results: list[list[list[dict[str, Any]]]] = [[] for _ in items]
+        for mask_index, row in enumerate(rows.tolist()):
+            scores, tokens = probabilities[mask_index].topk(top_ks[row])
+            results[row].append(self._candidates(items[row].ids, columns[mask_index].item(), scores, tokens))
+        return [masks[0] if len(masks) == 1 else masks for masks in results]
+
+    def _candidates(
+        self, ids: list[int], position: int, scores: torch.Tensor, tokens: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        """The pipeline's answer for one mask: score, token, token_str, sequence."""
+        single_mask = ids.count(self._tokenizer.mask_token_id) == 1
+        pad = self._tokenizer.pad_token_id
+        candidates = []
+        for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
+            filled = [t for t in (token if i == position else t for i, t in enumerate(ids)) if t != pad]
+            candidates.append(
+                {
+                    "score": score,
+                    "token": token,
+                    "token_str": self._tokenizer.decode([token]),
+                    "sequence": self._tokenizer.decode(filled, skip_special_tokens=single_mask),
+                }
+            )
+        return candidates
+
+
+def load_fill_mask_runtime(files: ModelFiles) -> FillMaskRuntime:
+    """Build the runtime from an archive's model/ folder and `handler:` settings."""
+    settings = parse_settings(TextModelSettings, files.settings)
+    tokenizer, model = load_pretrained(files, AutoModelForMaskedLM, settings)
+    return FillMaskRuntime(tokenizer, model, settings, files.names)

@@ -1,0 +1,86 @@
+"""Text classification (sentiment) for any sequence-classification checkpoint.
+
+Answers `{"label", "score"}` as transformers' text-classification pipeline does: the top label
+with its softmax probability (sigmoid for single-logit or multi-label models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from modelserver.errors import InvalidInput, ServingError
+from modelserver.kinds import ModelFiles
+from modelserver.kinds.text_models import (
+    TextModelSettings,
+    TextRequest,
+    load_pretrained,
+    max_tokens,
+    validate_request,
+)
+from modelserver.validation import parse_settings
+
+TASKS = ("sentiment-analysis", "text-classification")
+
+
+class TextClassificationRuntime:
+    """Validates requests and classifies every text of a batch in one padded forward pass."""
+
+    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
+        self._tokenizer = tokenizer
+        self._model = model
+        self._settings = settings
+        self._names = list(names)
+        self._limit = max_tokens(tokenizer, model.config)
+        config = model.config
+        self._sigmoid = config.num_labels == 1 or config.problem_type == "multi_label_classification"
+        self._labels = [config.id2label[i] for i in range(config.num_labels)]
+
+    def parse(self, payload: Any) -> TextRequest:
+        """Validate one body."""
+        return validate_request(TextRequest, payload, self._names, TASKS, self._settings.max_texts)
+
+    def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
+        """One answer (or error) per request; every text of the batch tokenised together."""
+        texts, owners = [], []
+        for index, request in enumerate(requests):
+            texts.extend(request.texts)
+            owners.extend([index] * len(request.texts))
+        lengths = [len(ids) for ids in self._tokenizer(texts)["input_ids"]]
+        errors: dict[int, ServingError] = {
+            owner: InvalidInput(f"a text is {length} tokens long; this model accepts at most {self._limit}")
+            for owner, length in zip(owners, lengths, strict=True)
+            if length > self._limit
+        }
+        kept = [i for i, owner in enumerate(owners) if owner not in errors]
+        answers = self._classify([texts[i] for i in kept])
+        per_request: list[list[dict[str, Any]]] = [[] for _ in requests]
+        for i, answer in zip(kept, answers, strict=True):
+            per_request[owners[i]].append(answer)
+        return [
+            errors.get(index) or (found if isinstance(requests[index].text, list) else found[0])
+            for index, found in enumerate(per_request)
+        ]
+
+    def _classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        if not texts:
+            return []
+        batch = self._tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = self._model(**batch).logits.float()
+        scores = logits.sigmoid() if self._sigmoid else logits.softmax(dim=-1)
+        best_scores, best = scores.max(dim=-1)
+        return [
+            {"label": self._labels[label], "score": score}
+            for label, score in zip(best.tolist(), best_scores.tolist(), strict=True)
+        ]
+
+
+def load_text_classification_runtime(files: ModelFiles) -> TextClassificationRuntime:
+    """Build the runtime from an archive's model/ folder and `handler:` settings."""
+    settings = parse_settings(TextModelSettings, files.settings)
+    tokenizer, model = load_pretrained(files, AutoModelForSequenceClassification, settings)
+    return TextClassificationRuntime(tokenizer, model, settings, files.names)

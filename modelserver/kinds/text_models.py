@@ -1,0 +1,98 @@
+"""What the Hugging Face text kinds share: settings, loading, request fields, length limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from modelserver.errors import BadRequest, ConfigError, InvalidInput
+from modelserver.kinds import MODEL_SUBDIR, ModelFiles
+from modelserver.validation import first_problem
+
+log = logging.getLogger(__name__)
+
+Text = Annotated[str, StringConstraints(min_length=1, strict=True)]
+# RoBERTa-style models number positions from padding_idx + 1: two positions are never usable.
+POSITION_OFFSET = {"roberta": 2, "camembert": 2, "xlm-roberta": 2}
+
+
+class TextModelSettings(BaseModel):
+    """The `handler:` section of a Hugging Face text model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int = Field(default=1, ge=1)
+    quantize: Literal["none", "dynamic-int8"] = "none"
+    max_texts: int = Field(default=64, ge=1)
+    stream_chunk: int = Field(default=4, ge=1)
+
+
+class TextRequest(BaseModel):
+    """Fields every text request has: one text or a list, and brief 004's selectors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: Text | Annotated[list[Text], Field(min_length=1)]
+    model_name: str | None = Field(default=None, description="A served model name or its Hub id.")
+    task: str | None = Field(default=None, description="The task, if given, must be this model's.")
+    stream: bool = Field(default=False, description="Answer a list of texts as NDJSON lines.")
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts, as a list even when one was sent."""
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
+
+def validate_request(
+    model: type[BaseModel], payload: Any, names: Sequence[str], tasks: Sequence[str], max_texts: int
+) -> Any:
+    """Validate one body against a request model, this model's names and tasks."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object with a 'text' field")
+    try:
+        request = model.model_validate(payload)
+    except ValidationError as error:
+        raise InvalidInput(first_problem(error)) from None
+    if request.model_name is not None and names and request.model_name not in names:
+        raise BadRequest(f"model_name {request.model_name!r} is not this model; it answers to {list(names)}")
+    if request.task is not None and request.task not in tasks:
+        raise BadRequest(f"task {request.task!r} is not served here; this model does {list(tasks)}")
+    if len(request.texts) > max_texts:
+        raise InvalidInput(f"at most {max_texts} texts per request")
+    if request.stream and isinstance(request.text, str):
+        raise InvalidInput("'stream' needs 'text' to be a list of texts")
+    return request
+
+
+def load_pretrained(files: ModelFiles, auto_class: Any, settings: TextModelSettings) -> tuple[Any, Any]:
+    """Tokenizer and model from the archive's model/ folder (from_pretrained format)."""
+    from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+
+    torch.set_num_threads(settings.threads)
+    folder = files.model_dir / MODEL_SUBDIR
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = auto_class.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
+    if settings.quantize == "dynamic-int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return tokenizer, model
+
+
+def max_tokens(tokenizer: Any, config: Any) -> int:
+    """The longest input, in tokens, this model accepts."""
+    positions = int(getattr(config, "max_position_embeddings", 512)) - POSITION_OFFSET.get(
+        config.model_type, 0
+    )
+    declared = int(getattr(tokenizer, "model_max_length", positions) or positions)
+    return min(positions, declared)
+
+
+def too_long(lengths: Sequence[int], limit: int) -> list[bool]:
+    """Which encoded texts exceed the model's limit."""
+    return [length > limit for length in lengths]
