@@ -83,8 +83,9 @@ def model_config(entry: ModelEntry, source: Source) -> dict[str, object]:
     """The archive's model-config.yaml: TorchServe settings, the `handler:` section, and the
     names a request may use for this model (served name, aliases, the Hub id it came from)."""
     names = [entry.name, *entry.aliases]
-    if source.hub_id and source.hub_id not in names:
-        names.append(source.hub_id)
+    for hub_id in (entry.source.hub, source.hub_id):  # the catalogue's Hub id is an alias too
+        if hub_id and hub_id not in names:
+            names.append(hub_id)
     return {**entry.torchserve.model_dump(), "served_names": names, "handler": entry.handler_config}
 
 

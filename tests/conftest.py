@@ -9,6 +9,7 @@ import pytest
 
 from modelserver.catalogue import PROJECT_ROOT
 from modelserver.training import run_recipe
+from tests.tiny_models import make_bert_fill_mask, make_camembert_fill_mask, make_distilbert_sentiment
 
 LABELS_FILE = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
 
@@ -23,3 +24,15 @@ def crystal_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         shutil.copy(LABELS_FILE, folder / "crystal_labels.json")
         dirs[framework] = folder
     return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny from_pretrained folders: BERT and CamemBERT masked LMs, a DistilBERT classifier."""
+    root = tmp_path_factory.mktemp("tiny_hf")
+    # Each in <name>/model: the layout of an unpacked archive, so runtimes load them directly.
+    return {
+        "fill_mask": make_bert_fill_mask(root / "bert" / "model"),
+        "camembert": make_camembert_fill_mask(root / "camembert" / "model"),
+        "sentiment": make_distilbert_sentiment(root / "sentiment" / "model"),
+    }

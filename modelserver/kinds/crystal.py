@@ -49,6 +49,7 @@ class CrystalRequest(BaseModel):
         examples=[[[0.92, 0.12, 0.31, 0.09]]],
     )
     model: str | None = Field(default=None, description="`sklearn` or `pytorch` (/astromech).")
+    model_name: str | None = Field(default=None, description="A served model name (/predict).")
 
 
 class CrystalAnswer(BaseModel):
@@ -84,12 +85,19 @@ def load_classifier(framework: str, path: Path, threads: int) -> Classifier:
 class CrystalRuntime:
     """Validates crystal requests and answers a batch of them with one model call."""
 
-    def __init__(self, classifier: Classifier, labels: Sequence[str], settings: CrystalSettings):
+    def __init__(
+        self,
+        classifier: Classifier,
+        labels: Sequence[str],
+        settings: CrystalSettings,
+        names: Sequence[str] = (),
+    ) -> None:
         if len(labels) != classifier.n_classes:
             raise ConfigError(f"{len(labels)} labels for a model with {classifier.n_classes} classes")
         self._classifier = classifier
         self._labels = list(labels)
         self._settings = settings
+        self._names = list(names)
 
     @property
     def labels(self) -> list[str]:
@@ -104,6 +112,8 @@ class CrystalRuntime:
             request = CrystalRequest.model_validate(payload)
         except ValidationError as error:
             raise InvalidInput(first_problem(error)) from None
+        if request.model_name is not None and self._names and request.model_name not in self._names:
+            raise BadRequest(f"model_name {request.model_name!r} is not this model ({self._names[0]})")
         if request.model is not None and request.model != self._settings.framework:
             raise BadRequest(
                 f"this route serves the {self._settings.framework} model, "
@@ -162,4 +172,4 @@ def load_crystal_runtime(files: ModelFiles) -> CrystalRuntime:
         classifier.n_features,
         labels,
     )
-    return CrystalRuntime(classifier, labels, parsed)
+    return CrystalRuntime(classifier, labels, parsed, files.names)

@@ -21,6 +21,7 @@ from modelserver.kinds.text_models import (
     TextRequest,
     load_pretrained,
     max_tokens,
+    split_texts,
     validate_request,
 )
 from modelserver.validation import parse_settings
@@ -84,6 +85,10 @@ class FillMaskRuntime:
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
         return request
+
+    def stream_parts(self, request: FillMaskRequest, size: int | None = None) -> list[FillMaskRequest]:
+        """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
+        return split_texts(request, size or self._settings.stream_chunk)
 
     def predict(self, requests: Sequence[FillMaskRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""

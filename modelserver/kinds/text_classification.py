@@ -19,6 +19,7 @@ from modelserver.kinds.text_models import (
     TextRequest,
     load_pretrained,
     max_tokens,
+    split_texts,
     validate_request,
 )
 from modelserver.validation import parse_settings
@@ -42,6 +43,10 @@ class TextClassificationRuntime:
     def parse(self, payload: Any) -> TextRequest:
         """Validate one body."""
         return validate_request(TextRequest, payload, self._names, TASKS, self._settings.max_texts)
+
+    def stream_parts(self, request: TextRequest, size: int | None = None) -> list[TextRequest]:
+        """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
+        return split_texts(request, size or self._settings.stream_chunk)
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""

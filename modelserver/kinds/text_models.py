@@ -96,3 +96,12 @@ def max_tokens(tokenizer: Any, config: Any) -> int:
 def too_long(lengths: Sequence[int], limit: int) -> list[bool]:
     """Which encoded texts exceed the model's limit."""
     return [length > limit for length in lengths]
+
+
+def split_texts(request: Any, size: int) -> list[Any]:
+    """A list-of-texts request as sub-requests of at most `size` texts (for streaming)."""
+    texts = request.texts
+    return [
+        request.model_copy(update={"text": texts[start : start + size], "stream": False})
+        for start in range(0, len(texts), size)
+    ]

@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environ = environment()
     settings = parse_settings(argv, environ)
-    supervisor = Supervisor(settings, environ)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
     try:
+        supervisor = Supervisor(settings, environ)
+        signal.signal(signal.SIGTERM, supervisor.request_stop)
+        signal.signal(signal.SIGINT, supervisor.request_stop)
         return supervisor.run()
     except ConfigError as error:
         logging.getLogger("modelserver.launcher").error("%s", error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from modelserver.catalogue import PROJECT_ROOT
 from modelserver.launcher.processes import ManagedProcess
+from modelserver.launcher.routes import RouteTable, as_yaml_block
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.templates import render
 from modelserver.launcher.unix_http import unix_request
@@ -27,12 +29,17 @@ def envoy_binary() -> str:
     return str(Path(sys.executable).parent / "envoy")
 
 
-def render_config(settings: LaunchSettings, inference_token: str, template: Path = TEMPLATE) -> str:
-    """The Envoy config for this instance's ports and TorchServe token."""
+def render_config(
+    settings: LaunchSettings, inference_token: str, routes: RouteTable, template: Path = TEMPLATE
+) -> str:
+    """The Envoy config for this instance's ports, routes and TorchServe token."""
     ports = settings.ports
     return render(
         template.read_text(encoding="utf-8"),
         {
+            "MODEL_ROUTES": as_yaml_block(routes.routes(), indent=14),
+            "SELECTOR_RULES": json.dumps(routes.selector_rules()),
+            "LUA_SELECTORS": routes.lua_selectors(),
             "LISTEN_ADDRESS": settings.listen_address,
             "PUBLIC_PORT": ports.public,
             "ADMIN_SOCKET": settings.envoy_admin_socket,
@@ -67,12 +74,12 @@ class Envoy:
         """The running Envoy process, if started."""
         return self._process
 
-    def start(self, inference_token: str) -> None:
+    def start(self, inference_token: str, routes: RouteTable) -> None:
         """Write the config (private: it holds the token), validate it, start Envoy."""
         self._dir.mkdir(parents=True, exist_ok=True)
         config = self._dir / "envoy.yaml"
         config.touch(mode=0o600)
-        config.write_text(render_config(self._settings, inference_token), encoding="utf-8")
+        config.write_text(render_config(self._settings, inference_token, routes), encoding="utf-8")
         checked = validate(config)
         if checked.returncode != 0:
             raise RuntimeError(f"invalid Envoy config {config}: {checked.stderr.strip()[-1500:]}")

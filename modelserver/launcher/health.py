@@ -54,12 +54,17 @@ class Readiness:
             return error_response(ModelUnavailable("the server is shutting down", status="Unhealthy"))
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(self._models)))) as pool:
             models = dict(zip(self._models, pool.map(self._model_status, self._models), strict=True))
-        models.update(self._skipped)
         not_ready = {name: why for name, why in models.items() if why != "ready"}
+        # A skipped model (its source could not be had) is reported, but it is not being served,
+        # so it does not hold back the models that are.
+        models.update({name: f"skipped: {why}" for name, why in self._skipped.items()})
+        extra = {"skipped": sorted(self._skipped)} if self._skipped else {}
         if not not_ready:
-            return 200, {"status": "Healthy", "models": models}
+            return 200, {"status": "Healthy", "models": models, **extra}
         reasons = "; ".join(f"{name}: {why}" for name, why in sorted(not_ready.items()))
-        return error_response(ModelUnavailable(f"not ready: {reasons}", status="Unhealthy", models=models))
+        return error_response(
+            ModelUnavailable(f"not ready: {reasons}", status="Unhealthy", models=models, **extra)
+        )
 
 
 class HealthServer:

@@ -18,8 +18,10 @@ from pathlib import Path
 from modelserver.archive import archive_path, build_archive
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
+from modelserver.hub import SourceUnavailable
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Readiness
+from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import TorchServe
 
@@ -51,6 +53,8 @@ class Supervisor:
         self._envoy: Envoy | None = None
         self._health: HealthServer | None = None
         self._readiness: Readiness | None = None
+        self._catalogue = Catalogue.load(settings.catalogue)
+        self._skipped: dict[str, str] = {}
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """Signal handler: begin the orderly stop."""
@@ -60,15 +64,27 @@ class Supervisor:
         self._stop.set()
 
     def build(self) -> dict[str, Path]:
-        """Build (or reuse) the archive of every served model."""
-        catalogue = Catalogue.load(self._settings.catalogue)
+        """Build (or reuse) the archive of every served model; skip defaults that cannot be had."""
+        catalogue = self._catalogue
         archives = {}
-        for name in self._settings.models or tuple(catalogue.models):
+        selected = self._settings.models or tuple(catalogue.models)
+        for name in sorted(set(catalogue.models) - set(selected)):
+            self._skipped[name] = "not selected for this server (--models)"
+        for name in selected:
             entry = catalogue.entry(name)
-            if self._settings.build:
-                archives[name] = build_archive(entry, self._settings.model_store, self._environ).archive
-            else:
+            if not self._settings.build:
                 archives[name] = archive_path(entry, self._settings.model_store)
+                continue
+            try:
+                archives[name] = build_archive(entry, self._settings.model_store, self._environ).archive
+            except SourceUnavailable as error:
+                hint = (
+                    f"set {entry.source.env} to a local folder or a reachable Hub id"
+                    if entry.source.env
+                    else ""
+                )
+                self._skipped[name] = f"{error}; {hint}".rstrip("; ")
+                log.warning("skipping %s: %s", name, self._skipped[name])
         return archives
 
     def run(self) -> int:
@@ -83,7 +99,7 @@ class Supervisor:
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
-        self._readiness = Readiness(list(archives), torchserve.model_status)
+        self._readiness = Readiness(list(archives), torchserve.model_status, self._skipped)
         if self._stop.is_set():
             self._readiness.set_phase("stopping")
         self._health = HealthServer(settings.ports.health, self._readiness)
@@ -93,7 +109,7 @@ class Supervisor:
         if not self._wait_for_models(list(archives)):
             return 0 if self._stop.is_set() else 1
         self._envoy = Envoy(settings, self._environ)
-        self._envoy.start(tokens.inference)
+        self._envoy.start(tokens.inference, RouteTable(self._catalogue, self._skipped))
         self._envoy.wait_ready()
         self._readiness.set_phase("serving")
         if self._readiness.phase == "serving":

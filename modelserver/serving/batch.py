@@ -2,12 +2,15 @@
 
 Bad requests are answered on their own; the valid ones share one model call. If that call
 fails, each valid request is retried alone so a poison request cannot fail its neighbours.
+A request that asks to stream is answered in chunks, one NDJSON line per item, as each chunk
+is computed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -17,6 +20,9 @@ from modelserver.payload import decode_json_body
 log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT")
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+Emit = Callable[[int, bytes], None]
 
 
 class Runtime(Protocol[RequestT]):
@@ -29,18 +35,34 @@ class Runtime(Protocol[RequestT]):
         """Answer valid requests in order: a JSON-able answer, or a `ServingError`, each."""
 
 
+class StreamingRuntime(Runtime[RequestT], Protocol[RequestT]):
+    """A runtime whose requests may hold many items and ask for them as a stream."""
+
+    def stream_parts(self, request: RequestT, size: int | None = None) -> list[RequestT]:
+        """Split a streaming request into sub-requests of `size` items (the kind's default if
+        None), each answered with a list of per-item answers."""
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """The HTTP status and JSON body for one request of a batch."""
+    """The HTTP status and body (a JSON value, or bytes already encoded) for one request."""
 
     status: int
     body: Any
+    content_type: str = JSON
 
     @classmethod
     def of_error(cls, error: ServingError) -> Outcome:
         """The outcome of a request that failed with `error`."""
         status, body = error_response(error)
         return cls(status, body)
+
+
+def ndjson(lines: Sequence[dict[str, Any]]) -> bytes:
+    """NDJSON: one compact JSON object per line."""
+    return b"".join(
+        json.dumps(line, allow_nan=False, separators=(",", ":")).encode() + b"\n" for line in lines
+    )
 
 
 @dataclass
@@ -50,21 +72,30 @@ class BatchAnswerer(Generic[RequestT]):
     runtime: Runtime[RequestT]
     model_name: str = "model"
 
-    def answer(self, bodies: Sequence[Any]) -> list[Outcome]:
-        """One outcome per body: parse each, predict the valid ones together."""
+    def answer(self, bodies: Sequence[Any], emit: Emit | None = None) -> list[Outcome]:
+        """One outcome per body: parse each, predict the valid ones together; stream the
+        requests that ask for it through `emit(index, chunk)` (the last chunk is returned)."""
         outcomes: list[Outcome | None] = [None] * len(bodies)
         valid: list[tuple[int, RequestT]] = []
+        streams: list[tuple[int, RequestT]] = []
         for index, body in enumerate(bodies):
             try:
-                valid.append((index, self.runtime.parse(decode_json_body(body))))
+                request = self.runtime.parse(decode_json_body(body))
             except ServingError as error:
                 outcomes[index] = Outcome.of_error(error)
+                continue
             except Exception as error:  # pylint: disable=broad-exception-caught
                 # A bug in validation must cost this request only, never its whole batch.
                 log.error("%s could not validate a request: %s", self.model_name, type(error).__name__)
                 outcomes[index] = Outcome.of_error(ModelFailure("the request could not be validated"))
+                continue
+            wants_stream = emit is not None and getattr(request, "stream", False)
+            (streams if wants_stream else valid).append((index, request))
         for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
             outcomes[index] = outcome
+        for index, request in streams:
+            assert emit is not None
+            outcomes[index] = self._stream(index, request, emit)
         return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
 
     def _predict(self, requests: list[RequestT]) -> list[Outcome]:
@@ -91,10 +122,33 @@ class BatchAnswerer(Generic[RequestT]):
                 exc_info=len(requests) == 1,
             )
             if len(requests) == 1:
-                return [
-                    Outcome.of_error(
-                        ModelFailure(f"the {self.model_name} model failed: {type(error).__name__}")
-                    )
-                ]
+                failure = ModelFailure(f"the {self.model_name} model failed: {type(error).__name__}")
+                return [Outcome.of_error(failure)]
         # Isolate the request that made the batch fail: answer each one alone.
         return [outcome for request in requests for outcome in self._predict([request])]
+
+    def _stream(self, index: int, request: RequestT, emit: Emit) -> Outcome:
+        """Answer chunk by chunk; a failed chunk is retried item by item, so each item gets its
+        own result or error line. Every chunk but the last goes out through `emit`."""
+        runtime: StreamingRuntime[RequestT] = self.runtime  # type: ignore[assignment]
+        parts = runtime.stream_parts(request)
+        offset = 0
+        for number, part in enumerate(parts):
+            [outcome] = self._predict([part])
+            if outcome.status == 200:
+                lines = [{"index": offset + i, "result": result} for i, result in enumerate(outcome.body)]
+            else:
+                lines = []
+                for i, single in enumerate(runtime.stream_parts(part, size=1)):
+                    [alone] = self._predict([single])
+                    line = {"index": offset + i}
+                    line.update(
+                        {"result": alone.body[0]} if alone.status == 200 else {"error": alone.body["error"]}
+                    )
+                    lines.append(line)
+            offset += len(lines)
+            if number < len(parts) - 1:
+                emit(index, ndjson(lines))
+            else:
+                return Outcome(200, ndjson(lines), NDJSON)
+        return Outcome(200, b"", NDJSON)

@@ -15,12 +15,11 @@ from typing import Any, ClassVar
 from modelserver.errors import ConfigError, ModelFailure
 from modelserver.kinds import ModelFiles
 from modelserver.payload import request_body
-from modelserver.serving.batch import BatchAnswerer, Outcome, Runtime
+from modelserver.serving.batch import NDJSON, BatchAnswerer, Emit, Outcome, Runtime
 
 log = logging.getLogger(__name__)
 
 RuntimeLoader = Callable[[ModelFiles], Runtime[Any]]
-JSON_CONTENT_TYPE = "application/json"
 
 
 def handler_settings(context: Any) -> dict[str, Any]:
@@ -38,19 +37,38 @@ def serialized_file(context: Any) -> str:
     return str(manifest.get("model", {}).get("serializedFile", ""))
 
 
-def encode(outcome: Outcome) -> tuple[int, bytes]:
-    """Serialise one answer; an answer that is not valid JSON (NaN) becomes a 500 of its own."""
+def encode(outcome: Outcome) -> Outcome:
+    """Serialise one answer to bytes; an answer that is not valid JSON (NaN) becomes a 500."""
+    if isinstance(outcome.body, bytes):
+        return outcome
     try:
-        return outcome.status, json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode()
+        body = json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as error:
         log.error("an answer could not be serialised: %s", type(error).__name__)
         return encode(Outcome.of_error(ModelFailure("the model produced an answer that is not valid JSON")))
+    return Outcome(outcome.status, body, outcome.content_type)
+
+
+def stream_emitter(context: Any) -> Emit:
+    """Send one chunk of a streaming answer now (TorchServe's intermediate responses)."""
+
+    def emit(index: int, chunk: bytes) -> None:
+        # Imported here so the rest of the adapter, and its tests, run without TorchServe.
+        from ts.handler_utils.utils import send_intermediate_predict_response  # pylint: disable=import-outside-toplevel
+
+        context.set_response_content_type(index, NDJSON)
+        request_id = context.request_ids[index]
+        send_intermediate_predict_response({index: chunk}, {index: request_id}, "streaming", 200, context)
+
+    return emit
 
 
 class TorchServeAdapter:
     """Base of every handler: subclasses only name the loader of their model kind."""
 
     load_runtime: ClassVar[RuntimeLoader]
+    # Tests replace this to watch the chunks instead of sending them through TorchServe.
+    make_emitter: ClassVar[Callable[[Any], Emit]] = staticmethod(stream_emitter)
 
     def __init__(self) -> None:
         self.initialized = False
@@ -70,12 +88,13 @@ class TorchServeAdapter:
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[bytes]:
-        """Answer a TorchServe batch: one JSON body per request, each with its own status."""
+        """Answer a TorchServe batch: one body per request, each with its own status."""
         if self._answerer is None:
             raise RuntimeError("handle() called before initialize()")
-        encoded = [encode(outcome) for outcome in self._answerer.answer([request_body(row) for row in data])]
-        for index, (status, _) in enumerate(encoded):
-            context.set_response_content_type(index, JSON_CONTENT_TYPE)
-            if status != HTTPStatus.OK:
-                context.set_response_status(status, HTTPStatus(status).phrase, index)
-        return [body for _, body in encoded]
+        bodies = [request_body(row) for row in data]
+        outcomes = [encode(o) for o in self._answerer.answer(bodies, type(self).make_emitter(context))]
+        for index, outcome in enumerate(outcomes):
+            context.set_response_content_type(index, outcome.content_type)
+            if outcome.status != HTTPStatus.OK:
+                context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+        return [outcome.body for outcome in outcomes]

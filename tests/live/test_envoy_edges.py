@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import envoy_binary, render_config
+from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from tests.helpers import BRIEF_ROWS, Launcher, free_ports
 
@@ -142,7 +144,7 @@ def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
     )
     (tmp_path / "envoy").mkdir()
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_config(settings, "token"))
+    config.write_text(render_config(settings, "token", RouteTable(Catalogue.load(), {})))
     command = [envoy_binary(), "-c", str(config), "--disable-hot-restart"]
     with (
         (tmp_path / "envoy.log").open("wb") as log,

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from modelserver.catalogue import Catalogue
 from modelserver.launcher.__main__ import parse_settings
 from modelserver.launcher.envoy import render_config, validate
 from modelserver.launcher.health import Readiness
+from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.templates import render
 from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties, runtime_properties
@@ -42,7 +44,7 @@ def test_committed_config_leaves_the_public_ports_free() -> None:
 
 def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_config(LaunchSettings(), inference_token="t0ken"))
+    config.write_text(render_config(LaunchSettings(), "t0ken", RouteTable(Catalogue.load(), {})))
     text = config.read_text()
     assert "Bearer t0ken" in text and "${" not in text
     result = validate(config)
@@ -52,7 +54,8 @@ def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
 
 def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_config(LaunchSettings(), "t").replace("prefix_rewrite", "prefix_rewrote"))
+    rendered = render_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
+    config.write_text(rendered.replace("prefix_rewrite", "prefix_rewrote"))
     assert validate(config).returncode != 0
 
 

@@ -1,0 +1,140 @@
+"""Envoy's public routes, generated from the catalogue's `routes:` and what is being served.
+
+A route answers with its model, or picks one from a body field (`select_by`); a model that was
+skipped (its source could not be fetched) answers 503 saying why and how to provide it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from modelserver.catalogue import Catalogue, RouteSpec
+
+METADATA_NAMESPACE = "modelserver"
+SAFE_RETRIES = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": 2}
+POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
+
+
+def _direct(status: int, message: str, **headers: str) -> dict[str, Any]:
+    action: dict[str, Any] = {"direct_response": {"status": status, "body": {"inline_string": message}}}
+    if headers:
+        action["response_headers_to_add"] = [
+            {
+                "header": {"key": key.replace("_", "-"), "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+            for key, value in headers.items()
+        ]
+    return action
+
+
+def _field_is(field: str, value: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"filter": METADATA_NAMESPACE, "path": [{"key": field}], "value": value}]
+
+
+class RouteTable:
+    """Builds the route list, the body-field rules and the Lua selector table for Envoy."""
+
+    def __init__(self, catalogue: Catalogue, skipped: Mapping[str, str]) -> None:
+        self._catalogue = catalogue
+        self._skipped = dict(skipped)
+
+    def _to_model(self, name: str, spec: RouteSpec) -> dict[str, Any]:
+        if name in self._skipped:
+            return _direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
+        return {
+            "route": {
+                "cluster": "torchserve",
+                "prefix_rewrite": f"/predictions/{name}",
+                "timeout": f"{spec.timeout_s:g}s",
+                "retry_policy": SAFE_RETRIES,
+            }
+        }
+
+    def choices(self, spec: RouteSpec) -> dict[str, str]:
+        """Body-field value -> model, for a route that selects by a field."""
+        if spec.choices:
+            return dict(spec.choices)
+        found = {}
+        for name, entry in self._catalogue.models.items():
+            for alias in [name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])]:
+                found[alias] = name
+        return found
+
+    def routes(self) -> list[dict[str, Any]]:
+        """Every generated route, most specific first."""
+        routes: list[dict[str, Any]] = []
+        for path, spec in self._catalogue.routes.items():
+            if spec.select_by:
+                choices = self.choices(spec)
+                for value, target in sorted(choices.items()):
+                    match = {
+                        "path": path,
+                        "headers": POST,
+                        "dynamic_metadata": _field_is(spec.select_by, {"string_match": {"exact": value}}),
+                    }
+                    routes.append({"match": match, **self._to_model(target, spec)})
+                wanted = sorted(set(choices)) if spec.choices else sorted(set(choices.values()))
+                unknown = f"'{spec.select_by}' must be one of: {', '.join(wanted)}"
+                if not spec.choices:
+                    unknown = f"unknown '{spec.select_by}'; served models: {', '.join(wanted)}"
+                match = {
+                    "path": path,
+                    "headers": POST,
+                    "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
+                }
+                routes.append({"match": match, **_direct(400, unknown)})
+            default = self._to_model(spec.model, spec) if spec.model else _direct(400, unknown)
+            routes.append({"match": {"path": path, "headers": POST}, **default})
+        for name, reason in sorted(self._skipped.items()):
+            routes.append(
+                {
+                    "match": {"path": f"/predictions/{name}", "headers": POST},
+                    **_direct(503, f"model {name} is not available: {reason}", retry_after="3600"),
+                }
+            )
+        paths = "|".join(re.escape(path) for path in self._catalogue.routes)
+        if paths:
+            routes.append(
+                {
+                    "match": {"safe_regex": {"regex": f"^({paths})$"}},
+                    **_direct(405, "method not allowed; use POST", allow="POST"),
+                }
+            )
+        return routes
+
+    def selector_rules(self) -> list[dict[str, Any]]:
+        """json_to_metadata rules: copy each selecting body field into route metadata."""
+        fields = sorted({spec.select_by for spec in self._catalogue.routes.values() if spec.select_by})
+        return [
+            {
+                "selectors": [{"key": field}],
+                "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": field, "type": "STRING"},
+                "on_error": {
+                    "metadata_namespace": METADATA_NAMESPACE,
+                    "key": "body_not_json",
+                    "value": {"string_value": "true"},
+                },
+            }
+            for field in fields
+        ]
+
+    def lua_selectors(self) -> str:
+        """A Lua table literal: path -> selecting field, for bodies that are not strict JSON."""
+        pairs = [
+            f"[{json.dumps(path)}] = {json.dumps(spec.select_by)}"
+            for path, spec in self._catalogue.routes.items()
+            if spec.select_by
+        ]
+        return "{" + ", ".join(pairs) + "}"
+
+
+def as_yaml_block(routes: list[dict[str, Any]], indent: int) -> str:
+    """Routes as YAML list items indented to sit inside the template's `routes:` list."""
+    text = yaml.safe_dump(routes, sort_keys=False, default_flow_style=False, width=1000)
+    return "\n".join((" " * indent + line) if line else line for line in text.splitlines())
