@@ -88,12 +88,19 @@ class FakeContext:
         return self.statuses.get(idx, (200, ""))[0]
 
 
-def write_catalogue(path: Path, extra: Mapping[str, dict[str, Any]] | None = None) -> Path:
-    """The project's catalogue plus `extra` entries, with every path made absolute."""
+def write_catalogue(
+    path: Path,
+    extra: Mapping[str, dict[str, Any]] | None = None,
+    handler_config: Mapping[str, dict[str, Any]] | None = None,
+) -> Path:
+    """The project's catalogue plus `extra` entries and `handler_config` overrides, with
+    every path made absolute."""
     import yaml  # pylint: disable=import-outside-toplevel
 
     catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
     catalogue["models"].update(extra or {})
+    for name, overrides in (handler_config or {}).items():
+        catalogue["models"][name]["handler_config"].update(overrides)
     for entry in catalogue["models"].values():
         entry["handler"] = str(PROJECT_ROOT / entry["handler"])
         entry["extra_files"] = [str(PROJECT_ROOT / f) for f in entry.get("extra_files", [])]
@@ -108,6 +115,7 @@ class Launcher:
     workdir: Path
     catalogue: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
     ports: Ports = field(default_factory=stack_ports)
     process: subprocess.Popen[bytes] | None = None
 
@@ -146,12 +154,16 @@ class Launcher:
                 command += [f"--{name.replace('_', '-')}-port", str(getattr(ports, name))]
         if self.catalogue is not None:
             command += ["--catalogue", str(self.catalogue)]
+        if self.models:
+            command += ["--models", *self.models]
         return command
 
     def start(self) -> Launcher:
         """Start the launcher in the background."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        # Never download in tests: an empty Hub cache, offline. Models come from folders.
+        hub_home = self.workdir / "hf_home"
+        env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", **self.env}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
                 self.command(),

@@ -27,8 +27,9 @@ def write_broken_model(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    """A running stack on free loopback ports."""
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Path]) -> Iterator[Launcher]:
+    """A running stack on free loopback ports: every catalogue model (the language models from
+    tiny folders, brought in through their variables) plus one that raises."""
     workdir = tmp_path_factory.mktemp("stack")
     broken = {
         "crystal_broken": {
@@ -39,6 +40,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
             "torchserve": {"batchSize": 4, "maxBatchDelay": 5},
         }
     }
-    launcher = Launcher(workdir, catalogue=write_catalogue(workdir / "models.yaml", broken))
+    # One text per streamed chunk, so a streamed answer is many chunks even on tiny models.
+    catalogue = write_catalogue(workdir / "models.yaml", broken, {"fill_mask": {"stream_chunk": 1}})
+    env = {f"{name.upper()}_MODEL": str(folder) for name, folder in tiny_hf_models.items()}
+    launcher = Launcher(workdir, catalogue=catalogue, env=env)
     with running(launcher) as live:
         yield live

@@ -42,12 +42,20 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
 
 
 def test_start_serve_and_stop_gracefully(tmp_path: Path) -> None:
-    launcher = Launcher(tmp_path).start()
+    # fill_mask's default (bert-base-uncased) cannot be fetched: offline, empty Hub cache.
+    launcher = Launcher(tmp_path, models=("crystal_sklearn", "crystal_pytorch", "fill_mask")).start()
     try:
         early = first_health_answer(launcher)
         assert early.status_code == 503, "never healthy before every model can answer"
         assert "crystal_sklearn" in early.json()["error"] or "crystal_pytorch" in early.json()["error"]
         launcher.wait_healthy()
+        healthy = requests.get(f"{launcher.url}/healthcheck", timeout=10).json()
+        assert healthy["skipped"] == ["camembert", "fill_mask", "sentiment"]
+        assert "cannot fetch bert-base-uncased" in healthy["models"]["fill_mask"]
+        for path in ("/inference", "/predictions/fill_mask"):
+            missing = requests.post(f"{launcher.url}{path}", json={"text": "a [MASK]"}, timeout=10)
+            assert missing.status_code == 503 and missing.headers["retry-after"]
+            assert "fill_mask" in missing.json()["error"] and "FILL_MASK_MODEL" in missing.json()["error"]
         answer = requests.post(
             f"{launcher.url}/astromech", json={"crystalData": BRIEF_ROWS, "model": "sklearn"}, timeout=10
         )

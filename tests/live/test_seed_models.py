@@ -24,7 +24,10 @@ def fixture_seed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lau
         "CRYSTAL_SKLEARN_MODEL": str(SEED_CRYSTAL / "sklearn.model"),
         "CRYSTAL_PYTORCH_MODEL": str(SEED_CRYSTAL / "pytorch.model"),
     }
-    with running(Launcher(tmp_path_factory.mktemp("seed"), env=env)) as live:
+    launcher = Launcher(
+        tmp_path_factory.mktemp("seed"), env=env, models=("crystal_sklearn", "crystal_pytorch")
+    )
+    with running(launcher) as live:
         yield live
 
 
