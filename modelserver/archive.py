@@ -28,7 +28,7 @@ from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 LARGE_FILE_BYTES = 32 << 20
 RECORDS_DIR = ".builds"
 RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
@@ -125,13 +125,17 @@ def build_archive(
         config_file = workdir / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(entry, source), sort_keys=False), encoding="utf-8")
         _run_archiver(entry, model_file, config_file, workdir, model_store, root, environ)
+    _write_record(entry, model_store, digest, source)
+    log.info("%s: built %s from %s", entry.name, target.name, source.describe())
+    return BuildResult(entry.name, target, True, source.describe())
+
+
+def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Source) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
     record.write_text(
         json.dumps({"fingerprint": digest, "source": source.describe()}, indent=2), encoding="utf-8"
     )
-    log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe())
 
 
 def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Path:

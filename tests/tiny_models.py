@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (
+from transformers import (  # pylint: disable=no-name-in-module
     BertConfig,
     BertForMaskedLM,
     BertTokenizerFast,
@@ -73,13 +73,15 @@ def make_bert_fill_mask(folder: Path, max_positions: int = 64) -> Path:
         tokenizer_object=_wordpiece(ENGLISH), do_lower_case=True, model_max_length=max_positions
     )
     tokenizer.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=max_positions,
+    config = BertConfig.from_dict(
+        {
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": max_positions,
+        }
     )
     torch.manual_seed(0)
     model = BertForMaskedLM(config)
@@ -115,16 +117,18 @@ def make_camembert_fill_mask(folder: Path, max_positions: int = 66) -> Path:
         model_max_length=max_positions - 2,
     )
     fast.save_pretrained(folder)
-    config = CamembertConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=max_positions,
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
+    config = CamembertConfig.from_dict(
+        {
+            "vocab_size": len(fast),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": max_positions,
+            "pad_token_id": fast.pad_token_id,
+            "bos_token_id": fast.bos_token_id,
+            "eos_token_id": fast.eos_token_id,
+        }
     )
     torch.manual_seed(0)
     model = CamembertForMaskedLM(config)
@@ -139,15 +143,17 @@ def make_distilbert_sentiment(folder: Path, max_positions: int = 64) -> Path:
         tokenizer_object=_wordpiece(ENGLISH), do_lower_case=True, model_max_length=max_positions
     )
     tokenizer.save_pretrained(folder)
-    config = DistilBertConfig(
-        vocab_size=len(tokenizer),
-        dim=32,
-        n_layers=2,
-        n_heads=2,
-        hidden_dim=64,
-        max_position_embeddings=max_positions,
-        id2label={0: "NEGATIVE", 1: "POSITIVE"},
-        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    config = DistilBertConfig.from_dict(
+        {
+            "vocab_size": len(tokenizer),
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 2,
+            "hidden_dim": 64,
+            "max_position_embeddings": max_positions,
+            "id2label": {0: "NEGATIVE", 1: "POSITIVE"},
+            "label2id": {"NEGATIVE": 0, "POSITIVE": 1},
+        }
     )
     torch.manual_seed(0)
     DistilBertForSequenceClassification(config).save_pretrained(folder)

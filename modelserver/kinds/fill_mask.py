@@ -7,20 +7,23 @@ the vocabulary-sized head runs only at the mask positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pydantic import Field
 from transformers import AutoModelForMaskedLM
 
-from modelserver.errors import ConfigError, InvalidInput, ServingError
+from modelserver.errors import ConfigError, InvalidInput
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
     TextModelSettings,
     TextRequest,
+    flatten,
+    length_errors,
     load_pretrained,
     max_tokens,
+    pad_batch,
+    regroup,
     split_texts,
     validate_request,
 )
@@ -45,14 +48,6 @@ class FillMaskRequest(TextRequest):
     """Texts with one or more `[MASK]` (or the model's own mask token)."""
 
     top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
-
-
-@dataclass
-class _Item:
-    """One text of one request, on its way through the batch."""
-
-    request: int
-    ids: list[int]
 
 
 class FillMaskRuntime:
@@ -92,51 +87,38 @@ class FillMaskRuntime:
 
     def predict(self, requests: Sequence[FillMaskRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""
-        texts, owners = [], []
-        for index, request in enumerate(requests):
-            for text in request.texts:
-                texts.append(text.replace(PUBLIC_MASK, self._tokenizer.mask_token))
-                owners.append(index)
-        encoded = self._tokenizer(texts, add_special_tokens=True)["input_ids"]
-        errors: dict[int, ServingError] = {}
-        for owner, ids in zip(owners, encoded, strict=True):
-            if len(ids) > self._limit:
-                errors[owner] = InvalidInput(
-                    f"a text is {len(ids)} tokens long; this model accepts at most {self._limit}"
-                )
-        items = [_Item(owner, ids) for owner, ids in zip(owners, encoded, strict=True) if owner not in errors]
-        results = self._fill(items, [requests[item.request].top_k for item in items])
-        per_request: list[list[Any]] = [[] for _ in requests]
-        for item, result in zip(items, results, strict=True):
-            per_request[item.request].append(result)
-        return [
-            errors.get(index) or (answers if isinstance(requests[index].text, list) else answers[0])
-            for index, answers in enumerate(per_request)
-        ]
+        texts, owners = flatten(requests)
+        mask = self._tokenizer.mask_token
+        encoded = self._tokenizer([text.replace(PUBLIC_MASK, mask) for text in texts])["input_ids"]
+        errors = length_errors(owners, [len(ids) for ids in encoded], self._limit)
+        kept = [(owner, ids) for owner, ids in zip(owners, encoded, strict=True) if owner not in errors]
+        answers = self._fill([ids for _, ids in kept], [requests[owner].top_k for owner, _ in kept])
+        return regroup(requests, [owner for owner, _ in kept], answers, errors)
 
-    def _fill(self, items: list[_Item], top_ks: list[int]) -> list[Any]:
-        """Run the model over `items` (padded together) and format each like the pipeline."""
-        if not items:
+    def _fill(self, encoded: list[list[int]], top_ks: list[int]) -> list[Any]:
+        """Run the model over the encoded texts (padded together); format like the pipeline."""
+        if not encoded:
             return []
-        width = max(len(item.ids) for item in items)
-        pad = self._tokenizer.pad_token_id
-        input_ids = torch.tensor([item.ids + [pad] * (width - len(item.ids)) for item in items])
-        attention = torch.tensor([[1] * len(item.ids) + [0] * (width - len(item.ids)) for item in items])
+        rows, columns, probabilities = self._mask_probabilities(encoded)
+        results: list[list[list[dict[str, Any]]]] = [[] for _ in encoded]
+        for mask_index, row in enumerate(rows.tolist()):
+            scores, tokens = probabilities[mask_index].topk(top_ks[row])
+            results[row].append(self._candidates(encoded[row], int(columns[mask_index]), scores, tokens))
+        return [masks[0] if len(masks) == 1 else masks for masks in results]
+
+    def _mask_probabilities(
+        self, encoded: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, column) of every mask in the padded batch, and its vocabulary distribution."""
+        input_ids, attention = pad_batch(encoded, self._tokenizer.pad_token_id)
         rows, columns = torch.nonzero(input_ids == self._tokenizer.mask_token_id, as_tuple=True)
         with torch.inference_mode():
             if self._head is not None:
-                hidden = self._model.base_model(
-                    input_ids=input_ids, attention_mask=attention
-                ).last_hidden_state
-                logits = self._head(hidden[rows, columns])
+                outputs = self._model.base_model(input_ids=input_ids, attention_mask=attention)
+                logits = self._head(outputs.last_hidden_state[rows, columns])
             else:  # an architecture without a known head: full logits, then pick the masks
                 logits = self._model(input_ids=input_ids, attention_mask=attention).logits[rows, columns]
-            probabilities = logits.float().softmax(dim=-1)
-        results: list[list[list[dict[str, Any]]]] = [[] for _ in items]
-        for mask_index, row in enumerate(rows.tolist()):
-            scores, tokens = probabilities[mask_index].topk(top_ks[row])
-            results[row].append(self._candidates(items[row].ids, columns[mask_index].item(), scores, tokens))
-        return [masks[0] if len(masks) == 1 else masks for masks in results]
+            return rows, columns, logits.float().softmax(dim=-1)
 
     def _candidates(
         self, ids: list[int], position: int, scores: torch.Tensor, tokens: torch.Tensor

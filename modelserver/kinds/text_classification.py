@@ -12,13 +12,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from modelserver.errors import InvalidInput, ServingError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
     TextModelSettings,
     TextRequest,
+    flatten,
+    length_errors,
     load_pretrained,
     max_tokens,
+    pad_batch,
+    regroup,
     split_texts,
     validate_request,
 )
@@ -50,32 +53,20 @@ class TextClassificationRuntime:
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""
-        texts, owners = [], []
-        for index, request in enumerate(requests):
-            texts.extend(request.texts)
-            owners.extend([index] * len(request.texts))
-        lengths = [len(ids) for ids in self._tokenizer(texts)["input_ids"]]
-        errors: dict[int, ServingError] = {
-            owner: InvalidInput(f"a text is {length} tokens long; this model accepts at most {self._limit}")
-            for owner, length in zip(owners, lengths, strict=True)
-            if length > self._limit
-        }
+        texts, owners = flatten(requests)
+        encoded = self._tokenizer(texts)["input_ids"]
+        errors = length_errors(owners, [len(ids) for ids in encoded], self._limit)
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
-        answers = self._classify([texts[i] for i in kept])
-        per_request: list[list[dict[str, Any]]] = [[] for _ in requests]
-        for i, answer in zip(kept, answers, strict=True):
-            per_request[owners[i]].append(answer)
-        return [
-            errors.get(index) or (found if isinstance(requests[index].text, list) else found[0])
-            for index, found in enumerate(per_request)
-        ]
+        answers = self._classify([encoded[i] for i in kept])
+        return regroup(requests, [owners[i] for i in kept], answers, errors)
 
-    def _classify(self, texts: list[str]) -> list[dict[str, Any]]:
-        if not texts:
+    def _classify(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
+        """Top label and score for each encoded text, in one padded forward pass."""
+        if not encoded:
             return []
-        batch = self._tokenizer(texts, padding=True, return_tensors="pt")
+        input_ids, attention = pad_batch(encoded, self._tokenizer.pad_token_id)
         with torch.inference_mode():
-            logits = self._model(**batch).logits.float()
+            logits = self._model(input_ids=input_ids, attention_mask=attention).logits.float()
         scores = logits.sigmoid() if self._sigmoid else logits.softmax(dim=-1)
         best_scores, best = scores.max(dim=-1)
         return [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -105,3 +105,43 @@ def split_texts(request: Any, size: int) -> list[Any]:
         request.model_copy(update={"text": texts[start : start + size], "stream": False})
         for start in range(0, len(texts), size)
     ]
+
+
+def flatten(requests: Sequence[TextRequest]) -> tuple[list[str], list[int]]:
+    """Every text of a batch, and the index of the request each came from."""
+    texts: list[str] = []
+    owners: list[int] = []
+    for index, request in enumerate(requests):
+        texts.extend(request.texts)
+        owners.extend([index] * len(request.texts))
+    return texts, owners
+
+
+def length_errors(owners: Sequence[int], lengths: Sequence[int], limit: int) -> dict[int, InvalidInput]:
+    """A 422 for each request holding a text longer than the model accepts."""
+    return {
+        owner: InvalidInput(f"a text is {length} tokens long; this model accepts at most {limit}")
+        for owner, length in zip(owners, lengths, strict=True)
+        if length > limit
+    }
+
+
+def regroup(
+    requests: Sequence[TextRequest], owners: Sequence[int], answers: Sequence[Any], errors: Mapping[int, Any]
+) -> list[Any]:
+    """Per-text answers back into one answer per request: a list for a list of texts."""
+    grouped: list[list[Any]] = [[] for _ in requests]
+    for owner, answer in zip(owners, answers, strict=True):
+        grouped[owner].append(answer)
+    return [
+        errors.get(index) or (found if isinstance(requests[index].text, list) else found[0])
+        for index, found in enumerate(grouped)
+    ]
+
+
+def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded to the longest text of the batch, and the matching attention mask."""
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.tensor([[*ids, *[pad_id] * (width - len(ids))] for ids in encoded])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
+    return input_ids, attention

@@ -136,7 +136,8 @@ def port_open(port: int) -> bool:
 @contextlib.contextmanager
 def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
     """Envoy with the project's config, its TorchServe and health upstreams at `upstream`."""
-    public, health = free_ports(2)
+    ports = free_ports(2)
+    public, health = ports[0], ports[1]
     settings = LaunchSettings(
         listen_address="127.0.0.1",
         runtime_dir=tmp_path,

@@ -37,18 +37,21 @@ def same_answer(ours: Any, theirs: Any) -> None:
 
 @pytest.fixture(scope="module", name="fill_mask")
 def fixture_fill_mask(tiny_hf_models: dict[str, Path]) -> FillMaskRuntime:
+    """The tiny BERT, as its archive would load it."""
     folder = tiny_hf_models["fill_mask"]
     return load_fill_mask_runtime(ModelFiles(folder.parent, names=("fill_mask", "bert-base-uncased")))
 
 
 @pytest.fixture(scope="module", name="camembert")
 def fixture_camembert(tiny_hf_models: dict[str, Path]) -> FillMaskRuntime:
+    """The tiny CamemBERT (`<mask>`, Unigram tokenizer)."""
     folder = tiny_hf_models["camembert"]
     return load_fill_mask_runtime(ModelFiles(folder.parent, names=("camembert", "camembert-base")))
 
 
 @pytest.fixture(scope="module", name="sentiment")
 def fixture_sentiment(tiny_hf_models: dict[str, Path]) -> TextClassificationRuntime:
+    """The tiny DistilBERT classifier."""
     folder = tiny_hf_models["sentiment"]
     return load_text_classification_runtime(ModelFiles(folder.parent, names=("sentiment",)))
 

@@ -1,0 +1,104 @@
+"""Envoy routes generated from the catalogue: selection by body field, skipped models, 405s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelserver.catalogue import Catalogue
+from modelserver.errors import ConfigError
+from modelserver.launcher.routes import RouteTable
+
+
+def find(routes: list[dict[str, Any]], path: str, value: str | None = None) -> dict[str, Any]:
+    """The first route for `path` whose metadata match is `value` (None: no metadata match)."""
+    for route in routes:
+        match = route["match"]
+        if match.get("path") != path:
+            continue
+        selectors = match.get("dynamic_metadata")
+        if value is None and selectors is None:
+            return route
+        if (
+            value is not None
+            and selectors
+            and selectors[0]["value"].get("string_match", {}).get("exact") == value
+        ):
+            return route
+    raise KeyError((path, value))
+
+
+def test_direct_routes_rewrite_to_their_model() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    assert find(routes, "/sklearn")["route"]["prefix_rewrite"] == "/predictions/crystal_sklearn"
+    assert find(routes, "/inference")["route"]["prefix_rewrite"] == "/predictions/fill_mask"
+    assert find(routes, "/predict")["route"]["prefix_rewrite"] == "/predictions/sentiment"
+
+
+def test_predict_selects_any_model_by_name_or_hub_id() -> None:
+    table = RouteTable(Catalogue.load(), {})
+    choices = table.choices(Catalogue.load().routes["/predict"])
+    assert choices["camembert-base"] == choices["camembert"] == "camembert"
+    assert choices["distilbert-base-uncased-finetuned-sst-2-english"] == "sentiment"
+    routes = table.routes()
+    assert find(routes, "/predict", "camembert-base")["route"]["prefix_rewrite"] == "/predictions/camembert"
+    unknown = [r for r in routes if r["match"].get("path") == "/predict" and "direct_response" in r]
+    assert len(unknown) == 1 and unknown[0]["direct_response"]["status"] == 400
+    assert "fill_mask" in unknown[0]["direct_response"]["body"]["inline_string"]
+
+
+def test_astromech_accepts_only_its_choices() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    assert find(routes, "/astromech", "pytorch")["route"]["prefix_rewrite"] == "/predictions/crystal_pytorch"
+    fallback = find(routes, "/astromech")
+    assert fallback["direct_response"]["status"] == 400
+    assert (
+        "sklearn, pytorch" in fallback["direct_response"]["body"]["inline_string"]
+        or "pytorch, sklearn" in (fallback["direct_response"]["body"]["inline_string"])
+    )
+
+
+def test_a_skipped_model_answers_503_with_the_reason_everywhere() -> None:
+    reason = "cannot fetch bert-base-uncased; set FILL_MASK_MODEL"
+    routes = RouteTable(Catalogue.load(), {"fill_mask": reason}).routes()
+    for route in (
+        find(routes, "/inference"),
+        find(routes, "/predictions/fill_mask"),
+        find(routes, "/predict", "bert-base-uncased"),
+    ):
+        assert route["direct_response"]["status"] == 503
+        assert reason in route["direct_response"]["body"]["inline_string"]
+        assert route["response_headers_to_add"][0]["header"]["key"] == "retry-after"
+
+
+def test_wrong_methods_on_public_paths_are_405() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    [not_allowed] = [r for r in routes if "safe_regex" in r["match"]]
+    assert not_allowed["direct_response"]["status"] == 405
+    for path in ("/sklearn", "/pytorch", "/astromech", "/inference", "/predict"):
+        assert path in not_allowed["match"]["safe_regex"]["regex"]
+
+
+def test_body_selector_rules_and_lua_table() -> None:
+    table = RouteTable(Catalogue.load(), {})
+    assert [rule["selectors"][0]["key"] for rule in table.selector_rules()] == ["model", "model_name"]
+    assert table.lua_selectors() == '{["/astromech"] = "model", ["/predict"] = "model_name"}'
+
+
+@pytest.mark.parametrize(
+    ("routes", "problem"),
+    [
+        ({"/x": {"model": "nope"}}, "unknown model"),
+        ({"x": {"model": "m"}}, "must look like"),
+        ({"/x": {"select_by": "model"}}, "needs a 'model'"),
+    ],
+)
+def test_bad_routes_fail_the_catalogue(tmp_path: Path, routes: dict[str, Any], problem: str) -> None:
+    path = tmp_path / "models.yaml"
+    model = {"handler": "h.py", "source": {"default": "x"}}
+    path.write_text(yaml.safe_dump({"models": {"m": model}, "routes": routes}))
+    with pytest.raises(ConfigError, match=problem):
+        Catalogue.load(path)
