@@ -18,14 +18,12 @@ from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
     TextModelSettings,
     TextRequest,
+    TextRuntime,
     flatten,
     length_errors,
     load_pretrained,
-    max_tokens,
     pad_batch,
     regroup,
-    split_texts,
-    validate_request,
 )
 from modelserver.validation import parse_settings
 
@@ -50,40 +48,28 @@ class FillMaskRequest(TextRequest):
     top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
 
 
-class FillMaskRuntime:
+class FillMaskRuntime(TextRuntime):
     """Validates fill-mask requests and answers a batch of them with one encoder pass."""
 
+    tasks = TASKS
+    request_model = FillMaskRequest
+
     def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
-        if tokenizer.mask_token is None or tokenizer.pad_token_id is None:
-            raise ConfigError("the tokenizer has no mask or padding token")
-        self._tokenizer = tokenizer
-        self._model = model
-        self._settings = settings
-        self._names = list(names)
-        self._limit = max_tokens(tokenizer, model.config)
+        super().__init__(tokenizer, model, settings, names)
+        if tokenizer.mask_token is None:
+            raise ConfigError("the tokenizer has no mask token")
         head = HEADS.get(model.config.model_type)
         self._head = head(model) if head else None
 
-    @property
-    def max_tokens(self) -> int:
-        """The longest text, in tokens, the model accepts."""
-        return self._limit
-
     def parse(self, payload: Any) -> FillMaskRequest:
         """Validate one body: types, top_k, and a mask in every text."""
-        request: FillMaskRequest = validate_request(
-            FillMaskRequest, payload, self._names, TASKS, self._settings.max_texts
-        )
+        request: FillMaskRequest = super().parse(payload)
         mask = self._tokenizer.mask_token
         for index, text in enumerate(request.texts):
             if PUBLIC_MASK not in text and mask not in text:
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
         return request
-
-    def stream_parts(self, request: FillMaskRequest, size: int | None = None) -> list[FillMaskRequest]:
-        """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
-        return split_texts(request, size or self._settings.stream_chunk)
 
     def predict(self, requests: Sequence[FillMaskRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""

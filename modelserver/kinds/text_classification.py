@@ -16,40 +16,28 @@ from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
     TextModelSettings,
     TextRequest,
+    TextRuntime,
     flatten,
     length_errors,
     load_pretrained,
-    max_tokens,
     pad_batch,
     regroup,
-    split_texts,
-    validate_request,
 )
 from modelserver.validation import parse_settings
 
 TASKS = ("sentiment-analysis", "text-classification")
 
 
-class TextClassificationRuntime:
+class TextClassificationRuntime(TextRuntime):
     """Validates requests and classifies every text of a batch in one padded forward pass."""
 
+    tasks = TASKS
+
     def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
-        self._tokenizer = tokenizer
-        self._model = model
-        self._settings = settings
-        self._names = list(names)
-        self._limit = max_tokens(tokenizer, model.config)
+        super().__init__(tokenizer, model, settings, names)
         config = model.config
         self._sigmoid = config.num_labels == 1 or config.problem_type == "multi_label_classification"
         self._labels = [config.id2label[i] for i in range(config.num_labels)]
-
-    def parse(self, payload: Any) -> TextRequest:
-        """Validate one body."""
-        return validate_request(TextRequest, payload, self._names, TASKS, self._settings.max_texts)
-
-    def stream_parts(self, request: TextRequest, size: int | None = None) -> list[TextRequest]:
-        """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
-        return split_texts(request, size or self._settings.stream_chunk)
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""

@@ -145,3 +145,34 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
     input_ids = torch.tensor([[*ids, *[pad_id] * (width - len(ids))] for ids in encoded])
     attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
     return input_ids, attention
+
+
+class TextRuntime:
+    """What both text runtimes hold: tokenizer, model, settings, names, the length limit."""
+
+    tasks: tuple[str, ...] = ()
+    request_model: type[TextRequest] = TextRequest
+
+    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ConfigError("the tokenizer has no padding token")
+        self._tokenizer = tokenizer
+        self._model = model
+        self._settings = settings
+        self._names = list(names)
+        self._limit = max_tokens(tokenizer, model.config)
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest text, in tokens, the model accepts."""
+        return self._limit
+
+    def parse(self, payload: Any) -> Any:
+        """Validate one body against this kind's request model, names and tasks."""
+        return validate_request(
+            self.request_model, payload, self._names, self.tasks, self._settings.max_texts
+        )
+
+    def stream_parts(self, request: Any, size: int | None = None) -> list[Any]:
+        """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
+        return split_texts(request, size or self._settings.stream_chunk)
