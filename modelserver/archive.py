@@ -42,6 +42,7 @@ class BuildResult:
     archive: Path
     rebuilt: bool
     source: str
+    names: tuple[str, ...]
 
 
 def _hash_path(digest: hashlib._Hash, path: Path) -> None:  # pylint: disable=protected-access
@@ -79,13 +80,22 @@ def archive_path(entry: ModelEntry, model_store: Path) -> Path:
     return model_store / f"{entry.name}{suffix}"
 
 
+def served_names(entry: ModelEntry, source: Source) -> list[str]:
+    """Names a request may use for this model: its served name, then the Hub ids of what it
+    holds. A Hub id brought through the variable is a different model: only that id names it.
+    A local folder is taken to be a copy of the catalogue's model (an offline mirror), so the
+    catalogue's aliases and Hub id still apply."""
+    if source.hub_id and source.hub_id != entry.source.hub:
+        return [entry.name, source.hub_id]
+    return list(
+        dict.fromkeys([entry.name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])])
+    )
+
+
 def model_config(entry: ModelEntry, source: Source) -> dict[str, object]:
     """The archive's model-config.yaml: TorchServe settings, the `handler:` section, and the
-    names a request may use for this model (served name, aliases, the Hub id it came from)."""
-    names = [entry.name, *entry.aliases]
-    for hub_id in (entry.source.hub, source.hub_id):  # the catalogue's Hub id is an alias too
-        if hub_id and hub_id not in names:
-            names.append(hub_id)
+    names a request may use for this model."""
+    names = served_names(entry, source)
     return {**entry.torchserve.model_dump(), "served_names": names, "handler": entry.handler_config}
 
 
@@ -117,7 +127,7 @@ def build_archive(
     target = archive_path(entry, model_store)
     if _is_current(entry, model_store, digest):
         log.info("%s: archive is current (%s)", entry.name, source.describe())
-        return BuildResult(entry.name, target, False, source.describe())
+        return BuildResult(entry.name, target, False, source.describe(), tuple(served_names(entry, source)))
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
         workdir = Path(work)
@@ -127,7 +137,7 @@ def build_archive(
         _run_archiver(entry, model_file, config_file, workdir, model_store, root, environ)
     _write_record(entry, model_store, digest, source)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe())
+    return BuildResult(entry.name, target, True, source.describe(), tuple(served_names(entry, source)))
 
 
 def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Source) -> None:

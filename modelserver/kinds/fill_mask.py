@@ -20,7 +20,6 @@ from modelserver.kinds.text_models import (
     TextRequest,
     TextRuntime,
     flatten,
-    length_errors,
     load_pretrained,
     pad_batch,
     regroup,
@@ -62,29 +61,38 @@ class FillMaskRuntime(TextRuntime):
         self._head = head(model) if head else None
 
     def parse(self, payload: Any) -> FillMaskRequest:
-        """Validate one body: types, top_k, and a mask in every text."""
+        """Validate one body: types, top_k, a mask in every text, a bounded answer size."""
         request: FillMaskRequest = super().parse(payload)
         mask = self._tokenizer.mask_token
+        masks = 0
         for index, text in enumerate(request.texts):
-            if PUBLIC_MASK not in text and mask not in text:
+            count = text.count(PUBLIC_MASK) + (text.count(mask) if mask != PUBLIC_MASK else 0)
+            if not count:
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
+            masks += count
+        if masks * request.top_k > self._settings.max_candidates:
+            raise InvalidInput(
+                f"{masks} masks x top_k {request.top_k} asks for {masks * request.top_k} candidates; "
+                f"at most {self._settings.max_candidates} per request"
+            )
         return request
 
     def predict(self, requests: Sequence[FillMaskRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""
         texts, owners = flatten(requests)
         mask = self._tokenizer.mask_token
-        encoded = self._tokenizer([text.replace(PUBLIC_MASK, mask) for text in texts])["input_ids"]
-        errors = length_errors(owners, [len(ids) for ids in encoded], self._limit)
-        kept = [(owner, ids) for owner, ids in zip(owners, encoded, strict=True) if owner not in errors]
-        answers = self._fill([ids for _, ids in kept], [requests[owner].top_k for owner, _ in kept])
-        return regroup(requests, [owner for owner, _ in kept], answers, errors)
+        encoded, errors = self._encode_and_check([text.replace(PUBLIC_MASK, mask) for text in texts], owners)
+        kept = [i for i, owner in enumerate(owners) if owner not in errors]
+        ids = [encoded[i] for i in kept]
+        top_ks = [requests[owners[i]].top_k for i in kept]
+        answers = self._in_groups(
+            ids, lambda group: self._fill([ids[i] for i in group], [top_ks[i] for i in group])
+        )
+        return regroup(requests, [owners[i] for i in kept], answers, errors)
 
     def _fill(self, encoded: list[list[int]], top_ks: list[int]) -> list[Any]:
         """Run the model over the encoded texts (padded together); format like the pipeline."""
-        if not encoded:
-            return []
         rows, columns, probabilities = self._mask_probabilities(encoded)
         results: list[list[list[dict[str, Any]]]] = [[] for _ in encoded]
         for mask_index, row in enumerate(rows.tolist()):

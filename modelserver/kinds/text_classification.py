@@ -6,7 +6,7 @@ with its softmax probability (sigmoid for single-logit or multi-label models).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,6 @@ from modelserver.kinds.text_models import (
     TextRequest,
     TextRuntime,
     flatten,
-    length_errors,
     load_pretrained,
     pad_batch,
     regroup,
@@ -26,6 +25,22 @@ from modelserver.kinds.text_models import (
 from modelserver.validation import parse_settings
 
 TASKS = ("sentiment-analysis", "text-classification")
+
+# How the pipeline turns logits into scores, by the model's problem type.
+SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "sigmoid": torch.sigmoid,
+    "none": lambda logits: logits,
+}
+
+
+def score_function(config: Any) -> str:
+    """The pipeline's choice: none for regression, sigmoid for one logit or multi-label."""
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 class TextClassificationRuntime(TextRuntime):
@@ -36,26 +51,24 @@ class TextClassificationRuntime(TextRuntime):
     def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
         super().__init__(tokenizer, model, settings, names)
         config = model.config
-        self._sigmoid = config.num_labels == 1 or config.problem_type == "multi_label_classification"
+        self._score = SCORES[score_function(config)]
         self._labels = [config.id2label[i] for i in range(config.num_labels)]
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""
         texts, owners = flatten(requests)
-        encoded = self._tokenizer(texts)["input_ids"]
-        errors = length_errors(owners, [len(ids) for ids in encoded], self._limit)
+        encoded, errors = self._encode_and_check(texts, owners)
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
-        answers = self._classify([encoded[i] for i in kept])
+        ids = [encoded[i] for i in kept]
+        answers = self._in_groups(ids, lambda group: self._classify([ids[i] for i in group]))
         return regroup(requests, [owners[i] for i in kept], answers, errors)
 
     def _classify(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
         """Top label and score for each encoded text, in one padded forward pass."""
-        if not encoded:
-            return []
         input_ids, attention = pad_batch(encoded, self._tokenizer.pad_token_id)
         with torch.inference_mode():
             logits = self._model(input_ids=input_ids, attention_mask=attention).logits.float()
-        scores = logits.sigmoid() if self._sigmoid else logits.softmax(dim=-1)
+        scores = self._score(logits)
         best_scores, best = scores.max(dim=-1)
         return [
             {"label": self._labels[label], "score": score}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -27,7 +27,14 @@ class TextModelSettings(BaseModel):
 
     threads: int = Field(default=1, ge=1)
     quantize: Literal["none", "dynamic-int8"] = "none"
+    # Per-request budgets: one request must never cost more than TorchServe's responseTimeout
+    # allows for a whole batch, nor answer more than its response-size limit.
     max_texts: int = Field(default=64, ge=1)
+    max_request_tokens: int = Field(default=2048, ge=1)
+    max_candidates: int = Field(default=2000, ge=1)  # fill-mask: masks x top_k per request
+    # Texts of a batch go through the model in length-sorted groups of at most this many
+    # (padded) tokens, so one long text does not pad every short one to its length.
+    forward_tokens: int = Field(default=4096, ge=64)
     stream_chunk: int = Field(default=4, ge=1)
 
 
@@ -117,13 +124,38 @@ def flatten(requests: Sequence[TextRequest]) -> tuple[list[str], list[int]]:
     return texts, owners
 
 
-def length_errors(owners: Sequence[int], lengths: Sequence[int], limit: int) -> dict[int, InvalidInput]:
-    """A 422 for each request holding a text longer than the model accepts."""
-    return {
-        owner: InvalidInput(f"a text is {length} tokens long; this model accepts at most {limit}")
-        for owner, length in zip(owners, lengths, strict=True)
-        if length > limit
-    }
+def length_errors(
+    owners: Sequence[int], lengths: Sequence[int], limit: int, request_budget: int
+) -> dict[int, InvalidInput]:
+    """A 422 for each request holding a text longer than the model accepts, or more tokens in
+    all than one request may cost."""
+    errors: dict[int, InvalidInput] = {}
+    totals: dict[int, int] = {}
+    for owner, length in zip(owners, lengths, strict=True):
+        totals[owner] = totals.get(owner, 0) + length
+        if length > limit:
+            errors.setdefault(
+                owner, InvalidInput(f"a text is {length} tokens long; this model accepts at most {limit}")
+            )
+    for owner, total in totals.items():
+        if total > request_budget and owner not in errors:
+            errors[owner] = InvalidInput(
+                f"the texts hold {total} tokens in all; at most {request_budget} per request"
+            )
+    return errors
+
+
+def forward_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of the texts, sorted by length and grouped so each padded group holds at most
+    `budget` tokens (a text longer than the budget goes alone)."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        group = groups[-1] if groups else None
+        if group is not None and lengths[index] * (len(group) + 1) <= budget:
+            group.append(index)
+        else:
+            groups.append([index])
+    return groups
 
 
 def regroup(
@@ -139,8 +171,10 @@ def regroup(
     ]
 
 
-def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids padded to the longest text of the batch, and the matching attention mask."""
+def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded to the longest text of the batch, and the matching attention mask (a
+    tokenizer without a padding token pads with 0: the attention mask hides it)."""
+    pad_id = 0 if pad_id is None else pad_id
     width = max(len(ids) for ids in encoded)
     input_ids = torch.tensor([[*ids, *[pad_id] * (width - len(ids))] for ids in encoded])
     attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded])
@@ -154,8 +188,6 @@ class TextRuntime:
     request_model: type[TextRequest] = TextRequest
 
     def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
-        if tokenizer.pad_token_id is None:
-            raise ConfigError("the tokenizer has no padding token")
         self._tokenizer = tokenizer
         self._model = model
         self._settings = settings
@@ -166,6 +198,25 @@ class TextRuntime:
     def max_tokens(self) -> int:
         """The longest text, in tokens, the model accepts."""
         return self._limit
+
+    def _encode_and_check(
+        self, texts: list[str], owners: list[int]
+    ) -> tuple[list[list[int]], dict[int, InvalidInput]]:
+        """Tokenise every text of the batch once; find the requests over a length budget."""
+        encoded = self._tokenizer(texts)["input_ids"] if texts else []
+        lengths = [len(ids) for ids in encoded]
+        return encoded, length_errors(owners, lengths, self._limit, self._settings.max_request_tokens)
+
+    def _in_groups(
+        self, encoded: Sequence[Sequence[int]], run: Callable[[list[int]], list[Any]]
+    ) -> list[Any]:
+        """Call `run(indices)` on length-sorted groups of the encoded texts (each within the
+        forward budget); its per-text results come back in the original order."""
+        results: list[Any] = [None] * len(encoded)
+        for group in forward_groups([len(ids) for ids in encoded], self._settings.forward_tokens):
+            for index, result in zip(group, run(group), strict=True):
+                results[index] = result
+        return results
 
     def parse(self, payload: Any) -> Any:
         """Validate one body against this kind's request model, names and tasks."""

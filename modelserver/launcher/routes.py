@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -18,6 +18,7 @@ from modelserver.catalogue import Catalogue, RouteSpec
 METADATA_NAMESPACE = "modelserver"
 SAFE_RETRIES = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": 2}
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
+GENERIC_MARGIN_S = 5
 
 
 def _direct(status: int, message: str, **headers: str) -> dict[str, Any]:
@@ -40,18 +41,27 @@ def _field_is(field: str, value: dict[str, Any]) -> list[dict[str, Any]]:
 class RouteTable:
     """Builds the route list, the body-field rules and the Lua selector table for Envoy."""
 
-    def __init__(self, catalogue: Catalogue, skipped: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        skipped: Mapping[str, str],
+        names: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self._catalogue = catalogue
         self._skipped = dict(skipped)
+        self._names = dict(names or {})  # what each built archive answers to (served_names)
 
-    def _to_model(self, name: str, spec: RouteSpec) -> dict[str, Any]:
+    def _to_model(self, name: str, timeout_s: float) -> dict[str, Any]:
         if name in self._skipped:
             return _direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
+        # No total timeout: a stream may run long. The idle timeout bounds the wait for each
+        # answer or chunk, which for a plain answer is the whole wait.
         return {
             "route": {
                 "cluster": "torchserve",
                 "prefix_rewrite": f"/predictions/{name}",
-                "timeout": f"{spec.timeout_s:g}s",
+                "timeout": "0s",
+                "idle_timeout": f"{timeout_s:g}s",
                 "retry_policy": SAFE_RETRIES,
             }
         }
@@ -62,8 +72,9 @@ class RouteTable:
             return dict(spec.choices)
         found = {}
         for name, entry in self._catalogue.models.items():
-            for alias in [name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])]:
-                found[alias] = name
+            catalogue_names = [name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])]
+            for alias in self._names.get(name, catalogue_names):
+                found.setdefault(alias, name)
         return found
 
     def routes(self) -> list[dict[str, Any]]:
@@ -78,7 +89,7 @@ class RouteTable:
                         "headers": POST,
                         "dynamic_metadata": _field_is(spec.select_by, {"string_match": {"exact": value}}),
                     }
-                    routes.append({"match": match, **self._to_model(target, spec)})
+                    routes.append({"match": match, **self._to_model(target, spec.timeout_s)})
                 wanted = sorted(set(choices)) if spec.choices else sorted(set(choices.values()))
                 unknown = f"'{spec.select_by}' must be one of: {', '.join(wanted)}"
                 if not spec.choices:
@@ -89,15 +100,13 @@ class RouteTable:
                     "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
                 }
                 routes.append({"match": match, **_direct(400, unknown)})
-            default = self._to_model(spec.model, spec) if spec.model else _direct(400, unknown)
+            default = self._to_model(spec.model, spec.timeout_s) if spec.model else _direct(400, unknown)
             routes.append({"match": {"path": path, "headers": POST}, **default})
-        for name, reason in sorted(self._skipped.items()):
-            routes.append(
-                {
-                    "match": {"path": f"/predictions/{name}", "headers": POST},
-                    **_direct(503, f"model {name} is not available: {reason}", retry_after="3600"),
-                }
-            )
+        # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
+        for name, entry in sorted(self._catalogue.models.items()):
+            timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
+            match = {"path": f"/predictions/{name}", "headers": POST}
+            routes.append({"match": match, **self._to_model(name, timeout)})
         paths = "|".join(re.escape(path) for path in self._catalogue.routes)
         if paths:
             routes.append(

@@ -55,6 +55,7 @@ class Supervisor:
         self._readiness: Readiness | None = None
         self._catalogue = Catalogue.load(settings.catalogue)
         self._skipped: dict[str, str] = {}
+        self._names: dict[str, tuple[str, ...]] = {}
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """Signal handler: begin the orderly stop."""
@@ -76,7 +77,8 @@ class Supervisor:
                 archives[name] = archive_path(entry, self._settings.model_store)
                 continue
             try:
-                archives[name] = build_archive(entry, self._settings.model_store, self._environ).archive
+                built = build_archive(entry, self._settings.model_store, self._environ)
+                archives[name], self._names[name] = built.archive, built.names
             except SourceUnavailable as error:
                 hint = (
                     f"set {entry.source.env} to a local folder or a reachable Hub id"
@@ -109,7 +111,7 @@ class Supervisor:
         if not self._wait_for_models(list(archives)):
             return 0 if self._stop.is_set() else 1
         self._envoy = Envoy(settings, self._environ)
-        self._envoy.start(tokens.inference, RouteTable(self._catalogue, self._skipped))
+        self._envoy.start(tokens.inference, RouteTable(self._catalogue, self._skipped, self._names))
         self._envoy.wait_ready()
         self._readiness.set_phase("serving")
         if self._readiness.phase == "serving":

@@ -93,9 +93,11 @@ class BatchAnswerer(Generic[RequestT]):
             (streams if wants_stream else valid).append((index, request))
         for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
             outcomes[index] = outcome
-        for index, request in streams:
+        if streams:
             assert emit is not None
-            outcomes[index] = self._stream(index, request, emit)
+            outcomes_by_index = self._stream(streams, emit)
+            for index, outcome in outcomes_by_index.items():
+                outcomes[index] = outcome
         return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
 
     def _predict(self, requests: list[RequestT]) -> list[Outcome]:
@@ -127,28 +129,37 @@ class BatchAnswerer(Generic[RequestT]):
         # Isolate the request that made the batch fail: answer each one alone.
         return [outcome for request in requests for outcome in self._predict([request])]
 
-    def _stream(self, index: int, request: RequestT, emit: Emit) -> Outcome:
-        """Answer chunk by chunk; a failed chunk is retried item by item, so each item gets its
-        own result or error line. Every chunk but the last goes out through `emit`."""
+    def _stream(self, streams: list[tuple[int, RequestT]], emit: Emit) -> dict[int, Outcome]:
+        """Answer streaming requests chunk by chunk, taking turns so each gets its first lines
+        early; every chunk but a request's last goes out through `emit`."""
         runtime: StreamingRuntime[RequestT] = self.runtime  # type: ignore[assignment]
-        parts = runtime.stream_parts(request)
-        offset = 0
-        for number, part in enumerate(parts):
-            [outcome] = self._predict([part])
-            if outcome.status == 200:
-                lines = [{"index": offset + i, "result": result} for i, result in enumerate(outcome.body)]
-            else:
-                lines = []
-                for i, single in enumerate(runtime.stream_parts(part, size=1)):
-                    [alone] = self._predict([single])
-                    line = {"index": offset + i}
-                    line.update(
-                        {"result": alone.body[0]} if alone.status == 200 else {"error": alone.body["error"]}
-                    )
-                    lines.append(line)
-            offset += len(lines)
-            if number < len(parts) - 1:
-                emit(index, ndjson(lines))
-            else:
-                return Outcome(200, ndjson(lines), NDJSON)
-        return Outcome(200, b"", NDJSON)
+        parts = {index: runtime.stream_parts(request) for index, request in streams}
+        sent = dict.fromkeys(parts, 0)  # items answered so far, per request
+        finished: dict[int, Outcome] = {}
+        for turn in range(max(len(chunks) for chunks in parts.values())):
+            for index, chunks in parts.items():
+                if turn >= len(chunks):
+                    continue
+                lines = self._stream_lines(runtime, chunks[turn], sent[index])
+                sent[index] += len(lines)
+                if turn < len(chunks) - 1:
+                    emit(index, ndjson(lines))
+                else:
+                    finished[index] = Outcome(200, ndjson(lines), NDJSON)
+        return finished
+
+    def _stream_lines(
+        self, runtime: StreamingRuntime[RequestT], part: RequestT, offset: int
+    ) -> list[dict[str, Any]]:
+        """The NDJSON lines of one chunk; a failed chunk is retried item by item, so each item
+        gets its own result or error line."""
+        [outcome] = self._predict([part])
+        if outcome.status == 200:
+            return [{"index": offset + i, "result": result} for i, result in enumerate(outcome.body)]
+        lines: list[dict[str, Any]] = []
+        for i, single in enumerate(runtime.stream_parts(part, size=1)):
+            [alone] = self._predict([single])
+            line: dict[str, Any] = {"index": offset + i}
+            line.update({"result": alone.body[0]} if alone.status == 200 else {"error": alone.body["error"]})
+            lines.append(line)
+        return lines

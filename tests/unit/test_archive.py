@@ -91,3 +91,17 @@ def test_unknown_model_names_list_the_known_ones(catalogue: Catalogue) -> None:
 def test_entries_are_typed() -> None:
     entry = ModelEntry.model_validate({"name": "m", "handler": "h.py", "source": {"default": "x"}})
     assert entry.torchserve.minWorkers == 1 and entry.archive_format == "default"
+
+
+def test_served_names_follow_what_the_archive_holds(catalogue: Catalogue) -> None:
+    from modelserver.archive import served_names  # pylint: disable=import-outside-toplevel
+    from modelserver.catalogue import Source  # pylint: disable=import-outside-toplevel
+
+    entry = catalogue.entry("camembert")
+    default = served_names(entry, Source(hub_id="camembert-base"))
+    assert default == ["camembert", "camembert/camembert-base", "camembert-base"]
+    assert served_names(entry, Source(path=Path("/mirror/camembert-base"))) == default
+    assert served_names(entry, Source(hub_id="almanach/camembert-large")) == [
+        "camembert",
+        "almanach/camembert-large",
+    ]

@@ -102,3 +102,18 @@ def test_bad_routes_fail_the_catalogue(tmp_path: Path, routes: dict[str, Any], p
     path.write_text(yaml.safe_dump({"models": {"m": model}, "routes": routes}))
     with pytest.raises(ConfigError, match=problem):
         Catalogue.load(path)
+
+
+def test_a_hub_id_brought_through_the_variable_is_routable() -> None:
+    """FILL_MASK_MODEL=roberta-base: /predict routes that id, and the default's id no longer."""
+    table = RouteTable(Catalogue.load(), {}, {"fill_mask": ("fill_mask", "roberta-base")})
+    choices = table.choices(Catalogue.load().routes["/predict"])
+    assert choices["roberta-base"] == "fill_mask" and "bert-base-uncased" not in choices
+
+
+def test_routes_to_models_bound_the_wait_per_answer_not_per_stream() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    inference = find(routes, "/inference")["route"]
+    assert inference["timeout"] == "0s" and inference["idle_timeout"] == "60s"
+    generic = find(routes, "/predictions/camembert")["route"]
+    assert generic["prefix_rewrite"] == "/predictions/camembert" and generic["idle_timeout"] == "65s"

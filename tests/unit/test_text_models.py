@@ -183,3 +183,75 @@ def test_quantised_model_loads_and_answers(tiny_hf_models: dict[str, Path]) -> N
     runtime = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "dynamic-int8"}))
     [result] = answer(runtime, {"text": "Hello I'm a [MASK] model.", "top_k": 3})
     assert len(result) == 3 and all(0 <= r["score"] <= 1 for r in result)
+
+
+def test_a_list_of_one_text_gets_a_list_of_one_answer(fill_mask: FillMaskRuntime) -> None:
+    """Deliberately unlike the pipeline (which unwraps a one-item list): list in, list out."""
+    [listed] = answer(fill_mask, {"text": ["a [MASK] day"]})
+    [single] = answer(fill_mask, {"text": "a [MASK] day"})
+    assert listed == [single]
+
+
+def test_request_budgets_are_422(tiny_hf_models: dict[str, Path]) -> None:
+    folder = tiny_hf_models["fill_mask"]
+    settings = {"max_candidates": 20, "max_request_tokens": 30}
+    runtime = load_fill_mask_runtime(ModelFiles(folder.parent, settings=settings))
+    with pytest.raises(InvalidInput, match="asks for 25 candidates; at most 20"):
+        runtime.parse({"text": ["[MASK] [MASK]", "[MASK] and [MASK] and [MASK]"], "top_k": 5})
+    [over, fine] = answer(
+        runtime, {"text": ["the [MASK] sat on the mat today"] * 4}, {"text": "the [MASK] sat"}
+    )
+    assert isinstance(over, InvalidInput) and "at most 30 per request" in over.message
+    assert isinstance(fine, list)
+
+
+def test_long_and_short_texts_are_grouped_by_length(tiny_hf_models: dict[str, Path]) -> None:
+    """A tight forward budget splits the batch into several passes; answers do not change."""
+    folder = tiny_hf_models["fill_mask"]
+    tight = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"forward_tokens": 64}))
+    loose = load_fill_mask_runtime(ModelFiles(folder.parent))
+    texts = ["[MASK]", "the cat sat on the [MASK] " * 4, "paris [MASK]", "hello i'm a [MASK] model."]
+    for mine, reference in zip(answer(tight, {"text": texts}), answer(loose, {"text": texts}), strict=True):
+        same_answer(mine, reference)
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "num_labels", "expected"),
+    [
+        ("regression", 1, "none"),
+        (None, 1, "sigmoid"),
+        ("multi_label_classification", 3, "sigmoid"),
+        ("single_label_classification", 2, "softmax"),
+        (None, 2, "softmax"),
+    ],
+)
+def test_scores_follow_the_pipelines_function(
+    problem_type: str | None, num_labels: int, expected: str
+) -> None:
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+
+    from modelserver.kinds.text_classification import score_function  # pylint: disable=import-outside-toplevel
+
+    assert score_function(SimpleNamespace(problem_type=problem_type, num_labels=num_labels)) == expected
+
+
+def test_a_classifier_without_a_padding_token_still_batches(
+    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime
+) -> None:
+    folder = tiny_hf_models["sentiment"]
+    runtime = load_text_classification_runtime(ModelFiles(folder.parent))
+    runtime._tokenizer.pad_token = None  # pylint: disable=protected-access
+    texts = ["I love this movie", "terrible and boring film"]
+    same_answer(answer(runtime, {"text": texts})[0], answer(sentiment, {"text": texts})[0])
+
+
+def test_int8_keeps_the_top_candidate(tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime) -> None:
+    """Quantisation may move scores a little; on this model it must not change the top-1."""
+    folder = tiny_hf_models["fill_mask"]
+    int8 = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "dynamic-int8"}))
+    top = [{"text": text, "top_k": 1} for text in BERT_TEXTS[:1] + BERT_TEXTS[2:]]
+    agree = [
+        a[0]["token"] == b[0]["token"]
+        for a, b in zip(answer(int8, *top), answer(fill_mask, *top), strict=True)
+    ]
+    assert all(agree)
