@@ -41,7 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Pa
         }
     }
     # One text per streamed chunk, so a streamed answer is many chunks even on tiny models.
-    catalogue = write_catalogue(workdir / "models.yaml", broken, {"fill_mask": {"stream_chunk": 1}})
+    streaming = {"stream_chunk": 1, "max_request_tokens": 8192}
+    catalogue = write_catalogue(workdir / "models.yaml", broken, {"fill_mask": streaming})
     env = {f"{name.upper()}_MODEL": str(folder) for name, folder in tiny_hf_models.items()}
     launcher = Launcher(workdir, catalogue=catalogue, env=env)
     with running(launcher) as live:

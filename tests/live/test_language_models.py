@@ -123,7 +123,8 @@ def test_a_text_over_the_limit_names_the_limit(stack: Launcher) -> None:
 def test_streaming_answers_line_by_line_as_items_are_computed(
     stack: Launcher, pipelines: dict[str, Any]
 ) -> None:
-    texts = [f"the cat number {i} sat on the [MASK]." for i in range(48)] + ["[MASK] " + "word " * 300]
+    sentence = "the cat number {} sat on the [MASK] while the weather was cold and grey today in paris"
+    texts = [sentence.format(i) for i in range(63)] + ["[MASK] " + "word " * 300]
     started = time.monotonic()
     arrivals: list[float] = []
     lines: list[dict[str, Any]] = []

@@ -114,6 +114,6 @@ def test_a_hub_id_brought_through_the_variable_is_routable() -> None:
 def test_routes_to_models_bound_the_wait_per_answer_not_per_stream() -> None:
     routes = RouteTable(Catalogue.load(), {}).routes()
     inference = find(routes, "/inference")["route"]
-    assert inference["timeout"] == "0s" and inference["idle_timeout"] == "60s"
+    assert inference["timeout"] == "0s" and inference["idle_timeout"] == "125s"
     generic = find(routes, "/predictions/camembert")["route"]
-    assert generic["prefix_rewrite"] == "/predictions/camembert" and generic["idle_timeout"] == "65s"
+    assert generic["prefix_rewrite"] == "/predictions/camembert" and generic["idle_timeout"] == "125s"
