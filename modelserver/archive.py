@@ -69,6 +69,9 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
         digest.update(f"recipe:{source.recipe}".encode())
         for folder in RECIPE_INPUTS:
             _hash_path(digest, folder)
+        for name, path in sorted(source.inputs.items()):
+            digest.update(name.encode())
+            _hash_path(digest, path)
     elif source.path is not None:
         _hash_path(digest, source.path)
     return digest.hexdigest()
@@ -151,7 +154,7 @@ def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Sou
 def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Path:
     if source.recipe:
         output = workdir / f"{entry.name}.model"
-        scores = run_recipe(source.recipe, output)
+        scores = run_recipe(source.recipe, output, source.inputs)
         log.info("%s: trained with %s: %s", entry.name, source.recipe, scores)
         return output
     assert source.path is not None

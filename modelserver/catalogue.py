@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from modelserver.errors import ConfigError
+from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.training import RECIPES
 from modelserver.validation import first_problem
 
@@ -23,11 +23,21 @@ DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+class InputSpec(BaseModel):
+    """A data file a recipe reads: `$env` if set, else `default` (relative to the repository)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str
+    default: str | None = None
+
+
 class SourceSpec(BaseModel):
     """Where a model comes from: a user's variable, else a default file, Hub id or recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)  # data a recipe trains on
     env: str | None = None
     default: str | None = None  # a file or folder, relative to the repository
     hub: str | None = None  # a Hugging Face Hub id, fetched at build time
@@ -83,6 +93,7 @@ class Source:
     hub_id: str | None = None
     recipe: str | None = None
     origin: str = "default"
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     def describe(self) -> str:
         """Human wording for logs and build records."""
@@ -104,10 +115,30 @@ def resolve_source(entry: ModelEntry, environ: Mapping[str, str], root: Path = P
             return Source(hub_id=chosen, origin=f"from {spec.env}")
         raise ConfigError(f"{spec.env}={chosen} does not exist")
     if spec.recipe:
-        return Source(recipe=spec.recipe, origin="trained by the project")
+        return Source(
+            recipe=spec.recipe, origin="trained by the project", inputs=_recipe_inputs(spec, environ, root)
+        )
     if spec.hub:
         return Source(hub_id=spec.hub, origin="catalogue default")
     return Source(path=(root / str(spec.default)).resolve(), origin="catalogue default")
+
+
+def _recipe_inputs(spec: SourceSpec, environ: Mapping[str, str], root: Path) -> dict[str, Path]:
+    """Each data file a recipe reads; a missing default skips the model, a missing `$env` fails."""
+    found = {}
+    for name, wanted in spec.inputs.items():
+        chosen = environ.get(wanted.env, "")
+        if chosen:
+            path = Path(chosen).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{wanted.env}={chosen} is not a file")
+        else:
+            path = root / str(wanted.default) if wanted.default else Path()
+            if not wanted.default or not path.is_file():
+                needed = " and ".join(w.env for w in spec.inputs.values())
+                raise SourceUnavailable(f"no {name} data ({wanted.default or 'no default'}); set {needed}")
+        found[name] = path.resolve()
+    return found
 
 
 class RouteSpec(BaseModel):

@@ -26,6 +26,12 @@ class InvalidInput(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class SpecValidationFailed(InvalidInput):
+    """Invalid input on a route whose published spec names another status (/prediction: 405)."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+
+
 class BadRequest(ServingError):
     """The request is well formed but asks for something that does not exist here."""
 
@@ -52,6 +58,10 @@ class ModelUnavailable(ServingError):
 
 class ConfigError(ValueError):
     """A model's configuration or files are unusable; raised at load, never per request."""
+
+
+class SourceUnavailable(ConfigError):
+    """A default model source cannot be had now (no network, no data): the model is skipped."""
 
 
 def error_response(error: ServingError) -> tuple[int, dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from modelserver.errors import ConfigError
+from modelserver.errors import SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,6 @@ log = logging.getLogger(__name__)
 METADATA = ["*.json", "*.txt", "*.model"]
 WEIGHTS_BY_PREFERENCE = ["*.safetensors", "pytorch_model*.bin"]
 DEFAULT_ENDPOINT = "https://huggingface.co"
-
-
-class SourceUnavailable(ConfigError):
-    """A model source exists but cannot be reached now (no network, no such Hub id)."""
 
 
 @functools.cache

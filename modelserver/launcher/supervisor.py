@@ -17,8 +17,7 @@ from pathlib import Path
 
 from modelserver.archive import archive_path, build_archive
 from modelserver.catalogue import Catalogue
-from modelserver.errors import ConfigError
-from modelserver.hub import SourceUnavailable
+from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Readiness
 from modelserver.launcher.routes import RouteTable

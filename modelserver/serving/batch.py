@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from modelserver.errors import ModelFailure, ServingError, error_response
+from modelserver.errors import InvalidInput, ModelFailure, ServingError, error_response
 from modelserver.payload import decode_json_body
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class BatchAnswerer(Generic[RequestT]):
         streams: list[tuple[int, RequestT]] = []
         for index, body in enumerate(bodies):
             try:
-                request = self.runtime.parse(decode_json_body(body))
+                request = self.runtime.parse(self._decode(body))
             except ServingError as error:
                 outcomes[index] = Outcome.of_error(error)
                 continue
@@ -99,6 +99,14 @@ class BatchAnswerer(Generic[RequestT]):
             for index, outcome in outcomes_by_index.items():
                 outcomes[index] = outcome
         return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
+
+    def _decode(self, body: Any) -> Any:
+        """Strict JSON; a runtime whose published spec names another status for invalid input
+        (`invalid_input`, e.g. /prediction's 405) gets its own error class."""
+        try:
+            return decode_json_body(body)
+        except InvalidInput as error:
+            raise getattr(self.runtime, "invalid_input", InvalidInput)(error.message) from None
 
     def _predict(self, requests: list[RequestT]) -> list[Outcome]:
         if not requests:

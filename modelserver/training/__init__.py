@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 RECIPES: dict[str, str] = {
     "crystal_sklearn_iris": "modelserver.training.crystal_sklearn_iris",
     "crystal_pytorch_iris": "modelserver.training.crystal_pytorch_iris",
+    "topics_newsgroups": "modelserver.training.topics",
 }
 
 
-def run_recipe(name: str, output: Path) -> dict[str, float]:
-    """Train with recipe `name`, write the model to `output`, return its evaluation."""
-    return importlib.import_module(RECIPES[name]).train(output)
+def run_recipe(name: str, output: Path, inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Train with recipe `name` (on `inputs`, for recipes that read data), write the model to
+    `output`, return what the recipe reports about it."""
+    module = importlib.import_module(RECIPES[name])
+    return module.train(output, inputs) if inputs else module.train(output)

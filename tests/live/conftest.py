@@ -15,6 +15,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tests.helpers import Launcher, running, write_catalogue
+from tests.topics_corpus import write_corpus
 
 
 def write_broken_model(path: Path) -> Path:
@@ -44,6 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Pa
     streaming = {"stream_chunk": 1, "max_request_tokens": 8192}
     catalogue = write_catalogue(workdir / "models.yaml", broken, {"fill_mask": streaming})
     env = {f"{name.upper()}_MODEL": str(folder) for name, folder in tiny_hf_models.items()}
+    train, test = write_corpus(workdir / "topics")
+    env.update(TOPICS_TRAIN=str(train), TOPICS_TEST=str(test))
     launcher = Launcher(workdir, catalogue=catalogue, env=env)
     with running(launcher) as live:
         yield live

@@ -1,0 +1,141 @@
+"""The topic classifier: data, model selection, evaluation report, safe persistence, serving."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skops.io
+
+from modelserver.catalogue import Catalogue, resolve_source
+from modelserver.errors import ConfigError, SourceUnavailable, SpecValidationFailed
+from modelserver.kinds import ModelFiles
+from modelserver.kinds.topics import TopicsRuntime, load_topics_runtime
+from modelserver.training import topics
+from modelserver.training.topics_report import write_report
+from tests.topics_corpus import write_corpus
+
+
+@pytest.fixture(scope="module", name="corpus")
+def fixture_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The small test corpus: train and test files."""
+    return write_corpus(tmp_path_factory.mktemp("topics"))
+
+
+@pytest.fixture(scope="module", name="saved_model")
+def fixture_saved_model(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recipe's output on the small corpus."""
+    output = tmp_path_factory.mktemp("topics_model") / "topics.model"
+    result = topics.train(output, {"train": corpus[0], "test": corpus[1]})
+    assert result["chosen"] != topics.BASELINE
+    return output
+
+
+def test_reading_data_refuses_broken_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as out:
+        out.write('{"text": "no label"}\n')
+    with pytest.raises(ConfigError, match="cannot read"):
+        topics.read_dataset(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        topics.read_dataset(tmp_path / "missing.jsonl.gz")
+
+
+def test_selection_uses_cross_validation_on_train_and_reports_both(
+    corpus: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, test = topics.read_dataset(corpus[0]), topics.read_dataset(corpus[1])
+    report, improved = topics.evaluation_report(train, test, folds=3)
+    assert set(report["cv_accuracy"]) == set(topics.CANDIDATES)
+    assert report["improved"]["name"] == topics.choose_improved(report["cv_accuracy"])
+    for role in ("baseline", "improved"):
+        result = report[role]["test"]
+        assert 0 <= result["macro_f1"] <= 1 and result["accuracy"] > 0.8
+        assert set(result["per_class"]) == set(result["labels"]) and len(result["labels"]) == 6
+        assert sum(map(sum, result["confusion_matrix"])) == report["test_size"]
+    written = write_report(report, tmp_path)
+    assert {p.name for p in written} == {
+        "topics_evaluation.md",
+        "topics_evaluation.json",
+        "topics_confusion_baseline.png",
+        "topics_confusion_improved.png",
+    }
+    assert (tmp_path / "topics_confusion_improved.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| improved: `" in (tmp_path / "topics_evaluation.md").read_text()
+    assert improved.predict(["puck goalie leafs"])[0] == "hockey"
+
+
+def test_saved_model_round_trips_to_identical_predictions(
+    corpus: tuple[Path, Path], saved_model: Path
+) -> None:
+    texts, _ = topics.read_dataset(corpus[1])
+    trained = topics.CANDIDATES[
+        topics.choose_improved(topics.cross_validate(topics.read_dataset(corpus[0])))
+    ]()
+    trained.fit(*topics.read_dataset(corpus[0]))
+    assert list(topics.load_model(saved_model).predict(texts)) == list(trained.predict(texts))
+
+
+class NotAllowed:
+    """A type a topics model never holds."""
+
+
+def test_loading_refuses_types_outside_the_allowlist(tmp_path: Path) -> None:
+    skops.io.dump({"model": NotAllowed()}, tmp_path / "evil.model")
+    with pytest.raises(ConfigError, match="not trusted"):
+        topics.load_model(tmp_path / "evil.model")
+    (tmp_path / "garbage.model").write_bytes(b"not a skops file")
+    with pytest.raises(ConfigError, match="cannot load"):
+        topics.load_model(tmp_path / "garbage.model")
+
+
+@pytest.fixture(scope="module", name="runtime")
+def fixture_runtime(saved_model: Path) -> TopicsRuntime:
+    """The served runtime, as the archive loads it."""
+    return load_topics_runtime(ModelFiles(saved_model.parent, saved_model.name, {}))
+
+
+def test_predictions_are_one_label_string_each(runtime: TopicsRuntime) -> None:
+    requests = [
+        runtime.parse({"text": text}) for text in ("nasa shuttle orbit", "rsa cipher key", "pitcher inning")
+    ]
+    assert runtime.predict(requests) == [{"label": "space"}, {"label": "cryptography"}, {"label": "baseball"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"text": ""},
+        {"text": 3},
+        {"text": None},
+        {"text": ["a list"]},
+        {"text": "ok", "extra": 1},
+        ["text"],
+        "text",
+    ],
+)
+def test_validation_failures_are_the_specs_405(runtime: TopicsRuntime, body: Any) -> None:
+    with pytest.raises(SpecValidationFailed) as caught:
+        runtime.parse(body)
+    assert caught.value.status == 405
+
+
+def test_without_data_the_model_is_skipped_with_how_to_provide_it(tmp_path: Path) -> None:
+    entry = Catalogue.load().entry("topics")
+    with pytest.raises(SourceUnavailable, match="TOPICS_TRAIN and TOPICS_TEST"):
+        resolve_source(entry, {}, root=tmp_path / "fresh_clone")
+    with pytest.raises(ConfigError, match=r"TOPICS_TRAIN=.* is not a file"):
+        resolve_source(entry, {"TOPICS_TRAIN": str(tmp_path / "nope.gz")}, root=tmp_path)
+
+
+def test_bodies_that_are_not_json_are_405_here_too(runtime: TopicsRuntime) -> None:
+    from modelserver.serving.batch import BatchAnswerer  # pylint: disable=import-outside-toplevel
+
+    outcomes = BatchAnswerer(runtime, "topics").answer(
+        [b"not json", b'{"text": NaN}', b'{"text": "nasa orbit"}']
+    )
+    assert [o.status for o in outcomes] == [405, 405, 200]
+    assert outcomes[2].body == {"label": "space"}
