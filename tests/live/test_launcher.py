@@ -50,7 +50,7 @@ def test_start_serve_and_stop_gracefully(tmp_path: Path) -> None:
         assert "crystal_sklearn" in early.json()["error"] or "crystal_pytorch" in early.json()["error"]
         launcher.wait_healthy()
         healthy = requests.get(f"{launcher.url}/healthcheck", timeout=10).json()
-        assert healthy["skipped"] == ["camembert", "fill_mask", "sentiment"]
+        assert healthy["skipped"] == ["camembert", "fill_mask", "sentiment", "topics"]
         assert "cannot fetch bert-base-uncased" in healthy["models"]["fill_mask"]
         for path in ("/inference", "/predictions/fill_mask"):
             missing = requests.post(f"{launcher.url}{path}", json={"text": "a [MASK]"}, timeout=10)
