@@ -67,11 +67,15 @@ class Readiness:
         )
 
 
-class HealthServer:
-    """A small HTTP server on loopback answering GET /healthcheck from a `Readiness`."""
+StaticFiles = dict[str, tuple[str, bytes]]  # path -> (content type, body)
 
-    def __init__(self, port: int, readiness: Readiness) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(readiness))
+
+class HealthServer:
+    """A small HTTP server on loopback: GET /healthcheck from a `Readiness`, and the API's
+    documents (/openapi.json, /docs), generated once at start."""
+
+    def __init__(self, port: int, readiness: Readiness, static: StaticFiles | None = None) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(readiness, dict(static or {})))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
@@ -85,21 +89,27 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler_for(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler_for(readiness: Readiness, static: StaticFiles) -> type[BaseHTTPRequestHandler]:
     class HealthHandler(BaseHTTPRequestHandler):
-        """GET /healthcheck only; everything else is a JSON 404."""
+        """GET /healthcheck and the static documents; everything else is a JSON 404."""
 
         def do_GET(self) -> None:  # pylint: disable=invalid-name
-            """Answer the health check."""
-            if self.path.split("?", 1)[0] == "/healthcheck":
+            """Answer the health check, or a document."""
+            path = self.path.split("?", 1)[0]
+            if path == "/healthcheck":
                 self._send(*readiness.report())
+            elif path in static:
+                content_type, data = static[path]
+                self._send_bytes(200, content_type, data)
             else:
                 self._send(*error_response(NotFound("no such route")))
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode("utf-8")
+            self._send_bytes(status, "application/json", json.dumps(body).encode("utf-8"))
+
+        def _send_bytes(self, status: int, content_type: str, data: bytes) -> None:
             self.send_response(status, HTTPStatus(status).phrase)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             if status == HTTPStatus.SERVICE_UNAVAILABLE:
                 self.send_header("Retry-After", "5")

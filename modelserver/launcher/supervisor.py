@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import signal
 import threading
@@ -23,6 +24,7 @@ from modelserver.launcher.health import HealthServer, Readiness
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import TorchServe
+from modelserver.openapi import build_openapi
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,18 @@ def exclusive(runtime_dir: Path) -> Iterator[None]:
                 f"another launcher is running on {runtime_dir}; stop it or pass --runtime-dir"
             ) from None
         yield
+
+
+DOCS_PAGE = Path(__file__).with_name("docs.html")
+
+
+def api_documents(catalogue: Catalogue) -> dict[str, tuple[str, bytes]]:
+    """/openapi.json (generated from the request models) and the offline /docs page."""
+    document = json.dumps(build_openapi(catalogue), indent=2).encode("utf-8")
+    return {
+        "/openapi.json": ("application/json", document),
+        "/docs": ("text/html; charset=utf-8", DOCS_PAGE.read_bytes()),
+    }
 
 
 class Supervisor:
@@ -103,7 +117,7 @@ class Supervisor:
         self._readiness = Readiness(list(archives), torchserve.model_status, self._skipped)
         if self._stop.is_set():
             self._readiness.set_phase("stopping")
-        self._health = HealthServer(settings.ports.health, self._readiness)
+        self._health = HealthServer(settings.ports.health, self._readiness, api_documents(self._catalogue))
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()

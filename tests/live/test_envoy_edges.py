@@ -184,3 +184,13 @@ def test_torchserve_errors_become_json_errors_whatever_their_message(tmp_path: P
             assert body == {"error": FakeTorchServe.MESSAGE, "code": 507}
     finally:
         server.shutdown()
+
+
+def test_the_api_documents_are_served(stack: Launcher) -> None:
+    document = requests.get(f"{stack.url}/openapi.json", timeout=10)
+    assert document.status_code == 200 and document.headers["content-type"].startswith("application/json")
+    assert {"/sklearn", "/inference", "/predict", "/prediction"} <= set(document.json()["paths"])
+    page = requests.get(f"{stack.url}/docs", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/openapi.json" in page.text
+    check_json_error(requests.post(f"{stack.url}/docs", timeout=10), 405)

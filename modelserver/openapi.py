@@ -1,0 +1,173 @@
+"""The OpenAPI 3.1 document of the public API, generated from the pydantic models the handlers
+validate with: no hand-written copy that can drift. Routes come from the catalogue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, RootModel
+from pydantic.json_schema import models_json_schema
+
+from modelserver.catalogue import Catalogue
+from modelserver.kinds.crystal import CrystalAnswer, CrystalRequest
+from modelserver.kinds.fill_mask import FillMaskRequest
+from modelserver.kinds.text_models import TextRequest
+from modelserver.kinds.topics import TopicsAnswer, TopicsRequest
+
+REF = "#/components/schemas/{model}"
+DESCRIPTION = 'Trained models behind TorchServe and Envoy. Every error is JSON: `{"error", "code"}`.'
+
+
+class ErrorBody(BaseModel):
+    """Every error, whoever makes it: a sentence and the status code."""
+
+    error: str = Field(examples=["crystalData[0] has 3 values; each row needs 4"])
+    code: int = Field(examples=[422])
+
+
+class Candidate(BaseModel):
+    """One fill-mask candidate, as transformers' pipeline returns it."""
+
+    score: float
+    token: int
+    token_str: str
+    sequence: str
+
+
+class FillMaskAnswer(RootModel[list[Candidate] | list[list[Candidate]] | list[list[list[Candidate]]]]):
+    """Top-k candidates; a list per mask for several masks; a list per text for a list of texts."""
+
+
+class SentimentLabel(BaseModel):
+    """The top label and its probability."""
+
+    label: str = Field(examples=["POSITIVE"])
+    score: float = Field(examples=[0.9998])
+
+
+class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
+    """One label for a text, a list for a list of texts."""
+
+
+class Health(BaseModel):
+    """/healthcheck: every served model's state; skipped models listed apart."""
+
+    status: str = Field(examples=["Healthy"])
+    models: dict[str, str]
+    skipped: list[str] | None = None
+
+
+# Per model kind (by handler): request model, answer model, extra error statuses it may return.
+KINDS: dict[str, tuple[type[BaseModel], type[BaseModel], dict[int, str]]] = {
+    "crystal_handler.py": (
+        CrystalRequest,
+        CrystalAnswer,
+        {400: "`model`/`model_name` names another model", 422: "anomalous data", 500: "the model failed"},
+    ),
+    "fill_mask_handler.py": (
+        FillMaskRequest,
+        FillMaskAnswer,
+        {400: "`model_name` or `task` is not this model's", 422: "invalid text, top_k, or over a budget"},
+    ),
+    "text_classification_handler.py": (
+        TextRequest,
+        SentimentAnswer,
+        {400: "`model_name` or `task` is not this model's", 422: "invalid text or over a budget"},
+    ),
+    "topics_handler.py": (
+        TopicsRequest,
+        TopicsAnswer,
+        {405: "Validation exception (as brief 002's spec documents)"},
+    ),
+}
+COMMON_ERRORS = {
+    413: "body over 1 MiB",
+    503: "the model is not ready, was not provided (skipped), or the server is unreachable; see Retry-After",
+    504: "the model did not answer in time",
+}
+
+
+def _error_responses(codes: dict[int, str]) -> dict[str, Any]:
+    body = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
+    return {str(code): {"description": text, "content": body} for code, text in sorted(codes.items())}
+
+
+def _operation(
+    request: type[BaseModel], answer: type[BaseModel], errors: dict[int, str], summary: str
+) -> dict[str, Any]:
+    ndjson = (
+        {"application/x-ndjson": {"schema": {"type": "string"}}} if "stream" in request.model_fields else {}
+    )
+    return {
+        "summary": summary,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}},
+        },
+        "responses": {
+            "200": {
+                "description": "the answer",
+                "content": {
+                    "application/json": {"schema": {"$ref": REF.format(model=answer.__name__)}},
+                    **ndjson,
+                },
+            },
+            **_error_responses({**errors, **COMMON_ERRORS}),
+        },
+    }
+
+
+def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
+    """The whole public API, from the catalogue's routes and the kinds' pydantic models."""
+    kind_of = {name: KINDS[entry.handler.rsplit("/", 1)[-1]] for name, entry in catalogue.models.items()}
+    paths: dict[str, Any] = {
+        "/healthcheck": {
+            "get": {
+                "summary": "200 only when every served model can answer",
+                "responses": {
+                    "200": {
+                        "description": "healthy",
+                        "content": {"application/json": {"schema": {"$ref": REF.format(model="Health")}}},
+                    },
+                    **_error_responses({503: "a model is not ready, or the server is stopping"}),
+                },
+            }
+        },
+    }
+    for path, route in catalogue.routes.items():
+        targets = sorted(set((route.choices or {}).values()) | ({route.model} if route.model else set()))
+        request, answer, errors = kind_of[targets[0]]
+        errors = dict(errors)
+        if route.select_by:
+            errors[400] = f"`{route.select_by}` names no served model" + (
+                f" ({', '.join(route.choices)})" if route.choices else ""
+            )
+        summary = f"{', '.join(targets)}" + (
+            f"; `{route.select_by}` in the body picks the model" if route.select_by else ""
+        )
+        paths[path] = {"post": _operation(request, answer, errors, summary)}
+    for name in sorted(catalogue.models):
+        request, answer, errors = kind_of[name]
+        paths[f"/predictions/{name}"] = {
+            "post": _operation(request, answer, {**errors, 404: "no such model"}, f"{name} (generic path)")
+        }
+    models = {request for request, _, _ in KINDS.values()} | {answer for _, answer, _ in KINDS.values()}
+    models |= {ErrorBody, Health}
+    _, schemas = models_json_schema(
+        [
+            (model, "validation" if model in {r for r, _, _ in KINDS.values()} else "serialization")
+            for model in sorted(models, key=lambda m: m.__name__)
+        ],
+        ref_template=REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "modelserver",
+            "version": "1",
+            "description": DESCRIPTION,
+        },
+        "paths": paths,
+        "components": {"schemas": schemas.get("$defs", {})},
+    }

@@ -1,0 +1,42 @@
+"""The OpenAPI document: valid, complete, and made from the models the handlers validate with."""
+
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+
+from modelserver.catalogue import Catalogue
+from modelserver.kinds.crystal import CrystalRequest
+from modelserver.launcher.supervisor import api_documents
+from modelserver.openapi import build_openapi
+
+
+def test_the_document_is_valid_openapi() -> None:
+    validate(build_openapi(Catalogue.load()))
+
+
+def test_every_public_route_and_model_is_documented() -> None:
+    catalogue = Catalogue.load()
+    paths = build_openapi(catalogue)["paths"]
+    assert {"/healthcheck", *catalogue.routes, *(f"/predictions/{name}" for name in catalogue.models)} <= set(
+        paths
+    )
+    astromech = paths["/astromech"]["post"]
+    assert {"200", "400", "413", "422", "500", "503"} <= set(astromech["responses"])
+    assert set(paths["/prediction"]["post"]["responses"]) >= {"200", "405"}
+    assert "application/x-ndjson" in paths["/inference"]["post"]["responses"]["200"]["content"]
+
+
+def test_schemas_come_from_the_request_models() -> None:
+    schemas = build_openapi(Catalogue.load())["components"]["schemas"]
+    assert (
+        schemas["CrystalRequest"]["properties"]["crystalData"]
+        == CrystalRequest.model_json_schema()["properties"]["crystalData"]
+    )
+    assert schemas["CrystalRequest"]["additionalProperties"] is False
+    assert schemas["TopicsAnswer"]["properties"]["label"]["type"] == "string"
+
+
+def test_the_docs_page_needs_nothing_from_outside() -> None:
+    page = api_documents(Catalogue.load())["/docs"][1].decode()
+    assert "/openapi.json" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page
