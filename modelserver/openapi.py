@@ -4,7 +4,7 @@ validate with: no hand-written copy that can drift. Routes come from the catalog
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
@@ -58,27 +58,39 @@ class Health(BaseModel):
     skipped: list[str] | None = None
 
 
-# Per model kind (by handler): request model, answer model, extra error statuses it may return.
-KINDS: dict[str, tuple[type[BaseModel], type[BaseModel], dict[int, str]]] = {
-    "crystal_handler.py": (
+class Kind(NamedTuple):
+    """What the document says about one model kind (found by its handler file)."""
+
+    request: type[BaseModel]
+    answer: type[BaseModel]
+    errors: dict[int, str]
+    example: dict[str, Any]
+
+
+KINDS: dict[str, Kind] = {
+    "crystal_handler.py": Kind(
         CrystalRequest,
         CrystalAnswer,
         {400: "`model`/`model_name` names another model", 422: "anomalous data", 500: "the model failed"},
+        {"crystalData": [[0.92, 0.12, 0.31, 0.09]]},
     ),
-    "fill_mask_handler.py": (
+    "fill_mask_handler.py": Kind(
         FillMaskRequest,
         FillMaskAnswer,
         {400: "`model_name` or `task` is not this model's", 422: "invalid text, top_k, or over a budget"},
+        {"text": "Hello I'm a [MASK] model.", "top_k": 5},
     ),
-    "text_classification_handler.py": (
+    "text_classification_handler.py": Kind(
         TextRequest,
         SentimentAnswer,
         {400: "`model_name` or `task` is not this model's", 422: "invalid text or over a budget"},
+        {"text": "I love this movie, it is great."},
     ),
-    "topics_handler.py": (
+    "topics_handler.py": Kind(
         TopicsRequest,
         TopicsAnswer,
         {405: "Validation exception (as brief 002's spec documents)"},
+        {"text": "The goalie stopped the puck in overtime."},
     ),
 }
 COMMON_ERRORS = {
@@ -93,18 +105,15 @@ def _error_responses(codes: dict[int, str]) -> dict[str, Any]:
     return {str(code): {"description": text, "content": body} for code, text in sorted(codes.items())}
 
 
-def _operation(
-    request: type[BaseModel], answer: type[BaseModel], errors: dict[int, str], summary: str
-) -> dict[str, Any]:
+def _operation(kind: Kind, errors: dict[int, str], summary: str, example: dict[str, Any]) -> dict[str, Any]:
+    request, answer = kind.request, kind.answer
     ndjson = (
         {"application/x-ndjson": {"schema": {"type": "string"}}} if "stream" in request.model_fields else {}
     )
+    schema = {"schema": {"$ref": REF.format(model=request.__name__)}, "example": example}
     return {
         "summary": summary,
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}},
-        },
+        "requestBody": {"required": True, "content": {"application/json": schema}},
         "responses": {
             "200": {
                 "description": "the answer",
@@ -137,26 +146,28 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     }
     for path, route in catalogue.routes.items():
         targets = sorted(set((route.choices or {}).values()) | ({route.model} if route.model else set()))
-        request, answer, errors = kind_of[targets[0]]
-        errors = dict(errors)
+        kind = kind_of[route.model or targets[0]]
+        errors = dict(kind.errors)
+        example = dict(kind.example)
+        summary = ", ".join(targets)
         if route.select_by:
-            errors[400] = f"`{route.select_by}` names no served model" + (
-                f" ({', '.join(route.choices)})" if route.choices else ""
-            )
-        summary = f"{', '.join(targets)}" + (
-            f"; `{route.select_by}` in the body picks the model" if route.select_by else ""
-        )
-        paths[path] = {"post": _operation(request, answer, errors, summary)}
+            choices = f" ({', '.join(route.choices)})" if route.choices else ""
+            errors[400] = f"`{route.select_by}` names no served model{choices}"
+            summary += f"; `{route.select_by}` in the body picks the model"
+            if route.choices:
+                example[route.select_by] = next(iter(route.choices))
+        paths[path] = {"post": _operation(kind, errors, summary, example)}
     for name in sorted(catalogue.models):
-        request, answer, errors = kind_of[name]
-        paths[f"/predictions/{name}"] = {
-            "post": _operation(request, answer, {**errors, 404: "no such model"}, f"{name} (generic path)")
-        }
-    models = {request for request, _, _ in KINDS.values()} | {answer for _, answer, _ in KINDS.values()}
-    models |= {ErrorBody, Health}
+        kind = kind_of[name]
+        operation = _operation(
+            kind, {**kind.errors, 404: "no such model"}, f"{name} (generic path)", kind.example
+        )
+        paths[f"/predictions/{name}"] = {"post": operation}
+    requests = {kind.request for kind in KINDS.values()}
+    models = requests | {kind.answer for kind in KINDS.values()} | {ErrorBody, Health}
     _, schemas = models_json_schema(
         [
-            (model, "validation" if model in {r for r, _, _ in KINDS.values()} else "serialization")
+            (model, "validation" if model in requests else "serialization")
             for model in sorted(models, key=lambda m: m.__name__)
         ],
         ref_template=REF,

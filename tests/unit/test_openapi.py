@@ -40,3 +40,13 @@ def test_the_docs_page_needs_nothing_from_outside() -> None:
     page = api_documents(Catalogue.load())["/docs"][1].decode()
     assert "/openapi.json" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+def test_the_committed_http_samples_are_generated_from_the_document() -> None:
+    from archive_scripts.api_samples import DEFAULT_OUT, http_samples  # pylint: disable=import-outside-toplevel
+
+    expected = http_samples(build_openapi(Catalogue.load()), "http://localhost:3000")
+    assert DEFAULT_OUT.read_text(encoding="utf-8") == expected, "run: python -m archive_scripts.api_samples"
+    assert expected.count("\nPOST ") == sum(
+        1 for path in build_openapi(Catalogue.load())["paths"] if path != "/healthcheck"
+    )
