@@ -6,9 +6,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from modelserver.errors import ConfigError
+from modelserver.errors import ConfigError, InvalidInput
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -39,3 +40,16 @@ def parse_settings(model: type[SettingsT], settings: object) -> SettingsT:
         return model.model_validate(settings)
     except ValidationError as error:
         raise ConfigError(f"bad handler settings: {first_problem(error)}") from None
+
+
+def validate_body(
+    model: type[RequestT], payload: object, field: str, error: type[InvalidInput] = InvalidInput
+) -> RequestT:
+    """Validate one decoded body against a request model; any problem raises `error` with a
+    sentence naming where (the body must be an object holding `field`)."""
+    if not isinstance(payload, dict):
+        raise error(f"the body must be a JSON object with a '{field}' field")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as problem:
+        raise error(first_problem(problem)) from None

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
 from modelserver.kinds import ModelFiles
-from modelserver.validation import first_problem, parse_settings
+from modelserver.validation import parse_settings, validate_body
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,7 @@ class CrystalRuntime:
 
     def parse(self, payload: Any) -> CrystalRequest:
         """Validate one decoded body; anomalies raise `InvalidInput`, a wrong model `BadRequest`."""
-        if not isinstance(payload, dict):
-            raise InvalidInput("the body must be a JSON object with a 'crystalData' field")
-        try:
-            request = CrystalRequest.model_validate(payload)
-        except ValidationError as error:
-            raise InvalidInput(first_problem(error)) from None
+        request = validate_body(CrystalRequest, payload, "crystalData")
         if request.model_name is not None and self._names and request.model_name not in self._names:
             raise BadRequest(f"model_name {request.model_name!r} is not this model ({self._names[0]})")
         if request.model is not None and request.model != self._settings.framework:

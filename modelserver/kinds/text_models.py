@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.validation import first_problem
+from modelserver.validation import validate_body
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,7 @@ def validate_request(
     model: type[BaseModel], payload: Any, names: Sequence[str], tasks: Sequence[str], max_texts: int
 ) -> Any:
     """Validate one body against a request model, this model's names and tasks."""
-    if not isinstance(payload, dict):
-        raise InvalidInput("the body must be a JSON object with a 'text' field")
-    try:
-        request = model.model_validate(payload)
-    except ValidationError as error:
-        raise InvalidInput(first_problem(error)) from None
+    request: Any = validate_body(model, payload, "text")
     if request.model_name is not None and names and request.model_name not in names:
         raise BadRequest(f"model_name {request.model_name!r} is not this model; it answers to {list(names)}")
     if request.task is not None and request.task not in tasks:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from threadpoolctl import threadpool_limits
 
 from modelserver.errors import SpecValidationFailed
 from modelserver.kinds import ModelFiles
 from modelserver.training.topics import load_model
-from modelserver.validation import first_problem, parse_settings
+from modelserver.validation import parse_settings, validate_body
 
 
 class TopicsSettings(BaseModel):
@@ -54,12 +54,7 @@ class TopicsRuntime:
 
     def parse(self, payload: Any) -> TopicsRequest:
         """Validate one body; every failure is the spec's 405."""
-        if not isinstance(payload, dict):
-            raise SpecValidationFailed("the body must be a JSON object with a 'text' string")
-        try:
-            request = TopicsRequest.model_validate(payload)
-        except ValidationError as error:
-            raise SpecValidationFailed(first_problem(error)) from None
+        request = validate_body(TopicsRequest, payload, "text", SpecValidationFailed)
         if len(request.text) > self._settings.max_chars:
             raise SpecValidationFailed(f"text is longer than {self._settings.max_chars} characters")
         return request

@@ -82,11 +82,11 @@ def read_dataset(path: Path) -> Dataset:
 
 
 def cross_validate(
-    train: Dataset, names: Sequence[str] = tuple(CANDIDATES), folds: int = 5
+    data: Dataset, names: Sequence[str] = tuple(CANDIDATES), folds: int = 5
 ) -> dict[str, float]:
     """Mean cross-validated accuracy of each candidate, on the training set only."""
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    return {name: float(np.mean(cross_val_score(CANDIDATES[name](), *train, cv=splitter))) for name in names}
+    return {name: float(np.mean(cross_val_score(CANDIDATES[name](), *data, cv=splitter))) for name in names}
 
 
 def choose_improved(scores: dict[str, float]) -> str:

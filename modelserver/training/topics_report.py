@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-from matplotlib import pyplot
-
 
 def confusion_png(evaluation: dict[str, Any], title: str, path: Path) -> None:
     """Draw the confusion matrix (rows: true label, columns: predicted)."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
     labels, matrix = evaluation["labels"], evaluation["confusion_matrix"]
     figure, axes = pyplot.subplots(figsize=(6.5, 5.5))
     image = axes.imshow(matrix, cmap="Blues")
