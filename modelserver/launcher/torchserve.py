@@ -25,6 +25,8 @@ from modelserver.launcher.settings import LaunchSettings
 log = logging.getLogger(__name__)
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "config.properties"
+# TorchServe's default logging writes every request three times; ours keeps the hot path quiet.
+LOG_CONFIG = PROJECT_ROOT / "log4j2.xml"
 KEY_FILE = "key_file.json"
 
 
@@ -105,6 +107,8 @@ class TorchServe:
             "--ncs",
             "--ts-config",
             str(config),
+            "--log-config",
+            str(LOG_CONFIG),
             "--model-store",
             str(self._settings.model_store.resolve()),
             "--models",
