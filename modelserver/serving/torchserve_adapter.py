@@ -16,9 +16,12 @@ from modelserver.errors import ConfigError, ModelFailure
 from modelserver.kinds import ModelFiles
 from modelserver.payload import request_body
 from modelserver.serving.batch import NDJSON, BatchAnswerer, Emit, Outcome, Runtime
+from modelserver.serving.ts_socket import install_read_ahead
 
 log = logging.getLogger(__name__)
 
+BATCHES_METRIC = "HandlerBatches"
+BATCH_ITEMS_METRIC = "HandlerBatchRequests"
 RuntimeLoader = Callable[[ModelFiles], Runtime[Any]]
 
 
@@ -63,6 +66,15 @@ def stream_emitter(context: Any) -> Emit:
     return emit
 
 
+def count_batch(context: Any, size: int) -> None:
+    """Per-model counters of batches and of the requests in them: their ratio is the batch size
+    TorchServe actually forms (`/metrics`; `make bench` reads it to compare with the raw model)."""
+    metrics = getattr(context, "metrics", None)
+    if metrics is not None:
+        metrics.add_counter(BATCHES_METRIC, 1)
+        metrics.add_counter(BATCH_ITEMS_METRIC, size)
+
+
 class TorchServeAdapter:
     """Base of every handler: subclasses only name the loader of their model kind."""
 
@@ -84,6 +96,7 @@ class TorchServeAdapter:
             names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
         )
         runtime = type(self).load_runtime(files)
+        install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
         self.initialized = True
 
@@ -97,4 +110,5 @@ class TorchServeAdapter:
             context.set_response_content_type(index, outcome.content_type)
             if outcome.status != HTTPStatus.OK:
                 context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+        count_batch(context, len(data))
         return [outcome.body for outcome in outcomes]
