@@ -19,6 +19,14 @@ METADATA_NAMESPACE = "modelserver"
 SAFE_RETRIES = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": 2}
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
+# Routes that do not pick a model from the body skip the body-field filter: parsing every body
+# cost Envoy 15% of its CPU per request on the crystal routes (docs/BENCHMARKS.md).
+NO_BODY_FIELDS = {
+    "envoy.filters.http.json_to_metadata": {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "disabled": True,
+    }
+}
 
 
 def _direct(status: int, message: str, **headers: str) -> dict[str, Any]:
@@ -66,6 +74,11 @@ class RouteTable:
             }
         }
 
+    @staticmethod
+    def _plain(spec: RouteSpec | None) -> dict[str, Any]:
+        """Per-route filter settings: no body-field parsing where no field picks the model."""
+        return {} if spec is not None and spec.select_by else {"typed_per_filter_config": NO_BODY_FIELDS}
+
     def choices(self, spec: RouteSpec) -> dict[str, str]:
         """Body-field value -> model, for a route that selects by a field."""
         if spec.choices:
@@ -101,12 +114,12 @@ class RouteTable:
                 }
                 routes.append({"match": match, **_direct(400, unknown)})
             default = self._to_model(spec.model, spec.timeout_s) if spec.model else _direct(400, unknown)
-            routes.append({"match": {"path": path, "headers": POST}, **default})
+            routes.append({"match": {"path": path, "headers": POST}, **default, **self._plain(spec)})
         # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
         for name, entry in sorted(self._catalogue.models.items()):
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
             match = {"path": f"/predictions/{name}", "headers": POST}
-            routes.append({"match": match, **self._to_model(name, timeout)})
+            routes.append({"match": match, **self._to_model(name, timeout), **self._plain(None)})
         paths = "|".join(re.escape(path) for path in self._catalogue.routes)
         if paths:
             routes.append(

@@ -117,3 +117,12 @@ def test_routes_to_models_bound_the_wait_per_answer_not_per_stream() -> None:
     assert inference["timeout"] == "0s" and inference["idle_timeout"] == "125s"
     generic = find(routes, "/predictions/camembert")["route"]
     assert generic["prefix_rewrite"] == "/predictions/camembert" and generic["idle_timeout"] == "125s"
+
+
+def test_only_routes_that_pick_a_model_parse_the_body() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    disabled = "envoy.filters.http.json_to_metadata"
+    for path in ("/sklearn", "/inference", "/prediction", "/predictions/fill_mask"):
+        assert find(routes, path)["typed_per_filter_config"][disabled]["disabled"] is True
+    for path, value in (("/astromech", None), ("/astromech", "sklearn"), ("/predict", None)):
+        assert "typed_per_filter_config" not in find(routes, path, value)
