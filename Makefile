@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install run archives test lint unit live clean
+.PHONY: install run archives test lint unit live clean bench
 
 install: $(STAMP)
 
@@ -39,3 +39,7 @@ live: install
 
 clean:
 	rm -rf model_store/*.mar model_store/.builds run
+
+## The benchmark against the naive peers (about 35 minutes; results in load_tests/results/bench).
+bench: install
+	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)

@@ -18,22 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import BertConfig, BertForMaskedLM
-
+from load_tests.bench.timing_model import build_timing_model
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
 from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
-from tests.tiny_models import ENGLISH, make_bert_fill_mask
+from tests.tiny_models import ENGLISH
 
 SENTENCES = [text.replace(text.split()[1], "[MASK]", 1) for text in ENGLISH] * 4
-
-
-def build_bert_base(folder: Path) -> Path:
-    """A bert-base-uncased-shaped masked LM (random weights) with a small real tokenizer."""
-    make_bert_fill_mask(folder / MODEL_SUBDIR, max_positions=512)
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig.from_dict({"vocab_size": 30522})).save_pretrained(folder / MODEL_SUBDIR)
-    return folder
 
 
 def throughput(runtime: FillMaskRuntime, batch: int, repeats: int) -> float:
@@ -63,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as work:
-        folder = build_bert_base(Path(work))
+        folder = Path(work)
+        build_timing_model(folder / MODEL_SUBDIR)
         reference: list[int] = []
         for quantize in ("none", "dynamic-int8"):
             for threads in (1, 2):

@@ -92,15 +92,18 @@ def write_catalogue(
     path: Path,
     extra: Mapping[str, dict[str, Any]] | None = None,
     handler_config: Mapping[str, dict[str, Any]] | None = None,
+    torchserve: Mapping[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """The project's catalogue plus `extra` entries and `handler_config` overrides, with
-    every path made absolute."""
+    """The project's catalogue plus `extra` entries, `handler_config` and `torchserve`
+    overrides, with every path made absolute."""
     import yaml  # pylint: disable=import-outside-toplevel
 
     catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
     catalogue["models"].update(extra or {})
     for name, overrides in (handler_config or {}).items():
         catalogue["models"][name]["handler_config"].update(overrides)
+    for name, overrides in (torchserve or {}).items():
+        catalogue["models"][name]["torchserve"].update(overrides)
     for entry in catalogue["models"].values():
         entry["handler"] = str(PROJECT_ROOT / entry["handler"])
         entry["extra_files"] = [str(PROJECT_ROOT / f) for f in entry.get("extra_files", [])]

@@ -43,7 +43,8 @@ FRENCH = [
 ]
 
 
-def _wordpiece(corpus: list[str], vocab_size: int = 300) -> Tokenizer:
+def wordpiece_tokenizer(corpus: list[str], vocab_size: int = 300) -> Tokenizer:
+    """A lowercasing BERT WordPiece tokenizer trained on `corpus`, with BERT's special tokens."""
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -70,7 +71,7 @@ def _spread(bias: torch.Tensor, seed: int) -> None:
 def make_bert_fill_mask(folder: Path, max_positions: int = 64) -> Path:
     """A 2-layer BERT masked LM with a WordPiece tokenizer and `[MASK]`."""
     tokenizer = BertTokenizerFast(
-        tokenizer_object=_wordpiece(ENGLISH), do_lower_case=True, model_max_length=max_positions
+        tokenizer_object=wordpiece_tokenizer(ENGLISH), do_lower_case=True, model_max_length=max_positions
     )
     tokenizer.save_pretrained(folder)
     config = BertConfig.from_dict(
@@ -140,7 +141,7 @@ def make_camembert_fill_mask(folder: Path, max_positions: int = 66) -> Path:
 def make_distilbert_sentiment(folder: Path, max_positions: int = 64) -> Path:
     """A 2-layer DistilBERT classifier with NEGATIVE/POSITIVE labels, like the SST-2 model."""
     tokenizer = DistilBertTokenizerFast(
-        tokenizer_object=_wordpiece(ENGLISH), do_lower_case=True, model_max_length=max_positions
+        tokenizer_object=wordpiece_tokenizer(ENGLISH), do_lower_case=True, model_max_length=max_positions
     )
     tokenizer.save_pretrained(folder)
     config = DistilBertConfig.from_dict(

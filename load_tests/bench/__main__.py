@@ -1,0 +1,189 @@
+"""`make bench`: our stack against the naive peers, same weights, same client, same run.
+
+    python -m load_tests.bench [--runs 3] [--levels 1,4,16,64] [--duration 20] [--warmup 5]
+                               [--model /path/to/bert-base-uncased] [--quick] [--out DIR]
+
+Order: build the weights; start every server; for each round, each scenario, each concurrency
+level, drive each server in turn (interleaved, so drift on a shared machine hits all alike);
+then the raw model call; then cold starts. Medians over rounds go in the report
+(results.json, results.md, throughput.png under --out); the targets of issue 5 are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from load_tests.bench.report import summarise, write_report
+from load_tests.bench.servers import Server, Weights, all_servers
+from load_tests.bench.timing_model import RANDOM_WEIGHTS, build_timing_model
+from modelserver.catalogue import PROJECT_ROOT
+from modelserver.training.crystal_sklearn_iris import train as train_crystal
+from tests.helpers import Launcher
+from tests.tiny_models import make_bert_fill_mask
+
+DRIVE = [sys.executable, "-m", "load_tests.bench.drive"]
+
+
+def drive(server: Server, scenario: str, users: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measured run against one server, with its CPU, peak RSS and (ours) batch sizes."""
+    command = [
+        *DRIVE,
+        "--host",
+        server.url,
+        "--scenario",
+        scenario,
+        "--users",
+        str(users),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
+        "--client",
+        args.client,
+    ]
+    if scenario in server.paths:
+        command += ["--path", server.paths[scenario]]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT) as process:
+        assert process.stdout is not None
+        cpu_start = batches_start = None
+        result: dict[str, Any] = {}
+        for line in process.stdout:
+            if line.startswith("window-start"):
+                cpu_start, batches_start = server.usage.cpu_seconds(), server.batch_counters(scenario)
+                server.usage.reset_peak()
+            elif line.startswith("window-end") and cpu_start is not None and batches_start:
+                result["cpu_cores"] = (server.usage.cpu_seconds() - cpu_start) / args.duration
+                result["peak_rss_mb"] = server.usage.peak_rss / 2**20
+                batches, items = server.batch_counters(scenario)
+                if batches > batches_start[0]:
+                    result["mean_batch"] = (items - batches_start[1]) / (batches - batches_start[0])
+            elif line.startswith("{"):
+                result.update(json.loads(line))
+    if "requests" not in result:
+        raise RuntimeError(f"the load run against {server.name} failed")
+    return result
+
+
+def raw_limits(weights: Weights, formed: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    """The model call with no server, in its own process (nothing else running), in fp32 and
+    int8, at the usual batch sizes and at those the server formed."""
+    batches = {1, 2, 4, 8, 16} if not args.quick else {1, 4}
+    batches |= {max(1, round(batch)) for batch in formed}
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.bench.raw",
+        "--bert",
+        str(weights.bert),
+        "--threads",
+        "2",
+        "--batches",
+        ",".join(map(str, sorted(batches))),
+        "--crystal",
+        str(weights.crystal),
+        "--seconds",
+        "1" if args.quick else "5",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def cold_starts(work: Path, args: argparse.Namespace) -> list[float]:
+    """Seconds from starting the launcher (archives built) to a healthy /healthcheck."""
+    store = work / "cold"
+    models = ("crystal_sklearn", "crystal_pytorch") if args.quick else ()
+    Launcher(store, models=models).start().wait_healthy(timeout_s=900).stop()  # builds once
+    timings = []
+    for _ in range(1 if args.quick else args.runs):
+        launcher = Launcher(store, models=models)
+        start = time.monotonic()
+        launcher.start().wait_healthy(timeout_s=300)
+        timings.append(time.monotonic() - start)
+        launcher.stop()
+    return timings
+
+
+def prepare_weights(work: Path, args: argparse.Namespace) -> Weights:
+    """The BERT every fill-mask server loads, and the crystal joblib file."""
+    crystal = work / "crystal_sklearn.joblib"
+    train_crystal(crystal)
+    if args.model:
+        return Weights(args.model, f"real checkpoint from {args.model}", crystal)
+    if args.quick:
+        return Weights(make_bert_fill_mask(work / "bert"), "tiny 2-layer BERT (smoke run)", crystal)
+    return Weights(build_timing_model(work / "bert"), RANDOM_WEIGHTS, crystal)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every run of the benchmark, raw and aggregated."""
+    weights = prepare_weights(work, args)
+    runs: list[dict[str, Any]] = []
+    with all_servers(weights, work, args.scenarios) as servers:
+        for round_index in range(args.runs):
+            for scenario in args.scenarios:
+                for users in args.levels:
+                    for server in servers:
+                        if not server.answers(scenario):
+                            continue
+                        result = drive(server, scenario, users, args)
+                        run = {
+                            "round": round_index,
+                            "scenario": scenario,
+                            "server": server.name,
+                            "users": users,
+                            **result,
+                        }
+                        runs.append(run)
+                        print(
+                            f"round {round_index + 1} {scenario:9} {server.name:13} {users:3} clients: "
+                            f"{result['throughput_rps']:8.1f} req/s, p99 {result['p99_ms'] or 0:7.1f} ms, "
+                            f"{result['errors']} errors",
+                            flush=True,
+                        )
+        descriptions = {server.name: server.description for server in servers}
+    summary = summarise(runs)
+    formed = [
+        row["mean_batch"] for key, row in summary.items() if key[0] == "fill_mask" and row["mean_batch"]
+    ]
+    raw = raw_limits(weights, formed, args)
+    return {
+        "weights": weights.bert_kind,
+        "runs": runs,
+        "descriptions": descriptions,
+        "raw": raw,
+        "cold_start_s": cold_starts(work, args),
+    }
+
+
+def main() -> None:
+    """Parse the options, measure, write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--levels", default="1,4,16,64")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--scenarios", default="fill_mask,crystal")
+    parser.add_argument("--client", choices=["fast", "locust"], default="fast")
+    parser.add_argument("--model", type=Path, help="a real bert-base-uncased folder (else random weights)")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "load_tests" / "results" / "bench")
+    args = parser.parse_args()
+    args.levels = [int(level) for level in args.levels.split(",")]
+    args.scenarios = args.scenarios.split(",")
+    if args.quick:
+        args.runs, args.warmup, args.duration = 1, 1.0, 2.0
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        results = measure(args, Path(work))
+    results["options"] = {k: str(v) for k, v in vars(args).items()}
+    print(write_report(results, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The benchmark's outputs: medians over rounds, the issue's targets, JSON, Markdown and a chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+Key = tuple[str, str, int]  # scenario, server, clients
+MEDIAN_FIELDS = ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "cpu_cores", "mean_batch")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Median of each figure over the rounds; errors summed; peak RSS the largest seen."""
+    grouped: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        grouped[(run["scenario"], run["server"], run["users"])].append(run)
+    summary = {}
+    for key, group in grouped.items():
+        row: dict[str, Any] = {"rounds": len(group), "errors": sum(r["errors"] for r in group)}
+        for name in MEDIAN_FIELDS:
+            values = [r[name] for r in group if r.get(name) is not None]
+            row[name] = statistics.median(values) if values else None
+        row["peak_rss_mb"] = max((r.get("peak_rss_mb") or 0.0) for r in group)
+        summary[key] = row
+    return summary
+
+
+def _target(name: str, measured: float | None, goal: str, passed: bool | None, detail: str) -> dict[str, Any]:
+    return {"target": name, "measured": measured, "goal": goal, "passed": passed, "detail": detail}
+
+
+def check_targets(
+    summary: dict[Key, dict[str, Any]], raw: dict[str, Any], cold: list[float]
+) -> list[dict[str, Any]]:
+    """Issue 5's targets, each with the figure that decides it (None: not measured)."""
+    targets = []
+    flask = summary.get(("fill_mask", "flask_tuned", 16))
+    for server, precision in (("ours", "fp32"), ("ours_int8", "int8")):
+        ours = summary.get(("fill_mask", server, 16))
+        if not (ours and flask):
+            continue
+        label = f"/inference 16 clients, {precision}"
+        ratio = ours["throughput_rps"] / flask["throughput_rps"]
+        targets.append(
+            _target(
+                f"{label}: throughput vs tuned Flask",
+                ratio,
+                ">= 4x",
+                ratio >= 4,
+                f"{ours['throughput_rps']:.1f} vs {flask['throughput_rps']:.1f} req/s",
+            )
+        )
+        targets.append(
+            _target(
+                f"{label}: p99 vs tuned Flask",
+                ours["p99_ms"],
+                "<= peer's",
+                ours["p99_ms"] <= flask["p99_ms"],
+                f"peer {flask['p99_ms']:.0f} ms",
+            )
+        )
+        targets.append(_target(f"{label}: errors", ours["errors"], "0", ours["errors"] == 0, ""))
+        rates = raw.get("bert_sentences_per_s", {}).get(precision, {})
+        batch = ours.get("mean_batch")
+        if batch and rates:
+            closest = min(rates, key=lambda b, formed=batch: abs(int(b) - formed))
+            share = ours["throughput_rps"] / rates[closest]
+            targets.append(
+                _target(
+                    f"{label}: share of the raw forward",
+                    share,
+                    ">= 0.85",
+                    share >= 0.85,
+                    f"mean batch formed {batch:.1f}; raw {precision} at batch {closest}: "
+                    f"{rates[closest]:.1f}/s",
+                )
+            )
+    ours, fastapi = summary.get(("crystal", "ours", 64)), summary.get(("crystal", "fastapi", 64))
+    if ours and fastapi:
+        ratio = ours["throughput_rps"] / fastapi["throughput_rps"]
+        targets.append(
+            _target(
+                "/sklearn 64 clients: throughput vs FastAPI",
+                ratio,
+                ">= 2x",
+                ratio >= 2,
+                f"{ours['throughput_rps']:.0f} vs {fastapi['throughput_rps']:.0f} req/s",
+            )
+        )
+        targets.append(
+            _target("/sklearn 64 clients: p99", ours["p99_ms"], "<= 100 ms", ours["p99_ms"] <= 100, "")
+        )
+        targets.append(_target("/sklearn 64 clients: errors", ours["errors"], "0", ours["errors"] == 0, ""))
+    ours, call = summary.get(("crystal", "ours", 1)), raw.get("crystal_call")
+    if ours and call:
+        overhead = ours["p50_ms"] - call["p50_us"] / 1000
+        targets.append(
+            _target(
+                "/sklearn 1 client: serving overhead p50",
+                overhead,
+                "<= 5 ms",
+                overhead <= 5,
+                f"p50 {ours['p50_ms']:.2f} ms, model call {call['p50_us']:.0f} us",
+            )
+        )
+    if cold:
+        median = statistics.median(cold)
+        targets.append(
+            _target(
+                "cold start to healthy (archives built)",
+                median,
+                "<= 20 s",
+                median <= 20,
+                "runs: " + ", ".join(f"{c:.1f}" for c in cold),
+            )
+        )
+    return targets
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: dict[str, Any], summary: dict[Key, dict[str, Any]]) -> str:
+    """The tables a reader needs: per-scenario runs, targets, raw limits, machine."""
+    lines = [
+        f"Weights: {results['weights']}. Medians of {results['options']['runs']} interleaved rounds.",
+        "",
+    ]
+    lines += [
+        "| scenario | server | clients | req/s | p50 ms | p95 ms | p99 ms | errors | CPU cores | "
+        "peak RSS MB | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (scenario, server, users), row in sorted(summary.items()):
+        lines.append(
+            f"| {scenario} | {server} | {users} | {_fmt(row['throughput_rps'])} | {_fmt(row['p50_ms'], 2)} "
+            f"| {_fmt(row['p95_ms'], 2)} | {_fmt(row['p99_ms'], 2)} | {row['errors']} | "
+            f"{_fmt(row['cpu_cores'], 2)} | {_fmt(row['peak_rss_mb'], 0)} | {_fmt(row['mean_batch'])} |"
+        )
+    lines += ["", "| target | measured | goal | met | detail |", "|---|---|---|---|---|"]
+    for target in results["targets"]:
+        met = {True: "yes", False: "NO", None: "-"}[target["passed"]]
+        lines.append(
+            f"| {target['target']} | {_fmt(target['measured'], 2)} | {target['goal']} | {met} | "
+            f"{target['detail']} |"
+        )
+    lines.append("")
+    for precision, rates in results["raw"].get("bert_sentences_per_s", {}).items():
+        lines.append(
+            f"Raw forward {precision} (no server, 2 threads), sentences/s by batch size: "
+            + ", ".join(f"{b}: {r:.1f}" for b, r in sorted(rates.items(), key=lambda x: int(x[0])))
+            + "."
+        )
+    call = results["raw"].get("crystal_call")
+    if call:
+        lines.append(
+            f"Raw crystal `predict_proba`, one row: p50 {call['p50_us']:.0f} us, p99 {call['p99_us']:.0f} us."
+        )
+    lines += [
+        "",
+        "Servers: " + "; ".join(f"**{k}**: {v}" for k, v in results["descriptions"].items()),
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: dict[Key, dict[str, Any]], path: Path) -> None:
+    """Throughput and p99 against clients, one panel per scenario."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    scenarios = sorted({key[0] for key in summary})
+    figure, axes = plt.subplots(2, len(scenarios), figsize=(6 * len(scenarios), 8), squeeze=False)
+    for column, scenario in enumerate(scenarios):
+        for server in sorted({key[1] for key in summary if key[0] == scenario}):
+            points = sorted((key[2], row) for key, row in summary.items() if key[:2] == (scenario, server))
+            clients = [p[0] for p in points]
+            axes[0][column].plot(clients, [p[1]["throughput_rps"] for p in points], marker="o", label=server)
+            axes[1][column].plot(clients, [p[1]["p99_ms"] for p in points], marker="o", label=server)
+        for row, label in ((0, "requests/s"), (1, "p99 latency, ms")):
+            axis = axes[row][column]
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel(label)
+            axis.set_title(f"{scenario}: {label}")
+            axis.grid(alpha=0.3)
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write_report(results: dict[str, Any], out: Path) -> str:
+    """Write results.json, results.md and throughput.png into `out`; return the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results["runs"])
+    results["machine"] = machine()
+    results["targets"] = check_targets(summary, results["raw"], results["cold_start_s"])
+    results["summary"] = [
+        {"scenario": k[0], "server": k[1], "clients": k[2], **v} for k, v in sorted(summary.items())
+    ]
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    text = markdown(results, summary)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    chart(summary, out / "throughput.png")
+    return text

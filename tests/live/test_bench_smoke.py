@@ -1,0 +1,109 @@
+"""`make bench` in miniature: the whole harness on tiny models, for seconds, so it cannot rot.
+
+Starts our stack and every peer, drives each at two concurrency levels with the light client
+and one level with locust, measures the raw model and a cold start, and writes the report.
+No speed is asserted (CI machines are shared); shapes, answers and error counts are.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelserver.catalogue import PROJECT_ROOT
+from tests.helpers import Launcher
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "load_tests.bench", "--quick", "--levels", "1,4", "--out", str(out)]
+    finished = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=840, check=False
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    cells = {(r["scenario"], r["server"], r["clients"]): r for r in results["summary"]}
+    expected = {("fill_mask", s) for s in ("ours", "ours_int8", "flask_default", "flask_tuned")}
+    expected |= {("crystal", s) for s in ("ours", "fastapi")}
+    assert {(scenario, server) for scenario, server, _ in cells} == expected
+    for (_, server, clients), cell in cells.items():
+        assert cell["throughput_rps"] > 0, (server, clients)
+        assert cell["errors"] == 0, (server, clients, cell)
+        assert cell["cpu_cores"] is not None and cell["peak_rss_mb"] > 0
+    assert cells[("crystal", "ours", 4)]["mean_batch"] >= 1
+    assert set(results["raw"]["bert_sentences_per_s"]) == {"fp32", "int8"}
+    assert results["cold_start_s"] and all(s > 0 for s in results["cold_start_s"])
+    assert {t["target"] for t in results["targets"]} >= {"/sklearn 1 client: serving overhead p50"}
+    assert "| crystal | ours | 4 |" in (out / "results.md").read_text(encoding="utf-8")
+    assert (out / "throughput.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("client", ["fast", "locust"])
+def test_both_clients_measure_the_live_stack(stack: Launcher, client: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.bench.drive",
+        "--host",
+        stack.url,
+        "--scenario",
+        "crystal",
+        "--users",
+        "4",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1.5",
+        "--client",
+        client,
+    ]
+    finished = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    lines = finished.stdout.splitlines()
+    assert lines[:2] == ["window-start", "window-end"]
+    result = json.loads(lines[-1])
+    assert result["requests"] > 10
+    assert result["errors"] == 0, result["error_reasons"]
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
+
+
+def test_a_wrong_answer_counts_as_an_error(stack: Launcher) -> None:
+    # The same scenario on another crystal model passes; on an unknown model every answer fails.
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.bench.drive",
+        "--host",
+        stack.url,
+        "--scenario",
+        "crystal",
+        "--path",
+        "/predictions/crystal_pytorch",
+        "--users",
+        "1",
+        "--warmup",
+        "0",
+        "--duration",
+        "1",
+    ]
+    ok = json.loads(
+        subprocess.run(
+            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
+        ).stdout.splitlines()[-1]
+    )
+    assert ok["errors"] == 0 and ok["requests"] > 0
+    command[command.index("/predictions/crystal_pytorch")] = "/predictions/no_such_model"
+    bad = json.loads(
+        subprocess.run(
+            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
+        ).stdout.splitlines()[-1]
+    )
+    assert bad["requests"] == 0
+    assert bad["errors"] > 0 and list(bad["error_reasons"]) == ["HTTP 404"]

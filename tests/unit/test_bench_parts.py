@@ -1,0 +1,90 @@
+"""The benchmark's own parts: the client's response parser, the measured window, the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from load_tests.bench.client import ResponseParser, encode_requests
+from load_tests.bench.drive import Recorder
+from load_tests.bench.report import check_targets, summarise
+from load_tests.bench.scenarios import SCENARIOS
+
+
+def test_parser_reads_length_delimited_and_chunked_answers_in_pieces() -> None:
+    parser = ResponseParser()
+    raw = b'HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{"a":1}HTTP/1.1 422 Unprocessable\r\n'
+    assert parser.feed(raw[:20]) is None
+    assert parser.feed(raw[20:]) == (200, b'{"a":1}')
+    assert parser.feed(b'Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\n{"e\r\n') is None
+    assert parser.feed(b'4\r\n":1}\r\n0\r\n\r\n') == (422, b'{"e":1}')
+    assert parser.closes
+
+
+def test_requests_are_encoded_once_with_their_length() -> None:
+    request = encode_requests(SCENARIOS["crystal"], "localhost:3000", count=1)[0]
+    head, body = request.split(b"\r\n\r\n")
+    assert head.startswith(b"POST /sklearn HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_answer_checks_reject_wrong_shapes() -> None:
+    crystal, fill_mask = SCENARIOS["crystal"], SCENARIOS["fill_mask"]
+    assert crystal.answer_ok({"prediction": ["blue"], "scores": [{"blue": 1.0}]})
+    assert not crystal.answer_ok({"prediction": ["red"], "scores": [{}]})
+    candidate = {"score": 0.1, "token": 1, "token_str": "a", "sequence": "a"}
+    assert fill_mask.answer_ok([candidate] * 5)
+    assert not fill_mask.answer_ok([candidate] * 4)
+
+
+def test_only_requests_finished_inside_the_window_count() -> None:
+    recorder = Recorder()
+    recorder.record(5.0, "")  # warm-up
+    recorder.open_window()
+    for latency in (1.0, 2.0, 3.0, 4.0):
+        recorder.record(latency, "")
+    recorder.record(9.0, "HTTP 503")
+    recorder.close_window()
+    recorder.record(7.0, "")  # after the window
+    summary = recorder.summary()
+    assert summary["requests"] == 4
+    assert summary["errors"] == 1
+    assert summary["error_reasons"] == {"HTTP 503": 1}
+    assert summary["p50_ms"] == 2.5
+
+
+def _run(server: str, users: int, rps: float, p99: float, **extra: Any) -> dict[str, Any]:
+    scenario = "crystal" if server in {"fastapi", "ours"} and users != 16 else "fill_mask"
+    return {
+        "scenario": scenario,
+        "server": server,
+        "users": users,
+        "throughput_rps": rps,
+        "p50_ms": 2.0,
+        "p95_ms": p99,
+        "p99_ms": p99,
+        "errors": 0,
+        "cpu_cores": 1.0,
+        "peak_rss_mb": 10.0,
+        **extra,
+    }
+
+
+def test_targets_use_medians_of_the_rounds() -> None:
+    runs = (
+        [_run("ours", 64, rps, 30.0) for rps in (4000.0, 5000.0, 9000.0)]
+        + [_run("fastapi", 64, 2400.0, 60.0)]
+        + [
+            _run("ours", 16, 40.0, 800.0, mean_batch=8.0),
+            _run("flask_tuned", 16, 10.0, 1500.0),
+            _run("ours", 1, 100.0, 5.0),
+        ]
+    )
+    summary = summarise(runs)
+    assert summary[("crystal", "ours", 64)]["throughput_rps"] == 5000.0
+    raw = {"bert_sentences_per_s": {"fp32": {"1": 10.0, "8": 45.0}}, "crystal_call": {"p50_us": 500.0}}
+    targets = {t["target"]: t for t in check_targets(summary, raw, [12.0, 30.0, 15.0])}
+    assert targets["/sklearn 64 clients: throughput vs FastAPI"]["passed"] is True
+    assert targets["/inference 16 clients, fp32: throughput vs tuned Flask"]["measured"] == 4.0
+    assert round(targets["/inference 16 clients, fp32: share of the raw forward"]["measured"], 3) == 0.889
+    assert targets["/sklearn 1 client: serving overhead p50"]["measured"] == 1.5
+    assert targets["cold start to healthy (archives built)"]["measured"] == 15.0
