@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from load_tests.bench.report import summarise, write_report
-from load_tests.bench.servers import Server, Weights, all_servers
+from load_tests.bench.servers import Server, Weights, all_servers, wait_all_idle
 from load_tests.bench.timing_model import RANDOM_WEIGHTS, build_timing_model
 from modelserver.catalogue import PROJECT_ROOT
 from modelserver.training.crystal_sklearn_iris import train as train_crystal
@@ -132,6 +132,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     for server in servers:
                         if not server.answers(scenario):
                             continue
+                        wait_all_idle(servers)
                         result = drive(server, scenario, users, args)
                         run = {
                             "round": round_index,

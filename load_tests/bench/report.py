@@ -18,19 +18,28 @@ MEDIAN_FIELDS = ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "cpu_cores", "m
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
-    """Median of each figure over the rounds; errors summed; peak RSS the largest seen."""
+    """Median of each figure over the rounds; errors summed; peak RSS the largest seen;
+    throughput per round kept, so ratios can pair runs of the same round."""
     grouped: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         grouped[(run["scenario"], run["server"], run["users"])].append(run)
     summary = {}
     for key, group in grouped.items():
         row: dict[str, Any] = {"rounds": len(group), "errors": sum(r["errors"] for r in group)}
+        row["by_round"] = {r.get("round", i): r["throughput_rps"] for i, r in enumerate(group)}
         for name in MEDIAN_FIELDS:
             values = [r[name] for r in group if r.get(name) is not None]
             row[name] = statistics.median(values) if values else None
         row["peak_rss_mb"] = max((r.get("peak_rss_mb") or 0.0) for r in group)
         summary[key] = row
     return summary
+
+
+def paired_ratio(ours: dict[str, Any], peer: dict[str, Any]) -> float:
+    """Median over rounds of ours / peer, each pair measured in the same round (minutes apart,
+    so a shared machine's drift cancels); falls back to the ratio of medians."""
+    pairs = [ours["by_round"][r] / peer["by_round"][r] for r in ours["by_round"] if peer["by_round"].get(r)]
+    return statistics.median(pairs) if pairs else ours["throughput_rps"] / peer["throughput_rps"]
 
 
 def _target(name: str, measured: float | None, goal: str, passed: bool | None, detail: str) -> dict[str, Any]:
@@ -48,7 +57,7 @@ def check_targets(
         if not (ours and flask):
             continue
         label = f"/inference 16 clients, {precision}"
-        ratio = ours["throughput_rps"] / flask["throughput_rps"]
+        ratio = paired_ratio(ours, flask)
         targets.append(
             _target(
                 f"{label}: throughput vs tuned Flask",
@@ -85,7 +94,7 @@ def check_targets(
             )
     ours, fastapi = summary.get(("crystal", "ours", 64)), summary.get(("crystal", "fastapi", 64))
     if ours and fastapi:
-        ratio = ours["throughput_rps"] / fastapi["throughput_rps"]
+        ratio = paired_ratio(ours, fastapi)
         targets.append(
             _target(
                 "/sklearn 64 clients: throughput vs FastAPI",
