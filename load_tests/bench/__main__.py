@@ -52,13 +52,14 @@ def drive(server: Server, scenario: str, users: int, args: argparse.Namespace) -
         command += ["--path", server.paths[scenario]]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT) as process:
         assert process.stdout is not None
-        cpu_start = batches_start = None
+        cpu_start: float | None = None
+        batches_start = (0.0, 0.0)
         result: dict[str, Any] = {}
         for line in process.stdout:
             if line.startswith("window-start"):
                 cpu_start, batches_start = server.usage.cpu_seconds(), server.batch_counters(scenario)
                 server.usage.reset_peak()
-            elif line.startswith("window-end") and cpu_start is not None and batches_start:
+            elif line.startswith("window-end") and cpu_start is not None:
                 result["cpu_cores"] = (server.usage.cpu_seconds() - cpu_start) / args.duration
                 result["peak_rss_mb"] = server.usage.peak_rss / 2**20
                 batches, items = server.batch_counters(scenario)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from load_tests.bench.client import run_clients
 from load_tests.bench.scenarios import SCENARIOS, Scenario
 
 
@@ -80,8 +81,6 @@ class Recorder:
 
 def run_fast(host: str, scenario: Scenario, users: int, warmup_s: float, duration_s: float) -> Recorder:
     """The light asyncio client."""
-    from load_tests.bench.client import run_clients
-
     recorder = Recorder()
 
     async def timeline(sleep: Callable[[float], Awaitable[None]]) -> None:
@@ -96,6 +95,8 @@ def run_fast(host: str, scenario: Scenario, users: int, warmup_s: float, duratio
 
 def run_locust(host: str, scenario: Scenario, users: int, warmup_s: float, duration_s: float) -> Recorder:
     """locust's FastHttpUser, each answer checked the same way."""
+    # Imported only here: importing locust monkey-patches the interpreter for gevent.
+    # pylint: disable=import-outside-toplevel
     import gevent  # pylint: disable=import-outside-toplevel
     from locust import FastHttpUser, constant, task
     from locust.env import Environment

@@ -39,7 +39,7 @@ def build_timing_model(folder: Path) -> Path:
     )
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=VOCABULARY))
+    model = BertForMaskedLM(BertConfig.from_dict({"vocab_size": VOCABULARY}))
     model.save_pretrained(folder)
     return folder
 

@@ -13,6 +13,7 @@ import pytest
 from modelserver.serving import ts_socket
 
 protocol = importlib.import_module("ts.protocol.otf_message_handler")
+TORCHSERVE_READER = protocol._retrieve_buffer  # pylint: disable=protected-access
 
 
 def _field(data: bytes) -> bytes:
@@ -34,10 +35,11 @@ def predict_frame(bodies: list[bytes]) -> bytes:
 
 @pytest.fixture
 def restore_reader(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Put TorchServe's own reader back after the test."""
     monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", "false")  # bodies stay bytes, as we serve them
-    original = protocol._retrieve_buffer  # pylint: disable=protected-access
+    protocol._retrieve_buffer = TORCHSERVE_READER  # pylint: disable=protected-access
     yield
-    protocol._retrieve_buffer = original  # pylint: disable=protected-access
+    protocol._retrieve_buffer = TORCHSERVE_READER  # pylint: disable=protected-access
 
 
 def parse(frames: list[bytes], count: int, chunks: int = 1) -> list[tuple[bytes, list[dict]]]:
@@ -87,6 +89,5 @@ def test_read_ahead_exits_like_torchserve_when_the_frontend_hangs_up() -> None:
 @pytest.mark.usefixtures("restore_reader")
 def test_other_torchserve_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ts_socket, "CHECKED_VERSIONS", frozenset({"9.9.9"}))
-    original = protocol._retrieve_buffer  # pylint: disable=protected-access
     assert not ts_socket.install_read_ahead()
-    assert protocol._retrieve_buffer is original  # pylint: disable=protected-access
+    assert protocol._retrieve_buffer is TORCHSERVE_READER  # pylint: disable=protected-access
