@@ -171,10 +171,10 @@ def start_peer(
     """Start a peer server on a free port and wait until it answers."""
     port = free_ports(1)[0]
     command = [part.replace("{port}", str(port)) for part in command]
-    log = (work / f"{name}.log").open("ab")
-    process = subprocess.Popen(  # pylint: disable=consider-using-with
-        command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
+    with (work / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
+            command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_answering(url, scenario, process)
