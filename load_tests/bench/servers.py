@@ -69,12 +69,6 @@ class Usage:
                 total += times.user + times.system
         return total
 
-    def cores_now(self, seconds: float = 0.5) -> float:
-        """Cores busy over the next `seconds`."""
-        start = self.cpu_seconds()
-        time.sleep(seconds)
-        return (self.cpu_seconds() - start) / seconds
-
     def reset_peak(self) -> None:
         """Start a new peak-RSS window."""
         self.peak_rss = 0
@@ -125,9 +119,14 @@ def wait_all_idle(servers: list[Server], timeout_s: float = 120.0, idle_cores: f
     """Block until no server is still busy (a closed-loop run leaves queued work behind: a
     server that answers in seconds still burns CPU for the clients that have gone), so each
     run starts on a quiet machine. Returns the seconds waited."""
+    usages = list({server.pid: server.usage for server in servers}.values())  # one per process tree
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        if all(server.usage.cores_now() < idle_cores for server in servers):
+        before = [usage.cpu_seconds() for usage in usages]
+        time.sleep(0.5)
+        if all(
+            usage.cpu_seconds() - cpu < idle_cores * 0.5 for usage, cpu in zip(usages, before, strict=True)
+        ):
             break
     return time.monotonic() - start
 
@@ -228,35 +227,25 @@ def start_ours(weights: Weights, work: Path) -> list[Server]:
     ]
 
 
+# Brief 000's server: 2 sync workers, each loading its own pipeline; a long timeout, because a
+# request queued behind 64 clients waits seconds and gunicorn would otherwise kill the worker.
+GUNICORN_FLASK = [
+    str(BIN / "gunicorn"),
+    *("-w", "2", "-b", "127.0.0.1:{port}", "--timeout", "300"),
+    "load_tests.peers.flask_fill_mask:create_app()",
+]
+
 PEERS: dict[str, dict[str, Any]] = {
     "flask_default": {
         "scenario": "fill_mask",
         "description": "Flask + transformers pipeline, gunicorn 2 workers, torch default threads",
-        "command": [
-            str(BIN / "gunicorn"),
-            "-w",
-            "2",
-            "-b",
-            "127.0.0.1:{port}",
-            "--timeout",
-            "300",
-            "load_tests.peers.flask_fill_mask:create_app()",
-        ],
+        "command": GUNICORN_FLASK,
         "env": {},
     },
     "flask_tuned": {
         "scenario": "fill_mask",
         "description": "the same, 1 torch thread per worker (tuned)",
-        "command": [
-            str(BIN / "gunicorn"),
-            "-w",
-            "2",
-            "-b",
-            "127.0.0.1:{port}",
-            "--timeout",
-            "300",
-            "load_tests.peers.flask_fill_mask:create_app()",
-        ],
+        "command": GUNICORN_FLASK,
         "env": {"PEER_TORCH_THREADS": "1"},
     },
     "fastapi": {

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,31 +45,20 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert (out / "throughput.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("client", ["fast", "locust"])
-def test_both_clients_measure_the_live_stack(stack: Launcher, client: str) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "load_tests.bench.drive",
-        "--host",
-        stack.url,
-        "--scenario",
-        "crystal",
-        "--users",
-        "4",
-        "--warmup",
-        "0.5",
-        "--duration",
-        "1.5",
-        "--client",
-        client,
-    ]
+def drive(stack: Launcher, *options: str) -> tuple[list[str], dict[str, Any]]:
+    """One `load_tests.bench.drive` run on the crystal scenario: its output lines and result."""
+    command = [sys.executable, "-m", "load_tests.bench.drive", "--host", stack.url, "--scenario", "crystal"]
     finished = subprocess.run(
-        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
+        [*command, *options], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
     )
     lines = finished.stdout.splitlines()
+    return lines, json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("client", ["fast", "locust"])
+def test_both_clients_measure_the_live_stack(stack: Launcher, client: str) -> None:
+    lines, result = drive(stack, "--users", "4", "--warmup", "0.5", "--duration", "1.5", "--client", client)
     assert lines[:2] == ["window-start", "window-end"]
-    result = json.loads(lines[-1])
     assert result["requests"] > 10
     assert result["errors"] == 0, result["error_reasons"]
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
@@ -76,34 +66,9 @@ def test_both_clients_measure_the_live_stack(stack: Launcher, client: str) -> No
 
 def test_a_wrong_answer_counts_as_an_error(stack: Launcher) -> None:
     # The same scenario on another crystal model passes; on an unknown model every answer fails.
-    command = [
-        sys.executable,
-        "-m",
-        "load_tests.bench.drive",
-        "--host",
-        stack.url,
-        "--scenario",
-        "crystal",
-        "--path",
-        "/predictions/crystal_pytorch",
-        "--users",
-        "1",
-        "--warmup",
-        "0",
-        "--duration",
-        "1",
-    ]
-    ok = json.loads(
-        subprocess.run(
-            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
-        ).stdout.splitlines()[-1]
-    )
+    window = ("--users", "1", "--warmup", "0", "--duration", "1")
+    _, ok = drive(stack, "--path", "/predictions/crystal_pytorch", *window)
     assert ok["errors"] == 0 and ok["requests"] > 0
-    command[command.index("/predictions/crystal_pytorch")] = "/predictions/no_such_model"
-    bad = json.loads(
-        subprocess.run(
-            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
-        ).stdout.splitlines()[-1]
-    )
+    _, bad = drive(stack, "--path", "/predictions/no_such_model", *window)
     assert bad["requests"] == 0
     assert bad["errors"] > 0 and list(bad["error_reasons"]) == ["HTTP 404"]
