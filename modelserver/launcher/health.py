@@ -48,12 +48,16 @@ class Readiness:
             if self._phase != "stopping":
                 self._phase = phase
 
+    def statuses(self) -> dict[str, str]:
+        """Each served model's state ('ready' or why not), asked in parallel."""
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(self._models)))) as pool:
+            return dict(zip(self._models, pool.map(self._model_status, self._models), strict=True))
+
     def report(self) -> tuple[int, dict[str, Any]]:
-        """(status code, JSON body) for `/healthcheck`; models are asked in parallel."""
+        """(status code, JSON body) for `/healthcheck`."""
         if self._phase == "stopping":
             return error_response(ModelUnavailable("the server is shutting down", status="Unhealthy"))
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(self._models)))) as pool:
-            models = dict(zip(self._models, pool.map(self._model_status, self._models), strict=True))
+        models = self.statuses()
         not_ready = {name: why for name, why in models.items() if why != "ready"}
         # A skipped model (its source could not be had) is reported, but it is not being served,
         # so it does not hold back the models that are.
@@ -67,15 +71,21 @@ class Readiness:
         )
 
 
-StaticFiles = dict[str, tuple[str, bytes]]  # path -> (content type, body)
+Page = Callable[[], tuple[str, bytes]]  # -> (content type, body), made on each GET
+Pages = dict[str, Page]
+
+
+def static_pages(documents: dict[str, tuple[str, bytes]]) -> Pages:
+    """Pages that always answer the same (content type, body), made once at start."""
+    return {path: (lambda document=document: document) for path, document in documents.items()}
 
 
 class HealthServer:
-    """A small HTTP server on loopback: GET /healthcheck from a `Readiness`, and the API's
-    documents (/openapi.json, /docs), generated once at start."""
+    """A small HTTP server on loopback: GET /healthcheck from a `Readiness`, and other GET
+    pages: the API's documents (/openapi.json, /docs) and /metrics."""
 
-    def __init__(self, port: int, readiness: Readiness, static: StaticFiles | None = None) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(readiness, dict(static or {})))
+    def __init__(self, port: int, readiness: Readiness, pages: Pages | None = None) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(readiness, dict(pages or {})))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
@@ -89,17 +99,17 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler_for(readiness: Readiness, static: StaticFiles) -> type[BaseHTTPRequestHandler]:
+def _handler_for(readiness: Readiness, pages: Pages) -> type[BaseHTTPRequestHandler]:
     class HealthHandler(BaseHTTPRequestHandler):
-        """GET /healthcheck and the static documents; everything else is a JSON 404."""
+        """GET /healthcheck and the other pages; everything else is a JSON 404."""
 
         def do_GET(self) -> None:  # pylint: disable=invalid-name
-            """Answer the health check, or a document."""
+            """Answer the health check, or a page."""
             path = self.path.split("?", 1)[0]
             if path == "/healthcheck":
                 self._send(*readiness.report())
-            elif path in static:
-                content_type, data = static[path]
+            elif path in pages:
+                content_type, data = pages[path]()
                 self._send_bytes(200, content_type, data)
             else:
                 self._send(*error_response(NotFound("no such route")))

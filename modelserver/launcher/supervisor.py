@@ -20,7 +20,9 @@ from modelserver.archive import archive_path, build_archive
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.launcher.envoy import Envoy
-from modelserver.launcher.health import HealthServer, Readiness
+from modelserver.launcher.health import HealthServer, Pages, Readiness, static_pages
+from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelserver.launcher.metrics import MetricsScraper, http_source
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import TorchServe
@@ -117,7 +119,7 @@ class Supervisor:
         self._readiness = Readiness(list(archives), torchserve.model_status, self._skipped)
         if self._stop.is_set():
             self._readiness.set_phase("stopping")
-        self._health = HealthServer(settings.ports.health, self._readiness, api_documents(self._catalogue))
+        self._health = HealthServer(settings.ports.health, self._readiness, self._pages(self._readiness))
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()
@@ -136,6 +138,27 @@ class Supervisor:
                     log.error("%s exited with code %s; stopping", process.name, process.exit_code())
                     return 1
         return 0
+
+    def _pages(self, readiness: Readiness) -> Pages:
+        """What the loopback health server answers besides /healthcheck: the API's documents
+        and /metrics (TorchServe's, Envoy's and the launcher's series in one scrape)."""
+        scraper = MetricsScraper(
+            sources={
+                "torchserve": http_source(f"http://127.0.0.1:{self._settings.ports.metrics}/metrics"),
+                "envoy": self._envoy_stats,
+            },
+            model_statuses=readiness.statuses,
+        )
+        return {
+            **static_pages(api_documents(self._catalogue)),
+            "/metrics": lambda: (METRICS_CONTENT_TYPE, scraper.scrape()),
+        }
+
+    def _envoy_stats(self) -> str:
+        """Envoy's statistics that have been used, as Prometheus text, from its admin socket."""
+        if self._envoy is None:
+            raise OSError("Envoy is not started yet")
+        return self._envoy.admin("GET", "/stats/prometheus?usedonly")
 
     def _wait_for_models(self, names: list[str]) -> bool:
         """Wait until every model has a ready worker; False on timeout, crash or stop."""

@@ -8,9 +8,11 @@ is computed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -66,16 +68,55 @@ def ndjson(lines: Sequence[dict[str, Any]]) -> bytes:
 
 
 @dataclass
+class BatchTimes:
+    """Seconds one batch spent in each phase, for the per-model metrics. Made per batch by the
+    caller and never kept, so no request's state outlives its batch."""
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent inside the block to `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - start)
+
+
+@dataclass
 class BatchAnswerer(Generic[RequestT]):
     """Runs a `Runtime` over TorchServe-style batches."""
 
     runtime: Runtime[RequestT]
     model_name: str = "model"
 
-    def answer(self, bodies: Sequence[Any], emit: Emit | None = None) -> list[Outcome]:
+    def answer(
+        self, bodies: Sequence[Any], emit: Emit | None = None, times: BatchTimes | None = None
+    ) -> list[Outcome]:
         """One outcome per body: parse each, predict the valid ones together; stream the
-        requests that ask for it through `emit(index, chunk)` (the last chunk is returned)."""
+        requests that ask for it through `emit(index, chunk)` (the last chunk is returned).
+        Parsing counts as `preprocess` in `times`, predicting and streaming as `inference`."""
+        times = times if times is not None else BatchTimes()
         outcomes: list[Outcome | None] = [None] * len(bodies)
+        with times.phase("preprocess"):
+            valid, streams = self._parse_all(bodies, outcomes, emit is not None)
+        with times.phase("inference"):
+            for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
+                outcomes[index] = outcome
+            if streams:
+                assert emit is not None
+                for index, outcome in self._stream(streams, emit).items():
+                    outcomes[index] = outcome
+        return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
+
+    def _parse_all(
+        self, bodies: Sequence[Any], outcomes: list[Outcome | None], can_stream: bool
+    ) -> tuple[list[tuple[int, RequestT]], list[tuple[int, RequestT]]]:
+        """Validate every body: the invalid ones get their outcome now; the valid ones are
+        returned as (index, request), those asking to stream apart."""
         valid: list[tuple[int, RequestT]] = []
         streams: list[tuple[int, RequestT]] = []
         for index, body in enumerate(bodies):
@@ -89,16 +130,9 @@ class BatchAnswerer(Generic[RequestT]):
                 log.error("%s could not validate a request: %s", self.model_name, type(error).__name__)
                 outcomes[index] = Outcome.of_error(ModelFailure("the request could not be validated"))
                 continue
-            wants_stream = emit is not None and getattr(request, "stream", False)
+            wants_stream = can_stream and getattr(request, "stream", False)
             (streams if wants_stream else valid).append((index, request))
-        for (index, _), outcome in zip(valid, self._predict([r for _, r in valid]), strict=True):
-            outcomes[index] = outcome
-        if streams:
-            assert emit is not None
-            outcomes_by_index = self._stream(streams, emit)
-            for index, outcome in outcomes_by_index.items():
-                outcomes[index] = outcome
-        return [o if o is not None else Outcome.of_error(ModelFailure("no answer")) for o in outcomes]
+        return valid, streams
 
     def _decode(self, body: Any) -> Any:
         """Strict JSON; a runtime whose published spec names another status for invalid input

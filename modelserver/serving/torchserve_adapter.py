@@ -15,13 +15,12 @@ from typing import Any, ClassVar
 from modelserver.errors import ConfigError, ModelFailure
 from modelserver.kinds import ModelFiles
 from modelserver.payload import request_body
-from modelserver.serving.batch import NDJSON, BatchAnswerer, Emit, Outcome, Runtime
+from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime
+from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.ts_socket import install_read_ahead
 
 log = logging.getLogger(__name__)
 
-BATCHES_METRIC = "HandlerBatches"
-BATCH_ITEMS_METRIC = "HandlerBatchRequests"
 RuntimeLoader = Callable[[ModelFiles], Runtime[Any]]
 
 
@@ -66,15 +65,6 @@ def stream_emitter(context: Any) -> Emit:
     return emit
 
 
-def count_batch(context: Any, size: int) -> None:
-    """Per-model counters of batches and of the requests in them: their ratio is the batch size
-    TorchServe actually forms (`/metrics`; `make bench` reads it to compare with the raw model)."""
-    metrics = getattr(context, "metrics", None)
-    if metrics is not None:
-        metrics.add_counter(BATCHES_METRIC, 1)
-        metrics.add_counter(BATCH_ITEMS_METRIC, size)
-
-
 class TorchServeAdapter:
     """Base of every handler: subclasses only name the loader of their model kind."""
 
@@ -105,11 +95,15 @@ class TorchServeAdapter:
         """Answer a TorchServe batch: one body per request, each with its own status."""
         if self._answerer is None:
             raise RuntimeError("handle() called before initialize()")
-        bodies = [request_body(row) for row in data]
-        outcomes = [encode(o) for o in self._answerer.answer(bodies, type(self).make_emitter(context))]
-        for index, outcome in enumerate(outcomes):
-            context.set_response_content_type(index, outcome.content_type)
-            if outcome.status != HTTPStatus.OK:
-                context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
-        count_batch(context, len(data))
+        times = BatchTimes()
+        with times.phase("preprocess"):
+            bodies = [request_body(row) for row in data]
+        answers = self._answerer.answer(bodies, type(self).make_emitter(context), times)
+        with times.phase("postprocess"):
+            outcomes = [encode(answer) for answer in answers]
+            for index, outcome in enumerate(outcomes):
+                context.set_response_content_type(index, outcome.content_type)
+                if outcome.status != HTTPStatus.OK:
+                    context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+        report_batch(getattr(context, "metrics", None), [outcome.status for outcome in outcomes], times)
         return [outcome.body for outcome in outcomes]

@@ -1,0 +1,57 @@
+"""Per-model metrics every handler sends through TorchServe, scraped on the public `/metrics`.
+
+TorchServe registers them when first sent (`model_metrics_auto_detect=true` in
+config.properties) and labels each with `ModelName` (plus its own `Level` and `Hostname`):
+
+| metric | type | meaning |
+|---|---|---|
+| `ModelRequests{Status}` | counter | requests answered, by HTTP status |
+| `HandlerBatches` | counter | batches handled |
+| `HandlerBatchRequests` | counter | requests in those batches (ratio: the batch size formed) |
+| `HandlerPreprocessSeconds` | histogram | per batch: decoding and validating the bodies |
+| `HandlerInferenceSeconds` | histogram | per batch: the model calls |
+| `HandlerPostprocessSeconds` | histogram | per batch: serialising the answers |
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelserver.serving.batch import BatchTimes
+
+REQUESTS_METRIC = "ModelRequests"
+BATCHES_METRIC = "HandlerBatches"
+BATCH_ITEMS_METRIC = "HandlerBatchRequests"
+PHASE_METRICS = {
+    "preprocess": "HandlerPreprocessSeconds",
+    "inference": "HandlerInferenceSeconds",
+    "postprocess": "HandlerPostprocessSeconds",
+}
+STATUS_LABEL = "Status"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A label as TorchServe's metrics cache reads it (`name`, `value`)."""
+
+    name: str
+    value: str
+
+
+def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes) -> None:
+    """Send one batch's counts and phase times to TorchServe's metrics cache (if any): a few
+    lines per batch, never one per request, so the hot path stays cheap under load."""
+    if metrics is None:
+        return
+    # Imported here: only a real TorchServe worker gets this far, and nothing else needs `ts`.
+    from ts.metrics.metric_type_enum import MetricTypes  # pylint: disable=import-outside-toplevel
+
+    metrics.add_counter(BATCHES_METRIC, 1)
+    metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
+    for status, count in sorted(Counter(statuses).items()):
+        metrics.add_counter(REQUESTS_METRIC, count, dimensions=[Dimension(STATUS_LABEL, str(status))])
+    for phase, name in PHASE_METRICS.items():
+        metrics.add_time(name, getattr(times, phase), unit="s", metric_type=MetricTypes.HISTOGRAM)

@@ -1,0 +1,79 @@
+"""Per-model handler metrics through TorchServe's own metrics cache: the lines its frontend
+parses into the Prometheus series of `/metrics`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from modelserver.serving.batch import BatchTimes
+from modelserver.serving.handler_metrics import PHASE_METRICS, report_batch
+from tests.helpers import FakeContext
+from tests.unit.test_crystal_handler import GOOD, handler_for
+
+METRIC_LINE = re.compile(
+    r"\[METRICS\](?P<name>\w+)\.(?P<unit>\w+):(?P<value>[\d.e-]+)\|#(?P<dims>[^|]*)\|#type:(?P<type>\w+)"
+)
+
+
+def metrics_cache(model_name: str) -> MetricsCacheYamlImpl:
+    """The cache a TorchServe 0.12 worker hands its handler as `context.metrics`."""
+    import ts  # pylint: disable=import-outside-toplevel
+
+    cache = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    cache.initialize_cache()
+    cache.model_name = model_name
+    cache.set_request_ids({0: "r0"})
+    return cache
+
+
+def sent(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    """Every metric line the worker would have logged for the frontend."""
+    lines = [m.groupdict() for r in caplog.records if (m := METRIC_LINE.search(r.getMessage()))]
+    for line in lines:
+        line["labels"] = dict(pair.split(":", 1) for pair in line.pop("dims").split(","))  # type: ignore[assignment]
+    return lines
+
+
+def test_a_batch_reports_statuses_sizes_and_phase_times(
+    crystal_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    context.metrics = metrics_cache(context.model_name)  # type: ignore[attr-defined]
+    batch = [{"body": GOOD}, {"body": b"{}"}, {"body": GOOD}, {"body": b"not json"}, {"body": GOOD}]
+    with caplog.at_level(logging.INFO):
+        handler.handle(batch, context)
+    lines = sent(caplog)
+    model = {"ModelName": "crystal_sklearn", "Level": "Model"}
+    requests = {
+        line["labels"]["Status"]: float(line["value"]) for line in lines if line["name"] == "ModelRequests"
+    }
+    assert requests == {"200": 3.0, "422": 2.0}
+    counters = {line["name"]: float(line["value"]) for line in lines if line["type"] == "COUNTER"}
+    assert counters["HandlerBatches"] == 1.0 and counters["HandlerBatchRequests"] == 5.0
+    phases = {line["name"]: line for line in lines if line["type"] == "HISTOGRAM"}
+    assert set(phases) == set(PHASE_METRICS.values())
+    for line in [*phases.values(), *(x for x in lines if x["name"] == "ModelRequests")]:
+        assert model.items() <= line["labels"].items()
+    assert all(line["unit"] == "Seconds" and 0 < float(line["value"]) < 5 for line in phases.values())
+
+
+def test_phase_times_add_up_within_one_batch_only() -> None:
+    times = BatchTimes()
+    with times.phase("inference"):
+        pass
+    with times.phase("inference"):
+        pass
+    assert times.inference > 0 and times.preprocess == 0 and times.postprocess == 0
+    assert BatchTimes().inference == 0  # a new batch starts from zero: nothing is kept
+
+
+def test_no_metrics_cache_sends_nothing(crystal_model_dirs: dict[str, Path]) -> None:
+    handler, context = handler_for(crystal_model_dirs["pytorch"], "pytorch")
+    assert not hasattr(context, "metrics") and isinstance(context, FakeContext)
+    assert len(handler.handle([{"body": GOOD}], context)) == 1
+    report_batch(None, [200], BatchTimes())  # a worker without a cache (tests, other servers)
