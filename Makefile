@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install run archives test lint unit live clean bench
+.PHONY: install run archives test lint unit live clean bench scale
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 ## Build what is missing, start TorchServe and Envoy, serve on $$PORT (default 3000).
 run: install
 	exec $(PY) -m modelserver.launcher
+
+## Scale a running model's workers (management API on loopback, key from $(RUN_DIR)):
+## make scale MODEL=crystal_sklearn WORKERS=2
+RUN_DIR ?= run
+scale: install
+	@test -n "$(MODEL)" -a -n "$(WORKERS)" || { echo "usage: make scale MODEL=<name> WORKERS=<n>" >&2; exit 2; }
+	$(PY) -m modelserver.launcher.manage --runtime-dir $(RUN_DIR) scale $(MODEL) $(WORKERS)
 
 ## Build (or reuse) every archive of models.yaml into model_store/.
 archives: install

@@ -159,20 +159,8 @@ class TorchServe:
         tokens = self.read_tokens()
         if tokens is None:
             raise RuntimeError("TorchServe has not written its key file yet")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self._settings.ports.management}{path}",
-            method=method,
-            headers={"Authorization": f"Bearer {tokens.management}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            body = error.read()
-            try:
-                return error.code, json.loads(body or b"null")
-            except ValueError:
-                return error.code, body.decode("utf-8", "replace")
+        base_url = f"http://127.0.0.1:{self._settings.ports.management}"
+        return call_management(base_url, tokens.management, method, path, timeout_s)
 
     def model_status(self, name: str) -> str:
         """'ready', or why the model cannot answer yet."""
@@ -188,6 +176,22 @@ class TorchServe:
         """Stop TorchServe and its workers."""
         if self._process is not None:
             self._process.stop(timeout_s)
+
+
+def call_management(base_url: str, key: str, method: str, path: str, timeout_s: float) -> tuple[int, Any]:
+    """One management API call: (HTTP status, decoded JSON body, or text if not JSON)."""
+    request = urllib.request.Request(
+        f"{base_url}{path}", method=method, headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"null")
+        except ValueError:
+            return error.code, body.decode("utf-8", "replace")
 
 
 def describe_model(status: int, body: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,50 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
     return int(lines[0].split()[1]), json.loads(body)
 
 
+def send_until_refused(url: str, answered: list[int]) -> None:
+    """POST /sklearn in a loop (new connections too, as Envoy closes them while draining) until
+    the listener is gone; note each status received."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=30)
+        except requests.ConnectionError as error:
+            if "refused" in str(error).lower():
+                return  # the listener is closed: nothing was accepted
+            reply = None  # accepted, then dropped: a lost request
+        answered.append(reply.status_code if reply is not None else -1)
+
+
+def stop_with_requests_in_flight(launcher: Launcher) -> None:
+    """SIGTERM the launcher with requests in flight; each one gets its answer, and /healthcheck
+    turns 503 while Envoy drains."""
+    assert launcher.process is not None
+    # A request in flight when SIGTERM arrives: headers and half the body sent before it.
+    body = json.dumps({"crystalData": BRIEF_ROWS}).encode()
+    sock = socket.create_connection(("127.0.0.1", launcher.ports.public), timeout=30)
+    sock.sendall(
+        b"POST /pytorch HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:20]
+    )
+    # And clients that keep sending through the stop: each request Envoy accepted is answered.
+    answered: list[int] = []
+    traffic = threading.Thread(target=send_until_refused, args=(launcher.url, answered))
+    traffic.start()
+    time.sleep(0.3)
+    launcher.process.terminate()
+    time.sleep(1.0)
+    stopping = requests.get(f"http://127.0.0.1:{launcher.ports.health}/healthcheck", timeout=5)
+    assert stopping.status_code == 503 and "shutting down" in stopping.json()["error"]
+    sock.sendall(body[20:])
+    status, payload = read_response(sock)
+    sock.close()
+    assert status == 200, payload
+    assert len(payload["prediction"]) == 3
+    traffic.join(timeout=60)
+    assert len(answered) > 10 and set(answered) == {200}, answered
+
+
 def test_start_serve_and_stop_gracefully(tmp_path: Path) -> None:
     # fill_mask's default (bert-base-uncased) cannot be fetched: offline, empty Hub cache.
     launcher = Launcher(tmp_path, models=("crystal_sklearn", "crystal_pytorch", "fill_mask")).start()
@@ -65,24 +110,7 @@ def test_start_serve_and_stop_gracefully(tmp_path: Path) -> None:
         names = " ".join(" ".join(p.cmdline()) for p in tree[1:])
         assert "envoy" in names and "java" in names and "model_service_worker" in names
 
-        # A request in flight when SIGTERM arrives: headers and half the body sent before it.
-        body = json.dumps({"crystalData": BRIEF_ROWS}).encode()
-        sock = socket.create_connection(("127.0.0.1", launcher.ports.public), timeout=30)
-        sock.sendall(
-            b"POST /pytorch HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body[:20]
-        )
-        time.sleep(0.3)
-        launcher.process.terminate()
-        time.sleep(1.0)
-        stopping = requests.get(f"http://127.0.0.1:{launcher.ports.health}/healthcheck", timeout=5)
-        assert stopping.status_code == 503 and "shutting down" in stopping.json()["error"]
-        sock.sendall(body[20:])
-        status, payload = read_response(sock)
-        sock.close()
-        assert status == 200, payload
-        assert len(payload["prediction"]) == 3
+        stop_with_requests_in_flight(launcher)
 
         assert launcher.process.wait(timeout=60) == 0, launcher.log_tail()
         gone, alive = psutil.wait_procs(tree, timeout=10)
