@@ -15,8 +15,10 @@ config.properties) and labels each with `ModelName` (plus its own `Level` and `H
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,8 @@ PHASE_METRICS = {
     "postprocess": "HandlerPostprocessSeconds",
 }
 STATUS_LABEL = "Status"
+# Where TorchServe 0.12's metrics cache logs each metric line for the frontend to parse.
+TS_METRIC_LOGGER = "ts.metrics.caching_metric"
 
 
 @dataclass(frozen=True)
@@ -41,17 +45,51 @@ class Dimension:
     value: str
 
 
+class _Lines(logging.Handler):
+    """Keeps the messages it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def one_write(logger_name: str = TS_METRIC_LOGGER) -> Iterator[None]:
+    """Log every line `logger_name` logs inside the block as one record at its end.
+
+    The worker's log handler writes and flushes each record, one system call per metric line;
+    measured on 2 cores, six lines per batch cost ~10% of /sklearn's throughput at 64 clients.
+    The frontend reads stdout line by line, so one multi-line record reads the same.
+    """
+    logger = logging.getLogger(logger_name)
+    collected = _Lines()
+    propagate = logger.propagate
+    logger.addHandler(collected)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(collected)
+        logger.propagate = propagate
+        if collected.lines:
+            logger.info("\n".join(collected.lines))
+
+
 def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes) -> None:
     """Send one batch's counts and phase times to TorchServe's metrics cache (if any): a few
-    lines per batch, never one per request, so the hot path stays cheap under load."""
+    lines per batch in one write, never one per request, so the hot path stays cheap."""
     if metrics is None:
         return
     # Imported here: only a real TorchServe worker gets this far, and nothing else needs `ts`.
     from ts.metrics.metric_type_enum import MetricTypes  # pylint: disable=import-outside-toplevel
 
-    metrics.add_counter(BATCHES_METRIC, 1)
-    metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
-    for status, count in sorted(Counter(statuses).items()):
-        metrics.add_counter(REQUESTS_METRIC, count, dimensions=[Dimension(STATUS_LABEL, str(status))])
-    for phase, name in PHASE_METRICS.items():
-        metrics.add_time(name, getattr(times, phase), unit="s", metric_type=MetricTypes.HISTOGRAM)
+    with one_write():
+        metrics.add_counter(BATCHES_METRIC, 1)
+        metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
+        for status, count in sorted(Counter(statuses).items()):
+            metrics.add_counter(REQUESTS_METRIC, count, dimensions=[Dimension(STATUS_LABEL, str(status))])
+        for phase, name in PHASE_METRICS.items():
+            metrics.add_time(name, getattr(times, phase), unit="s", metric_type=MetricTypes.HISTOGRAM)

@@ -32,8 +32,11 @@ def metrics_cache(model_name: str) -> MetricsCacheYamlImpl:
 
 
 def sent(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
-    """Every metric line the worker would have logged for the frontend."""
-    lines = [m.groupdict() for r in caplog.records if (m := METRIC_LINE.search(r.getMessage()))]
+    """Every metric line the worker would have logged for the frontend (which reads its
+    stdout line by line), and only one record, so one write, for all of them."""
+    records = [r.getMessage() for r in caplog.records if "[METRICS]" in r.getMessage()]
+    assert len(records) == 1, records
+    lines = [m.groupdict() for line in records[0].splitlines() if (m := METRIC_LINE.match(line))]
     for line in lines:
         line["labels"] = dict(pair.split(":", 1) for pair in line.pop("dims").split(","))  # type: ignore[assignment]
     return lines
