@@ -1,0 +1,35 @@
+"""The image's HEALTHCHECK, run as Docker runs it, against the real stack.
+
+No Docker engine here: the command is read out of the Dockerfile and run with the container's
+environment (PORT, and the venv's python first on PATH), so a broken one-liner, a wrong URL or
+a check that passes when nothing listens fails here rather than in a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import Launcher, free_ports
+from tests.unit.test_deploy_files import healthcheck_command
+
+
+def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    """The Dockerfile's HEALTHCHECK command (exec form) with PORT set as in the container."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PORT": str(port), "PATH": path}
+    command = healthcheck_command()
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_healthcheck_passes_against_a_healthy_stack(stack: Launcher) -> None:
+    result = run_healthcheck(stack.ports.public)
+    assert result.returncode == 0, result.stderr
+
+
+def test_healthcheck_fails_where_nothing_listens() -> None:
+    result = run_healthcheck(free_ports(1)[0])
+    assert result.returncode != 0
+    assert "Connection refused" in result.stderr or "URLError" in result.stderr, result.stderr

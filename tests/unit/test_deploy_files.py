@@ -1,0 +1,393 @@
+"""The deployment files: linted by their own tools, and held to what the launcher really does.
+
+No Docker engine or cluster here, so the Dockerfile, the Kubernetes and KServe manifests and the
+CI workflow are checked with hadolint, kubernetes-validate and actionlint (installed into the
+venv by requirements-dev.txt), then read: the image runs the launcher on its PORT, the probes
+hit /healthcheck on that port, the grace period covers the launcher's drain, and the ConfigMap
+is the repository's config files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archive_scripts.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
+from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from modelserver.launcher.__main__ import parse_settings
+
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+K8S = PROJECT_ROOT / "deploy" / "k8s"
+KSERVE = PROJECT_ROOT / "deploy" / "kserve"
+WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
+# The tools come with the venv that runs the tests (requirements-dev.txt), never from the OS.
+TOOLS = Path(sys.executable).parent
+# Stopping Envoy (up to 10 s) and TorchServe with its workers (up to 25 s) after the drain.
+STOP_MARGIN_S = 35
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction: its build stage (0-based), keyword and raw arguments."""
+
+    stage: int
+    keyword: str
+    args: str
+
+
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[Instruction]:
+    """The Dockerfile's instructions, continuation lines joined and comments dropped."""
+    instructions: list[Instruction] = []
+    stage, pending = -1, ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending += line[:-1] + " " if line.endswith("\\") else line
+        if line.endswith("\\"):
+            continue
+        keyword, _, args = pending.partition(" ")
+        keyword, pending = keyword.upper(), ""
+        stage += keyword == "FROM"
+        instructions.append(Instruction(stage, keyword, args.strip()))
+    return instructions
+
+
+def final_stage(keyword: str) -> list[Instruction]:
+    """The final build stage's instructions with this keyword."""
+    instructions = dockerfile_instructions()
+    last = instructions[-1].stage
+    return [i for i in instructions if i.stage == last and i.keyword == keyword]
+
+
+def exec_form(instruction: Instruction) -> list[str]:
+    """The JSON (exec form) argument list of ENTRYPOINT, CMD or HEALTHCHECK ... CMD."""
+    args = instruction.args
+    if instruction.keyword == "HEALTHCHECK":
+        args = args[args.index(" CMD ") + len(" CMD ") :]
+    parsed = json.loads(args)
+    assert isinstance(parsed, list) and all(isinstance(a, str) for a in parsed), args
+    return parsed
+
+
+def healthcheck_command() -> list[str]:
+    """The image's HEALTHCHECK command, exactly as Docker runs it (exec form, no shell)."""
+    (healthcheck,) = final_stage("HEALTHCHECK")
+    return exec_form(healthcheck)
+
+
+def image_command() -> list[str]:
+    """ENTRYPOINT + CMD of the final image: what the container runs without arguments."""
+    (entrypoint,) = final_stage("ENTRYPOINT")
+    (cmd,) = final_stage("CMD")
+    return exec_form(entrypoint) + exec_form(cmd)
+
+
+def launcher_args(command: list[str]) -> list[str]:
+    """The arguments given to `python -m modelserver.launcher` in a command line."""
+    start = command.index("modelserver.launcher")
+    assert command[start - 2 : start] == ["python", "-m"], command
+    return command[start + 1 :]
+
+
+def image_env() -> dict[str, str]:
+    """ENV of the final stage (`KEY=value` forms)."""
+    env: dict[str, str] = {}
+    for instruction in final_stage("ENV"):
+        for item in shlex.split(instruction.args):
+            key, _, value = item.partition("=")
+            env[key] = value
+    return env
+
+
+def manifests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every resource of a folder's *.yaml files (kustomization excluded), by kind."""
+    resources: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            resources[document["kind"]] = document
+    return resources
+
+
+def container() -> dict[str, Any]:
+    """The model server's container in the Deployment."""
+    (server,) = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return server
+
+
+def effective_args() -> list[str]:
+    """The launcher's arguments in the pod: the ENTRYPOINT's, then the Deployment's args if it
+    sets any, else the image's CMD."""
+    server = container()
+    assert "command" not in server, "the image's ENTRYPOINT (tini + launcher) must stay"
+    (entrypoint,) = final_stage("ENTRYPOINT")
+    (cmd,) = final_stage("CMD")
+    return launcher_args(exec_form(entrypoint)) + server.get("args", exec_form(cmd))
+
+
+def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a linter installed beside this interpreter (requirements-dev.txt)."""
+    tool = TOOLS / name
+    assert tool.exists(), f"{tool} is missing: run `make install` (requirements-dev.txt)"
+    command = [str(tool), *map(str, args)]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+# --- the tools -------------------------------------------------------------------------------
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    result = run_tool("hadolint", "--no-color", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_manifests_validate_strictly() -> None:
+    """Every resource is checked against the Kubernetes schema, unknown fields rejected."""
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    result = run_tool("kubernetes-validate", "--strict", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Couldn't find schema" not in result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(files), result.stdout
+
+
+def test_kubernetes_validate_rejects_a_typo(tmp_path: Path) -> None:
+    """So a pass above means something: a misspelt field fails strict validation."""
+    broken = tmp_path / "deployment.yaml"
+    text = (K8S / "deployment.yaml").read_text(encoding="utf-8")
+    broken.write_text(text.replace("terminationGracePeriodSeconds:", "terminationGrace:"), encoding="utf-8")
+    assert run_tool("kubernetes-validate", "--strict", broken).returncode != 0
+
+
+def test_kserve_manifests_validate_as_far_as_kubernetes_knows_them(tmp_path: Path) -> None:
+    """KServe's CRDs are not in kubernetes-validate's schemas: it passes them with a warning and
+    checks nothing. The ServingRuntime's containers are core Containers: they are validated
+    inside a Pod; the InferenceService's fields are asserted by reading."""
+    files = sorted(KSERVE.glob("*.yaml"))
+    result = run_tool("kubernetes-validate", "--strict", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("Couldn't find schema") == len(files)
+
+    runtime = manifests(KSERVE)["ServingRuntime"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runtime"},
+        "spec": {"containers": runtime["spec"]["containers"]},
+    }
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod), encoding="utf-8")
+    checked = run_tool("kubernetes-validate", "--strict", tmp_path / "pod.yaml")
+    assert checked.returncode == 0 and " passed " in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_actionlint_passes_the_workflows() -> None:
+    # shellcheck and pyflakes integrations off: the result must not depend on what is on PATH.
+    workflows = sorted(WORKFLOWS.glob("*.yml"))
+    assert workflows
+    result = run_tool("actionlint", "-no-color", "-shellcheck=", "-pyflakes=", *workflows)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the image -------------------------------------------------------------------------------
+
+
+def test_image_runs_the_launcher_as_make_run_does() -> None:
+    command = image_command()
+    assert command[:2] == ["/usr/bin/tini", "--"], "tini must be PID 1 (reaps workers, forwards SIGTERM)"
+    settings = parse_settings(launcher_args(command), image_env())
+    assert settings.runtime_dir == Path("/app/run")
+    assert not settings.build, "the container serves the archives it has (--no-build)"
+    assert settings.ports.public == int(image_env()["PORT"])
+
+
+def test_launcher_help_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelserver.launcher", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and "--runtime-dir" in result.stdout, result.stderr
+
+
+def test_baked_models_are_the_served_models() -> None:
+    """BUILD_MODELS bakes the MODELS build argument; CMD must serve exactly those, or the
+    launcher waits for an archive that is not there."""
+    arguments = [i.args for i in dockerfile_instructions() if i.keyword == "ARG"]
+    (models_arg,) = [arg for arg in arguments if arg.startswith("MODELS=")]
+    baked = shlex.split(models_arg.partition("=")[2])[0].split()
+    served = parse_settings(launcher_args(image_command()), {}).models
+    assert list(served) == baked
+    assert set(baked) <= set(Catalogue.load().models)
+
+
+def test_image_runs_as_a_fixed_non_root_user() -> None:
+    (user,) = final_stage("USER")
+    uid, _, gid = user.args.partition(":")
+    assert uid.isdigit() and int(uid) != 0, "numeric, so Kubernetes can check runAsNonRoot"
+    assert gid.isdigit() and int(gid) != 0
+    assert container()["securityContext"]["runAsUser"] == int(uid)
+    assert container()["securityContext"]["runAsGroup"] == int(gid)
+
+
+def test_healthcheck_asks_the_public_port_for_healthcheck() -> None:
+    command = healthcheck_command()
+    assert command[:2] == ["python", "-c"]
+    compile(command[2], "<HEALTHCHECK>", "exec")  # valid Python
+    assert "http://127.0.0.1:" in command[2] and "/healthcheck" in command[2] and "PORT" in command[2]
+    (healthcheck,) = final_stage("HEALTHCHECK")
+    start_period = re.search(r"--start-period=(\d+)s", healthcheck.args)
+    assert start_period and int(start_period.group(1)) >= parse_settings([], {}).startup_timeout_s
+
+
+def test_port_is_one_number_everywhere() -> None:
+    port = int(image_env()["PORT"])
+    assert [i.args for i in final_stage("EXPOSE")] == [str(port)]
+    server = container()
+    assert {e["name"]: e["value"] for e in server["env"]}["PORT"] == str(port)
+    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [("http", port)]
+    annotations = manifests(K8S)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_dockerignore_keeps_tests_state_and_secrets_out() -> None:
+    lines = [
+        line.strip()
+        for line in (PROJECT_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "an allowlist: everything is excluded first"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert not allowed & {"tests", ".git", ".venv", "model_store", "run", "load_tests", "deploy"}
+    copied = [
+        source.rstrip("/")
+        for i in dockerfile_instructions()
+        if i.keyword == "COPY" and "--from" not in i.args
+        for source in i.args.split()[:-1]
+        if source != "."
+    ]
+    assert set(copied) <= allowed, f"COPY of a path .dockerignore excludes: {set(copied) - allowed}"
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+def test_probes_hit_healthcheck_on_the_named_port() -> None:
+    server = container()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"] == {"path": "/healthcheck", "port": "http"}, probe
+    startup = server["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    timeout = parse_settings(effective_args(), {}).startup_timeout_s
+    assert budget >= timeout, "liveness must not act before the launcher could have loaded the models"
+
+
+def test_grace_period_covers_prestop_and_the_launchers_drain() -> None:
+    spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
+    sleep = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert Path(sleep[0]).name == "sleep"
+    settings = parse_settings(effective_args(), {})
+    needed = float(sleep[1]) + settings.unready_delay_s + settings.drain_timeout_s + STOP_MARGIN_S
+    assert spec["terminationGracePeriodSeconds"] >= needed
+
+
+def test_pod_runs_unprivileged_with_a_read_only_root() -> None:
+    spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = container()["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_what_the_launcher_writes_is_on_writable_volumes() -> None:
+    """With a read-only root, the runtime folder and /tmp must be emptyDirs."""
+    spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
+    empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
+    runtime_dir = str(parse_settings(effective_args(), {}).runtime_dir)
+    assert mounts[runtime_dir] in empty_dirs
+    assert mounts["/tmp"] in empty_dirs
+
+
+def test_configmap_is_mounted_over_each_config_file() -> None:
+    spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
+    (config,) = [v for v in spec["volumes"] if "configMap" in v]
+    assert config["configMap"]["name"] == manifests(K8S)["ConfigMap"]["metadata"]["name"]
+    mounts = [m for m in container()["volumeMounts"] if m["name"] == config["name"]]
+    mounted = {m["subPath"]: m["mountPath"] for m in mounts}
+    assert mounted == {key: f"/app/{path}" for key, path in SOURCES.items()}
+
+
+def test_configmap_is_fresh() -> None:
+    stale = [str(p.relative_to(PROJECT_ROOT)) for p in stale_files()]
+    assert not stale, f"stale {stale}: run `python -m archive_scripts.k8s_configmap`"
+    data = yaml.safe_load(CONFIGMAP.read_text(encoding="utf-8"))["data"]
+    assert data == read_sources()
+
+
+def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
+    resources = manifests(K8S)
+    deployment = resources["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = resources["Service"]["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["ports"]] == ["http"]
+    assert resources["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = resources["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2, "one replica must survive a disruption the PDB allows"
+
+
+def test_kustomization_lists_every_manifest_and_the_image() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    files = {p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    assert [i["name"] for i in kustomization["images"]] == [container()["image"]]
+
+
+def test_kserve_inference_service_uses_the_torchserve_predictor() -> None:
+    resources = manifests(KSERVE)
+    model = resources["InferenceService"]["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch"
+    assert model["protocolVersion"] == "v1"
+    assert re.match(r"^(s3|gs|https?|pvc)://", model["storageUri"])
+    runtime = resources["ServingRuntime"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = runtime["spec"]["supportedModelFormats"]
+    assert {"name": "pytorch", "version": "2", "autoSelect": False} in formats
+
+
+# --- CI --------------------------------------------------------------------------------------
+
+
+def test_workflow_tests_builds_and_deploys_main_only() -> None:
+    workflow = yaml.safe_load((WORKFLOWS / "ci.yml").read_text(encoding="utf-8"))
+    jobs = workflow["jobs"]
+    assert any(step.get("run") == "make test" for step in jobs["test"]["steps"])
+    uses = [step["uses"] for job in jobs.values() for step in job["steps"] if "uses" in step]
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+(\.\d+)*", u) for u in uses), uses
+    assert any(u.startswith("docker/build-push-action@") for u in uses)
+    deploy = jobs["deploy"]
+    assert "refs/heads/main" in deploy["if"] and deploy["environment"]["name"]
+    commands = " ".join(step.get("run", "") for step in deploy["steps"])
+    assert re.search(r'kustomize edit set image "?modelserver=', commands), commands
+    assert "kubectl apply -k deploy/k8s" in commands
