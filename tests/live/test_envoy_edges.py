@@ -77,7 +77,6 @@ def test_the_generic_path_serves_catalogue_models(stack: Launcher) -> None:
     [
         "/ping",
         "/models",
-        "/metrics",
         "/api-description",
         "/workflows",
         "/token",
