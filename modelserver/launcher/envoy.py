@@ -1,4 +1,4 @@
-"""Envoy: render its config from `proxy/envoy.yaml`, validate, start, drain and stop it."""
+"""Envoy: render its config from `proxy/envoy.yaml`, validate, start, hot-restart, drain and stop it."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 TEMPLATE = PROJECT_ROOT / "proxy" / "envoy.yaml"
 ACTIVE_REQUESTS_STAT = "http.public.downstream_rq_active"
 DRAIN_TIME_S = 2
+# After a hot restart the old process drains for DRAIN_TIME_S, then exits at this deadline.
+PARENT_SHUTDOWN_S = 5
 
 
 def envoy_binary() -> str:
@@ -68,6 +70,10 @@ class Envoy:
         self._environ = dict(environ)
         self._dir = settings.runtime_dir / "envoy"
         self._process: ManagedProcess | None = None
+        self._retiring: list[ManagedProcess] = []  # old epochs still draining after a reload
+        self._epoch = 0
+        # Envoy picks a free shared-memory id at epoch 0 and writes it here; later epochs join it.
+        self._base_id_file = self._dir / "base_id"
 
     @property
     def process(self) -> ManagedProcess | None:
@@ -76,6 +82,31 @@ class Envoy:
 
     def start(self, inference_token: str, routes: RouteTable) -> None:
         """Write the config (private: it holds the token), validate it, start Envoy."""
+        self._epoch = 0
+        self._base_id_file.unlink(missing_ok=True)
+        self._process = self._launch(
+            inference_token, routes, ["--use-dynamic-base-id", "--base-id-path", str(self._base_id_file)]
+        )
+
+    def reload(self, inference_token: str, routes: RouteTable) -> None:
+        """Serve a new config without closing the public port (a new TorchServe key): Envoy's
+        hot restart hands the listener to a new process, which tells the old one to drain and
+        exit within PARENT_SHUTDOWN_S. Falls back to a plain restart if the old one is gone."""
+        if self._process is None or not self._process.alive():
+            self.start(inference_token, routes)
+            return
+        base_id = self._base_id_file.read_text(encoding="utf-8").strip()
+        self._epoch += 1
+        self._retiring.append(self._process)
+        self._process = self._launch(
+            inference_token, routes, ["--restart-epoch", str(self._epoch), "--base-id", base_id]
+        )
+
+    def reap(self) -> None:
+        """Forget older epochs that have exited (and collect their exit status)."""
+        self._retiring = [process for process in self._retiring if process.alive()]
+
+    def _launch(self, inference_token: str, routes: RouteTable, restart_options: list[str]) -> ManagedProcess:
         self._dir.mkdir(parents=True, exist_ok=True)
         config = self._dir / "envoy.yaml"
         config.touch(mode=0o600)
@@ -89,14 +120,17 @@ class Envoy:
             str(config),
             "--log-level",
             "warn",
-            "--disable-hot-restart",
+            *restart_options,
             "--drain-time-s",
             str(DRAIN_TIME_S),
+            "--parent-shutdown-time-s",
+            str(PARENT_SHUTDOWN_S),
             "--drain-strategy",
             "immediate",
         ]
-        self._process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
-        self._process.start()
+        process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
+        process.start()
+        return process
 
     def admin(self, method: str, path: str) -> str:
         """Call the admin interface; raises `OSError` if Envoy is not there."""
@@ -106,15 +140,17 @@ class Envoy:
         return body
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Block until Envoy reports LIVE on its admin `/ready`."""
+        """Block until the newest epoch reports LIVE on the admin socket (after a reload, the
+        old epoch answers there until the new one takes over)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process is None or not self._process.alive():
                 raise RuntimeError(f"Envoy exited; see {self._dir / 'envoy.log'}")
             try:
-                if self.admin("GET", "/ready").strip() == "LIVE":
+                info = json.loads(self.admin("GET", "/server_info"))
+                if info["state"] == "LIVE" and info["command_line_options"]["restart_epoch"] == self._epoch:
                     return
-            except OSError:
+            except (OSError, ValueError, KeyError, TypeError):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Envoy was not ready within {timeout_s:.0f} s")
@@ -145,6 +181,8 @@ class Envoy:
             log.warning("could not drain Envoy: %s", error)
 
     def stop(self) -> None:
-        """Stop Envoy (call `drain` first)."""
-        if self._process is not None:
-            self._process.stop(timeout_s=5.0)
+        """Stop Envoy (call `drain` first), and any older epoch still draining."""
+        for process in [*self._retiring, self._process]:
+            if process is not None:
+                process.stop(timeout_s=5.0)
+        self._retiring = []

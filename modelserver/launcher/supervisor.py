@@ -1,5 +1,9 @@
 """The launcher's lifecycle: build -> TorchServe -> wait for models -> Envoy -> serve -> drain.
 
+While serving, a process that dies is started again (with a growing delay if it keeps dying):
+a new TorchServe has new keys, which Envoy gets through a hot restart that keeps the public
+port open.
+
 Signals (SIGINT, SIGTERM) start an orderly stop: /healthcheck turns 503, Envoy drains and
 finishes in-flight requests, then TorchServe and its workers stop. Nothing is left running.
 """
@@ -10,10 +14,12 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelserver.archive import archive_path, build_archive
@@ -23,6 +29,7 @@ from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Pages, Readiness, static_pages
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.metrics import MetricsScraper, http_source
+from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import TorchServe
@@ -57,8 +64,44 @@ def api_documents(catalogue: Catalogue) -> dict[str, tuple[str, bytes]]:
     }
 
 
+@dataclass
+class Backoff:
+    """Delays between restarts of one process: none the first time, then doubling up to a cap
+    while it keeps dying; forgotten after a quiet spell."""
+
+    first_s: float = 1.0
+    cap_s: float = 30.0
+    quiet_s: float = 600.0
+    _failures: int = 0
+    _last: float = -math.inf
+
+    def next_delay(self) -> float:
+        """Seconds to wait before this restart."""
+        now = time.monotonic()
+        if now - self._last > self.quiet_s:
+            self._failures = 0
+        self._last = now
+        delay = 0.0 if self._failures == 0 else min(self.cap_s, self.first_s * 2 ** (self._failures - 1))
+        self._failures += 1
+        return delay
+
+
+@dataclass
+class Served:
+    """What this launcher serves: the archives, the models skipped (and why), and the names
+    each model answers to."""
+
+    archives: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _alive(process: ManagedProcess | None) -> bool:
+    return process is not None and process.alive()
+
+
 class Supervisor:
-    """Owns every process of the stack and stops them in order."""
+    """Owns every process of the stack, restarts the ones that die, and stops them in order."""
 
     def __init__(self, settings: LaunchSettings, environ: Mapping[str, str]) -> None:
         self._settings = settings
@@ -69,8 +112,8 @@ class Supervisor:
         self._health: HealthServer | None = None
         self._readiness: Readiness | None = None
         self._catalogue = Catalogue.load(settings.catalogue)
-        self._skipped: dict[str, str] = {}
-        self._names: dict[str, tuple[str, ...]] = {}
+        self._served = Served()
+        self._backoff = {"torchserve": Backoff(), "envoy": Backoff()}
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """Signal handler: begin the orderly stop."""
@@ -85,7 +128,7 @@ class Supervisor:
         archives = {}
         selected = self._settings.models or tuple(catalogue.models)
         for name in sorted(set(catalogue.models) - set(selected)):
-            self._skipped[name] = "not selected for this server (--models)"
+            self._served.skipped[name] = "not selected for this server (--models)"
         for name in selected:
             entry = catalogue.entry(name)
             if not self._settings.build:
@@ -93,15 +136,15 @@ class Supervisor:
                 continue
             try:
                 built = build_archive(entry, self._settings.model_store, self._environ)
-                archives[name], self._names[name] = built.archive, built.names
+                archives[name], self._served.names[name] = built.archive, built.names
             except SourceUnavailable as error:
                 hint = (
                     f"set {entry.source.env} to a local folder or a reachable Hub id"
                     if entry.source.env
                     else ""
                 )
-                self._skipped[name] = f"{error}; {hint}".rstrip("; ")
-                log.warning("skipping %s: %s", name, self._skipped[name])
+                self._served.skipped[name] = f"{error}; {hint}".rstrip("; ")
+                log.warning("skipping %s: %s", name, self._served.skipped[name])
         return archives
 
     def run(self) -> int:
@@ -115,8 +158,9 @@ class Supervisor:
 
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
+        self._served.archives = archives
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
-        self._readiness = Readiness(list(archives), torchserve.model_status, self._skipped)
+        self._readiness = Readiness(list(archives), torchserve.model_status, self._served.skipped)
         if self._stop.is_set():
             self._readiness.set_phase("stopping")
         self._health = HealthServer(settings.ports.health, self._readiness, self._pages(self._readiness))
@@ -126,18 +170,54 @@ class Supervisor:
         if not self._wait_for_models(list(archives)):
             return 0 if self._stop.is_set() else 1
         self._envoy = Envoy(settings, self._environ)
-        self._envoy.start(tokens.inference, RouteTable(self._catalogue, self._skipped, self._names))
+        self._envoy.start(tokens.inference, self._route_table())
         self._envoy.wait_ready()
         self._readiness.set_phase("serving")
         if self._readiness.phase == "serving":
             log.info("serving on port %d (models: %s)", settings.ports.public, ", ".join(archives))
             print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
         while not self._stop.wait(0.5):
-            for process in (torchserve.process, self._envoy.process):
-                if process is not None and not process.alive():
-                    log.error("%s exited with code %s; stopping", process.name, process.exit_code())
-                    return 1
+            self._envoy.reap()
+            if not _alive(torchserve.process):
+                self._recover_torchserve()
+            elif not _alive(self._envoy.process):
+                self._recover_envoy()
         return 0
+
+    def _recover_torchserve(self) -> None:
+        """TorchServe died. Meanwhile /healthcheck says 503 (it cannot be reached) and Envoy
+        answers the model routes with a JSON 503 and Retry-After. Start it again, hand Envoy
+        its new key without closing the public port, and wait for the models."""
+        assert self._torchserve is not None and self._envoy is not None
+        process = self._torchserve.process
+        log.error("TorchServe exited (code %s); restarting it", process.exit_code() if process else None)
+        self._torchserve.stop(timeout_s=5.0)  # its workers are in its process group: none is left
+        if self._stop.wait(self._backoff["torchserve"].next_delay()):
+            return
+        try:
+            self._torchserve.start()
+            self._envoy.reload(self._torchserve.tokens().inference, self._route_table())
+            self._envoy.wait_ready()
+        except RuntimeError as error:
+            log.error("could not restart TorchServe: %s", error)
+            return
+        if self._wait_for_models(list(self._served.archives)):
+            log.info("TorchServe restarted; every model is ready again")
+
+    def _recover_envoy(self) -> None:
+        """Envoy died: start it again with the same key (clients are refused until it is up)."""
+        assert self._torchserve is not None and self._envoy is not None
+        process = self._envoy.process
+        log.error("Envoy exited (code %s); restarting it", process.exit_code() if process else None)
+        tokens = self._torchserve.read_tokens()
+        if tokens is None or self._stop.wait(self._backoff["envoy"].next_delay()):
+            return
+        try:
+            self._envoy.start(tokens.inference, self._route_table())
+            self._envoy.wait_ready()
+            log.info("Envoy restarted")
+        except RuntimeError as error:
+            log.error("could not restart Envoy: %s", error)
 
     def _pages(self, readiness: Readiness) -> Pages:
         """What the loopback health server answers besides /healthcheck: the API's documents
@@ -159,6 +239,10 @@ class Supervisor:
         if self._envoy is None:
             raise OSError("Envoy is not started yet")
         return self._envoy.admin("GET", "/stats/prometheus?usedonly")
+
+    def _route_table(self) -> RouteTable:
+        """The public routes: every catalogue route, answering 503 for skipped models."""
+        return RouteTable(self._catalogue, self._served.skipped, self._served.names)
 
     def _wait_for_models(self, names: list[str]) -> bool:
         """Wait until every model has a ready worker; False on timeout, crash or stop."""

@@ -92,10 +92,16 @@ class TorchServe:
         return self._dir / "logs"
 
     def start(self) -> None:
-        """Write the runtime config and start TorchServe (workers load in the background)."""
-        if self._dir.exists():
-            shutil.rmtree(self._dir)
-        (self._dir / "tmp").mkdir(parents=True)
+        """Write the runtime config and start TorchServe (workers load in the background).
+        Everything of a previous run goes but its logs, which say why it stopped."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self._dir.iterdir():
+            if leftover.is_dir() and leftover.name != self.log_dir.name:
+                shutil.rmtree(leftover)
+            elif not leftover.is_dir():
+                leftover.unlink()
+        (self._dir / "tmp").mkdir()
+        self._tokens = None  # a new TorchServe writes new keys
         config = self._dir / "config.properties"
         properties = runtime_properties(self._settings, CONFIG_TEMPLATE.read_text(encoding="utf-8"))
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")

@@ -133,8 +133,8 @@ def port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
-    """Envoy with the project's config, its TorchServe and health upstreams at `upstream`."""
+def envoy_alone(tmp_path: Path, upstream: int, token: str = "token") -> Iterator[str]:
+    """Envoy with the project's config, its TorchServe upstream at `upstream` (given `token`)."""
     ports = free_ports(2)
     public, health = ports[0], ports[1]
     settings = LaunchSettings(
@@ -144,7 +144,7 @@ def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
     )
     (tmp_path / "envoy").mkdir()
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_config(settings, "token", RouteTable(Catalogue.load(), {})))
+    config.write_text(render_config(settings, token, RouteTable(Catalogue.load(), {})))
     command = [envoy_binary(), "-c", str(config), "--disable-hot-restart"]
     with (
         (tmp_path / "envoy.log").open("wb") as log,
@@ -158,6 +158,15 @@ def envoy_alone(tmp_path: Path, upstream: int) -> Iterator[str]:
             yield f"http://127.0.0.1:{public}"
         finally:
             envoy.terminate()
+
+
+def test_a_key_torchserve_refuses_is_a_503_to_clients(stack: Launcher, tmp_path: Path) -> None:
+    """Between a TorchServe restart (new keys) and Envoy's hot restart with the new key,
+    TorchServe's 400 for a bad key is the server's own state, never the client's fault."""
+    with envoy_alone(tmp_path, stack.ports.inference, token="not-the-key") as url:
+        response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+        check_json_error(response, 503)
+        assert response.headers["retry-after"] and "restarting" in response.json()["error"]
 
 
 def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:

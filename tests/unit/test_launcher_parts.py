@@ -12,6 +12,7 @@ from modelserver.launcher.envoy import render_config, validate
 from modelserver.launcher.health import Readiness
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
+from modelserver.launcher.supervisor import Backoff
 from modelserver.launcher.templates import render
 from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties, runtime_properties
 
@@ -98,3 +99,16 @@ def test_a_second_launcher_on_the_same_folder_is_refused(tmp_path: Path) -> None
 
     with exclusive(tmp_path), pytest.raises(ConfigError, match="another launcher"), exclusive(tmp_path):
         pass
+
+
+def test_restarts_wait_longer_while_a_process_keeps_dying(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("modelserver.launcher.supervisor.time.monotonic", lambda: clock[0])
+    backoff = Backoff(first_s=1, cap_s=8, quiet_s=600)
+    delays = []
+    for _ in range(6):
+        delays.append(backoff.next_delay())
+        clock[0] += 1
+    assert delays == [0, 1, 2, 4, 8, 8]
+    clock[0] += 601  # a quiet spell: the next death is restarted at once again
+    assert backoff.next_delay() == 0

@@ -1,0 +1,123 @@
+"""Faults on a live stack of its own: TorchServe or Envoy killed, and the launcher brings the
+service back without anyone acting. Bounded: each test waits at most a minute."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+import requests
+
+from tests.helpers import BRIEF_ROWS, Launcher, running
+
+ROUTES = {
+    "/sklearn": {"crystalData": BRIEF_ROWS},
+    "/pytorch": {"crystalData": BRIEF_ROWS},
+    "/astromech": {"crystalData": BRIEF_ROWS, "model": "sklearn"},
+    "/predictions/crystal_pytorch": {"crystalData": BRIEF_ROWS},
+}
+
+
+@pytest.fixture(name="crystal_stack", scope="module")
+def crystal_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """A stack to break: the two crystal models only (they load in seconds)."""
+    with running(
+        Launcher(tmp_path_factory.mktemp("faults"), models=("crystal_sklearn", "crystal_pytorch"))
+    ) as live:
+        yield live
+
+
+def children(launcher: Launcher, word: str) -> list[psutil.Process]:
+    """The launcher's running descendants whose command line mentions `word`, oldest first."""
+    assert launcher.process is not None
+    found = []
+    for process in psutil.Process(launcher.process.pid).children(recursive=True):
+        try:
+            if word in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # gone, or a zombie about to be reaped by its parent
+            continue
+    return sorted(found, key=lambda p: p.create_time())
+
+
+def zombies(launcher: Launcher) -> list[int]:
+    """The launcher's own children that exited and were never reaped (its grandchildren are
+    TorchServe's and Envoy's to reap)."""
+    assert launcher.process is not None
+    mine = psutil.Process(launcher.process.pid).children()
+    return [p.pid for p in mine if p.status() == psutil.STATUS_ZOMBIE]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> float:
+    """Poll `condition` until it holds; the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not within {timeout_s} s")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def health_status(launcher: Launcher) -> int:
+    """The public /healthcheck's status, or 0 if nothing answers."""
+    try:
+        return requests.get(f"{launcher.url}/healthcheck", timeout=5).status_code
+    except requests.RequestException:
+        return 0
+
+
+def post(launcher: Launcher, path: str) -> requests.Response:
+    """One request to a model route, with a bounded wait: nothing may hang."""
+    return requests.post(f"{launcher.url}{path}", json=ROUTES[path], timeout=20)
+
+
+def check_refusal(reply: requests.Response) -> None:
+    """While the model server is down: a JSON 503 that says when to retry."""
+    assert reply.status_code == 503, reply.text
+    assert reply.headers.get("retry-after"), dict(reply.headers)
+    assert reply.json()["error"]
+
+
+def test_torchserve_killed_answers_503_then_recovers_by_itself(crystal_stack: Launcher) -> None:
+    expected = post(crystal_stack, "/sklearn").json()
+    [java] = children(crystal_stack, "org.pytorch.serve.ModelServer")
+    workers = children(crystal_stack, "model_service_worker")
+    java.kill()
+    killed = time.monotonic()
+
+    assert wait_until(lambda: health_status(crystal_stack) == 503, timeout_s=5) < 5
+    for path in ROUTES:
+        check_refusal(post(crystal_stack, path))
+
+    # Until it is back: every answer is the right one or a JSON 503; none hangs or is a 400/500.
+    seen: Counter[int] = Counter()
+
+    def recovered() -> bool:
+        reply = post(crystal_stack, "/sklearn")
+        seen[reply.status_code] += 1
+        if reply.status_code != 200:
+            check_refusal(reply)
+        return reply.status_code == 200 and reply.json() == expected and health_status(crystal_stack) == 200
+
+    wait_until(recovered, timeout_s=60 - (time.monotonic() - killed))
+    assert set(seen) <= {200, 503}, seen
+    for path in ROUTES:
+        assert post(crystal_stack, path).status_code == 200
+    # The old workers went with their TorchServe; the new one has a worker per model.
+    assert not any(worker.is_running() for worker in workers)
+    assert len(children(crystal_stack, "model_service_worker")) == 2
+    assert not zombies(crystal_stack)
+
+
+def test_envoy_killed_is_restarted(crystal_stack: Launcher) -> None:
+    envoy = children(crystal_stack, "envoy")[-1]
+    envoy.kill()
+    wait_until(lambda: not envoy.is_running() or envoy.status() == psutil.STATUS_ZOMBIE, timeout_s=5)
+    took = wait_until(lambda: health_status(crystal_stack) == 200, timeout_s=30)
+    assert took < 30
+    assert post(crystal_stack, "/pytorch").status_code == 200
+    assert children(crystal_stack, "envoy")[-1].pid != envoy.pid
+    assert not zombies(crystal_stack)
