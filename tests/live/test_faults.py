@@ -3,6 +3,7 @@ service back without anyone acting. Bounded: each test waits at most a minute.""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -121,3 +122,41 @@ def test_envoy_killed_is_restarted(crystal_stack: Launcher) -> None:
     assert post(crystal_stack, "/pytorch").status_code == 200
     assert children(crystal_stack, "envoy")[-1].pid != envoy.pid
     assert not zombies(crystal_stack)
+
+
+def test_a_worker_killed_under_load_costs_at_most_its_batch(crystal_stack: Launcher) -> None:
+    """TorchServe replaces a SIGKILLed worker; only the requests in its batch may fail, each
+    with a JSON 5xx, and none hangs (every request has a 20 s bound)."""
+    expected = post(crystal_stack, "/sklearn").json()
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                reply = session.post(f"{crystal_stack.url}/sklearn", json=ROUTES["/sklearn"], timeout=20)
+                if reply.status_code == 200 and reply.json() == expected:
+                    outcomes["ok"] += 1
+                else:
+                    assert reply.status_code >= 500 and reply.json()["error"], reply.text
+                    outcomes[str(reply.status_code)] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(3)
+        [version] = crystal_stack.management("GET", "/models/crystal_sklearn").json()
+        [worker] = version["workers"]
+        psutil.Process(worker["pid"]).kill()
+        wait_until(lambda: len(children(crystal_stack, "model_service_worker")) == 2, timeout_s=30)
+        wait_until(lambda: health_status(crystal_stack) == 200, timeout_s=30)
+        served_before = outcomes["ok"]
+        time.sleep(3)
+        assert outcomes["ok"] > served_before  # serving again on the new worker
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    failed = sum(count for key, count in outcomes.items() if key != "ok")
+    assert failed <= max(2, 0.001 * sum(outcomes.values())), dict(outcomes)
