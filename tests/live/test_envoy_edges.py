@@ -111,16 +111,17 @@ class FakeTorchServe(BaseHTTPRequestHandler):
     """Answers like TorchServe does when it fails: its own `{"code","type","message"}` JSON."""
 
     MESSAGE = 'Model "x" \\ said: "no", {twice}'
+    STATUS = 500
 
     def do_POST(self) -> None:  # pylint: disable=invalid-name
         """Every prediction fails the TorchServe way."""
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"code": 507, "type": "InternalServerException", "message": self.MESSAGE}).encode()
-        self.send_response(507)
+        body = json.dumps({"code": self.STATUS, "type": "InternalServerException", "message": self.MESSAGE})
+        self.send_response(self.STATUS)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body.encode())
 
     def log_message(self, format: str, *args: object) -> None:  # pylint: disable=redefined-builtin
         """Quiet."""
@@ -182,14 +183,28 @@ def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
         check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
 
 
-def test_torchserve_errors_become_json_errors_whatever_their_message(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeTorchServe)
+class DeadWorkerTorchServe(FakeTorchServe):
+    """TorchServe's answer for the requests of a batch whose worker died."""
+
+    MESSAGE = "Worker died."
+    STATUS = 507
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status"),
+    [(FakeTorchServe, 500), (DeadWorkerTorchServe, 503)],  # 507 is no storage error: 503, retry
+)
+def test_torchserve_errors_become_json_errors_whatever_their_message(
+    tmp_path: Path, upstream: type[FakeTorchServe], status: int
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with envoy_alone(tmp_path, server.server_address[1]) as url:
             response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-            body = check_json_error(response, 507)
-            assert body == {"error": FakeTorchServe.MESSAGE, "code": 507}
+            body = check_json_error(response, status)
+            assert body == {"error": upstream.MESSAGE, "code": status}
+            assert (response.headers.get("retry-after") is not None) == (status == 503)
     finally:
         server.shutdown()
 
