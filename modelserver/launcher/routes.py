@@ -16,7 +16,15 @@ import yaml
 from modelserver.catalogue import Catalogue, RouteSpec
 
 METADATA_NAMESPACE = "modelserver"
-SAFE_RETRIES = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": 2}
+# Retried once: a request that never reached TorchServe, and TorchServe's answer for a batch
+# whose worker died or was scaled down (500 "Worker died.", 507). A prediction is a pure
+# function of its input, so running it again is safe; a model that fails on its input fails
+# again and that 500 is the answer.
+SAFE_RETRIES = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes",
+    "retriable_status_codes": [500, 507],
+    "num_retries": 1,
+}
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
 # Routes that do not pick a model from the body skip the body-field filter: parsing every body
