@@ -20,6 +20,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 
 
+# TorchServe's `job_queue_size` (config.properties): the requests one model may hold. Envoy
+# never admits more than this to a model, so TorchServe's misleading "no worker" 503 never shows.
+TORCHSERVE_JOB_QUEUE = 100
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -70,6 +74,19 @@ class TorchServeSettings(BaseModel):
         return self
 
 
+class AdmissionSettings(BaseModel):
+    """How much of one model's traffic Envoy admits: `concurrency` requests at TorchServe at
+    once and `queue` more waiting in Envoy. A request beyond both is refused at once with 503
+    and Retry-After, so under overload the accepted ones keep a bounded wait and memory stays
+    flat. Unset, `concurrency` is two full batches per worker (one running, one forming) and
+    `queue` four times that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int | None = Field(default=None, ge=1, le=TORCHSERVE_JOB_QUEUE)
+    queue: int | None = Field(default=None, ge=0, le=10_000)
+
+
 class ModelEntry(BaseModel):
     """One catalogue entry: everything needed to build and serve one model."""
 
@@ -83,6 +100,17 @@ class ModelEntry(BaseModel):
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
     archive_format: Literal["default", "no-archive"] = "default"
     aliases: list[str] = Field(default_factory=list)  # other names a request may use (Hub ids)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+
+    @model_validator(mode="after")
+    def _admission_defaults(self) -> ModelEntry:
+        """Fill the unset limits from the batch size and workers, so every entry has both."""
+        if self.admission.concurrency is None:
+            running = 2 * self.torchserve.batchSize * self.torchserve.maxWorkers
+            self.admission.concurrency = min(running, TORCHSERVE_JOB_QUEUE)
+        if self.admission.queue is None:
+            self.admission.queue = 4 * self.admission.concurrency
+        return self
 
 
 @dataclass(frozen=True)

@@ -91,19 +91,18 @@ class FakeContext:
 def write_catalogue(
     path: Path,
     extra: Mapping[str, dict[str, Any]] | None = None,
-    handler_config: Mapping[str, dict[str, Any]] | None = None,
-    torchserve: Mapping[str, dict[str, Any]] | None = None,
+    **sections: Mapping[str, dict[str, Any]],
 ) -> Path:
-    """The project's catalogue plus `extra` entries, `handler_config` and `torchserve`
-    overrides, with every path made absolute."""
+    """The project's catalogue plus `extra` entries and per-model overrides of its sections
+    (`handler_config=`, `torchserve=`, `admission=`: model -> values), with every path made
+    absolute."""
     import yaml  # pylint: disable=import-outside-toplevel
 
     catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
     catalogue["models"].update(extra or {})
-    for name, overrides in (handler_config or {}).items():
-        catalogue["models"][name]["handler_config"].update(overrides)
-    for name, overrides in (torchserve or {}).items():
-        catalogue["models"][name]["torchserve"].update(overrides)
+    for section, per_model in sections.items():
+        for name, overrides in per_model.items():
+            catalogue["models"][name].setdefault(section, {}).update(overrides)
     for entry in catalogue["models"].values():
         entry["handler"] = str(PROJECT_ROOT / entry["handler"])
         entry["extra_files"] = [str(PROJECT_ROOT / f) for f in entry.get("extra_files", [])]

@@ -45,6 +45,7 @@ class ResponseParser:
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.closes = False  # the last response said `Connection: close`
+        self.headers: dict[str, str] = {}  # the last response's headers, names in lower case
 
     def feed(self, data: bytes) -> tuple[int, bytes] | None:
         """Add bytes; return (status, body) once a whole response is in, else None."""
@@ -56,6 +57,7 @@ class ResponseParser:
         status = int(head[0].split(" ", 2)[1])
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
         start = end + 4
+        self.headers = headers
         self.closes = headers.get("connection", "").lower() == "close"
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return self._chunked(status, start)

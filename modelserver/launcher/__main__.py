@@ -40,6 +40,9 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
         "--unready-delay", type=float, default=1.0, help="seconds of 503 health before draining on a stop"
     )
     parser.add_argument("--drain-timeout", type=float, default=15.0)
+    parser.add_argument(
+        "--max-connections", type=int, default=1024, help="client connections Envoy holds at once"
+    )
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
@@ -53,6 +56,7 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
         startup_timeout_s=args.startup_timeout,
         unready_delay_s=args.unready_delay,
         drain_timeout_s=args.drain_timeout,
+        max_connections=args.max_connections,
     )
 
 

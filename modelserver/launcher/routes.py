@@ -27,6 +27,9 @@ SAFE_RETRIES = {
 }
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
+# Names that match no catalogue model (TorchServe answers 404) share one small cluster.
+GENERIC_CLUSTER = "torchserve"
+GENERIC_LIMITS = {"max_connections": 8, "max_pending_requests": 16, "max_requests": 8, "max_retries": 8}
 # Routes that do not pick a model from the body skip the body-field filter: parsing every body
 # cost Envoy 15% of its CPU per request on the crystal routes (docs/BENCHMARKS.md).
 NO_BODY_FIELDS = {
@@ -54,6 +57,36 @@ def _field_is(field: str, value: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"filter": METADATA_NAMESPACE, "path": [{"key": field}], "value": value}]
 
 
+def model_cluster(name: str) -> str:
+    """Each model has its own Envoy cluster (the same TorchServe port) for its own limits."""
+    return f"model_{name}"
+
+
+def _cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:
+    """A cluster to TorchServe's inference port whose circuit breaker holds `limits`: beyond
+    them Envoy refuses at once (503, flag UO) instead of queueing without bound."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", **limits, "track_remaining": True}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
 class RouteTable:
     """Builds the route list, the body-field rules and the Lua selector table for Envoy."""
 
@@ -74,7 +107,7 @@ class RouteTable:
         # answer or chunk, which for a plain answer is the whole wait.
         return {
             "route": {
-                "cluster": "torchserve",
+                "cluster": model_cluster(name),
                 "prefix_rewrite": f"/predictions/{name}",
                 "timeout": "0s",
                 "idle_timeout": f"{timeout_s:g}s",
@@ -138,6 +171,23 @@ class RouteTable:
             )
         return routes
 
+    def clusters(self, torchserve_port: int) -> list[dict[str, Any]]:
+        """One cluster per catalogue model with its admission limits, and the generic one.
+        HTTP/1.1 to TorchServe: one connection per request in flight, so `concurrency` bounds
+        both; `queue` requests wait for a connection; every request of a lost batch may retry."""
+        clusters = [_cluster(GENERIC_CLUSTER, torchserve_port, GENERIC_LIMITS)]
+        for name, entry in sorted(self._catalogue.models.items()):
+            limits = entry.admission
+            assert limits.concurrency is not None and limits.queue is not None  # set at load
+            cluster_limits = {
+                "max_connections": limits.concurrency,
+                "max_requests": limits.concurrency,
+                "max_pending_requests": limits.queue,
+                "max_retries": limits.concurrency,
+            }
+            clusters.append(_cluster(model_cluster(name), torchserve_port, cluster_limits))
+        return clusters
+
     def selector_rules(self) -> list[dict[str, Any]]:
         """json_to_metadata rules: copy each selecting body field into route metadata."""
         fields = sorted({spec.select_by for spec in self._catalogue.routes.values() if spec.select_by})
@@ -164,7 +214,7 @@ class RouteTable:
         return "{" + ", ".join(pairs) + "}"
 
 
-def as_yaml_block(routes: list[dict[str, Any]], indent: int) -> str:
-    """Routes as YAML list items indented to sit inside the template's `routes:` list."""
-    text = yaml.safe_dump(routes, sort_keys=False, default_flow_style=False, width=1000)
+def as_yaml_block(items: list[dict[str, Any]], indent: int) -> str:
+    """Routes or clusters as YAML list items indented to sit inside the template's list."""
+    text = yaml.safe_dump(items, sort_keys=False, default_flow_style=False, width=1000)
     return "\n".join((" " * indent + line) if line else line for line in text.splitlines())

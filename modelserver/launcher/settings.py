@@ -42,6 +42,9 @@ class LaunchSettings(BaseModel):
     # stop sending traffic first; then in-flight requests get up to drain_timeout_s to finish.
     unready_delay_s: float = Field(default=1.0, ge=0)
     drain_timeout_s: float = Field(default=15.0, ge=0)
+    # Client connections Envoy holds at once; more are closed as they arrive (each may buffer a
+    # 1 MiB body, so this also bounds Envoy's memory).
+    max_connections: int = Field(default=1024, ge=16, le=100_000)
 
     @property
     def envoy_admin_socket(self) -> Path:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from modelserver.catalogue import Catalogue
+from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.routes import GENERIC_CLUSTER, RouteTable, model_cluster
+from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties
 
 
 def find(routes: list[dict[str, Any]], path: str, value: str | None = None) -> dict[str, Any]:
@@ -126,3 +127,35 @@ def test_only_routes_that_pick_a_model_parse_the_body() -> None:
         assert find(routes, path)["typed_per_filter_config"][disabled]["disabled"] is True
     for path, value in (("/astromech", None), ("/astromech", "sklearn"), ("/predict", None)):
         assert "typed_per_filter_config" not in find(routes, path, value)
+
+
+def test_each_model_has_its_own_cluster_with_its_admission_limits() -> None:
+    catalogue = Catalogue.load()
+    table = RouteTable(catalogue, {})
+    clusters = {cluster["name"]: cluster for cluster in table.clusters(9080)}
+    assert find(table.routes(), "/sklearn")["route"]["cluster"] == model_cluster("crystal_sklearn")
+    assert find(table.routes(), "/predictions/camembert")["route"]["cluster"] == model_cluster("camembert")
+    assert GENERIC_CLUSTER in clusters
+    for name, entry in catalogue.models.items():
+        [limits] = clusters[model_cluster(name)]["circuit_breakers"]["thresholds"]
+        assert limits["max_requests"] == limits["max_connections"] == entry.admission.concurrency
+        assert limits["max_pending_requests"] == entry.admission.queue
+        assert limits["max_retries"] == entry.admission.concurrency  # a whole lost batch may retry
+
+
+def test_admission_defaults_follow_batches_and_stay_within_torchserves_queue(tmp_path: Path) -> None:
+    sklearn = Catalogue.load().entry("crystal_sklearn")
+    running = 2 * sklearn.torchserve.batchSize * sklearn.torchserve.maxWorkers
+    assert sklearn.admission.concurrency == min(running, TORCHSERVE_JOB_QUEUE)
+    assert sklearn.admission.queue == 4 * sklearn.admission.concurrency
+    properties = read_properties(CONFIG_TEMPLATE.read_text(encoding="utf-8"))
+    assert int(properties["job_queue_size"]) == TORCHSERVE_JOB_QUEUE
+
+    path = tmp_path / "models.yaml"
+    big = {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"batchSize": 64, "maxWorkers": 4}}
+    path.write_text(yaml.safe_dump({"models": {"m": big}}))
+    assert Catalogue.load(path).entry("m").admission.concurrency == TORCHSERVE_JOB_QUEUE
+    big["admission"] = {"concurrency": TORCHSERVE_JOB_QUEUE + 1}
+    path.write_text(yaml.safe_dump({"models": {"m": big}}))
+    with pytest.raises(ConfigError, match="concurrency"):
+        Catalogue.load(path)

@@ -1,0 +1,327 @@
+"""`make overload`: offer a model four times the load it can sustain, and watch what happens.
+
+    python -m load_tests.overload [--factor 4] [--phase 20] [--model /path/to/bert-base-uncased]
+                                  [--out load_tests/results/overload]
+
+The model is fill-mask on bert-base's shapes (the benchmark's timing model unless `--model`),
+served by the real stack with the catalogue's admission limits. First its capacity is measured
+(closed loop, 16 clients, the benchmark's driver); then an open-loop client offers requests at
+a fixed rate, whatever the answers, in three phases: half the capacity, `factor` times it, and
+half again. Every answer is checked: a correct 200, or a 503 that says the model is at capacity
+with Retry-After; anything else, and any request without an answer in 60 s, is an error.
+/healthcheck is polled throughout and the stack's RSS sampled. A table goes to stdout, the
+figures to `results.json`; the exit status says whether every expectation held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import psutil
+import uvloop
+
+from load_tests.bench.client import ResponseParser, encode_requests
+from load_tests.bench.scenarios import SCENARIOS
+from load_tests.bench.timing_model import build_timing_model
+from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from tests.helpers import Launcher
+
+TIMEOUT_S = 60.0
+SCENARIO = SCENARIOS["fill_mask"]
+
+
+@dataclass
+class Phase:
+    """One phase of the run: its offered rate and everything observed during it."""
+
+    name: str
+    rate: float
+    answered_ms: list[float] = field(default_factory=list)
+    refused_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    health_ms: list[float] = field(default_factory=list)
+    health_failures: int = 0
+    rss_mb: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0  # from the first request to the last answer
+
+    def error(self, reason: str) -> None:
+        """Count an outcome that is neither a correct answer nor a proper refusal."""
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The phase's figures, latencies as p50/p99 in ms, rates over the phase's whole span."""
+
+        def pct(values: list[float], q: float) -> float | None:
+            return float(np.percentile(values, q)) if values else None
+
+        return {
+            "phase": self.name,
+            "offered_rps": self.rate,
+            "answered_rps": len(self.answered_ms) / self.elapsed_s,
+            "refused_rps": len(self.refused_ms) / self.elapsed_s,
+            "answered": len(self.answered_ms),
+            "refused": len(self.refused_ms),
+            "errors": sum(self.errors.values()),
+            "error_reasons": self.errors,
+            "answered_p50_ms": pct(self.answered_ms, 50),
+            "answered_p99_ms": pct(self.answered_ms, 99),
+            "refused_p50_ms": pct(self.refused_ms, 50),
+            "refused_p99_ms": pct(self.refused_ms, 99),
+            "health_max_ms": max(self.health_ms, default=None),
+            "health_failures": self.health_failures,
+            "rss_max_mb": max(self.rss_mb, default=None),
+        }
+
+
+class Pool:
+    """Keep-alive connections to the server, opened as the offered load needs them."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._host, self._port = parts.hostname, parts.port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle connection, or a new one."""
+        if self._idle:
+            return self._idle.pop()
+        return await asyncio.open_connection(self._host, self._port)
+
+    def give_back(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        """Keep a connection whose last answer was whole, for the next request."""
+        self._idle.append(connection)
+
+
+async def exchange(pool: Pool, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request and read its whole answer."""
+    reader, writer = await pool.take()
+    writer.write(request)
+    parser = ResponseParser()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            writer.close()
+            raise ConnectionError("closed before the answer")
+        answer = parser.feed(data)
+        if answer is not None:
+            break
+    if parser.closes:
+        writer.close()
+    else:
+        pool.give_back((reader, writer))
+    return answer[0], parser.headers, answer[1]
+
+
+async def one(pool: Pool, request: bytes, phase: Phase) -> None:
+    """One request of the open loop, classified."""
+    start = time.perf_counter()
+    try:
+        status, headers, body = await asyncio.wait_for(exchange(pool, request), TIMEOUT_S)
+    except TimeoutError:
+        phase.error("no answer in 60 s")
+        return
+    except OSError as error:
+        phase.error(f"connection: {type(error).__name__}")
+        return
+    took_ms = (time.perf_counter() - start) * 1000
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        phase.error(f"HTTP {status}, not JSON")
+        return
+    if status == 200 and SCENARIO.answer_ok(answer):
+        phase.answered_ms.append(took_ms)
+    elif status == 503 and headers.get("retry-after") and "capacity" in answer.get("error", ""):
+        phase.refused_ms.append(took_ms)
+    else:
+        phase.error(f"HTTP {status}")
+
+
+async def offer(url: str, phase: Phase, seconds: float) -> None:
+    """Start requests at `phase.rate` per second for `seconds`, never waiting for answers."""
+    pool = Pool(url)
+    requests = encode_requests(SCENARIO, urlsplit(url).netloc)
+    tasks = []
+    start = time.perf_counter()
+    for sent in range(int(phase.rate * seconds)):
+        delay = start + sent / phase.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(pool, requests[sent % len(requests)], phase)))
+    await asyncio.gather(*tasks)
+    phase.elapsed_s = time.perf_counter() - start
+
+
+def watch(url: str, pid: int, phase: Phase, stop: asyncio.Event) -> Any:
+    """Poll /healthcheck and sample the stack's RSS every half second until `stop`."""
+    root = psutil.Process(pid)
+
+    async def loop() -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status = await asyncio.to_thread(health_status, url)
+            except OSError:
+                status = 0
+            phase.health_ms.append((time.perf_counter() - start) * 1000)
+            phase.health_failures += status != 200
+            phase.rss_mb.append(tree_rss_mb(root))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    return loop()
+
+
+def health_status(url: str) -> int:
+    """The public /healthcheck's status."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthcheck", timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def tree_rss_mb(root: psutil.Process) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total / 2**20
+
+
+def capacity(url: str, seconds: float) -> float:
+    """What the model sustains: the benchmark's closed-loop driver, 16 clients."""
+    command = [sys.executable, "-m", "load_tests.bench.drive", "--host", url, "--scenario", "fill_mask"]
+    command += ["--users", "16", "--warmup", "3", "--duration", str(seconds)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    if result["errors"]:
+        raise RuntimeError(f"errors while measuring capacity: {result['error_reasons']}")
+    return float(result["throughput_rps"])
+
+
+async def run_phases(url: str, pid: int, phases: list[Phase], seconds: float) -> None:
+    """Each phase in turn, with the watcher running beside it."""
+    for phase in phases:
+        stop = asyncio.Event()
+        watcher = asyncio.ensure_future(watch(url, pid, phase, stop))
+        await offer(url, phase, seconds)
+        stop.set()
+        await watcher
+
+
+def verdicts(summaries: list[dict[str, Any]], admitted: int) -> list[tuple[str, bool]]:
+    """What must hold, each with whether it did. An accepted request waits behind at most the
+    `admitted` others, served at the rate the model kept up under overload (Little's law),
+    with a factor 2 for the uneven batches."""
+    normal, overload, after = summaries
+    limit_s = 2 * admitted / max(overload["answered_rps"], 1e-9)
+    return [
+        ("no request failed or went unanswered", all(s["errors"] == 0 for s in summaries)),
+        ("load beyond capacity was refused", overload["refused_rps"] > 0),
+        ("refusals were immediate (p99 < 100 ms)", (overload["refused_p99_ms"] or 0) < 100),
+        (
+            f"accepted requests waited at most the admitted queue (p99 < {limit_s:.1f} s)",
+            (overload["answered_p99_ms"] or 0) < limit_s * 1000,
+        ),
+        ("/healthcheck answered 200 throughout", all(s["health_failures"] == 0 for s in summaries)),
+        (
+            "memory under overload within 10% of normal",
+            (overload["rss_max_mb"] or 0) <= 1.10 * (normal["rss_max_mb"] or 0),
+        ),
+        ("back to normal afterwards (nothing refused)", after["refused_rps"] == 0),
+    ]
+
+
+@contextlib.contextmanager
+def stack(work: Path, model: Path | None) -> Iterator[Launcher]:
+    """The real stack serving fill_mask on bert-base's shapes."""
+    weights = model or build_timing_model(work / "bert")
+    launcher = Launcher(work / "stack", env={"FILL_MASK_MODEL": str(weights)}, models=("fill_mask",))
+    launcher.start()
+    try:
+        yield launcher.wait_healthy(timeout_s=600)
+    finally:
+        launcher.stop()
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    """The phases as a Markdown table."""
+    columns = [
+        ("phase", "phase"),
+        ("offered req/s", "offered_rps"),
+        ("answered req/s", "answered_rps"),
+        ("refused req/s", "refused_rps"),
+        ("errors", "errors"),
+        ("answered p50 ms", "answered_p50_ms"),
+        ("answered p99 ms", "answered_p99_ms"),
+        ("refused p99 ms", "refused_p99_ms"),
+        ("health max ms", "health_max_ms"),
+        ("RSS max MB", "rss_max_mb"),
+    ]
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in summaries:
+        cells = [row[key] if isinstance(row[key], str) else f"{row[key] or 0:.1f}" for _, key in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def admission_limits() -> tuple[int, int]:
+    """fill_mask's admission limits (concurrency, queue) from the catalogue."""
+    limits = Catalogue.load().entry("fill_mask").admission
+    assert limits.concurrency is not None and limits.queue is not None
+    return limits.concurrency, limits.queue
+
+
+def main() -> int:
+    """Measure capacity, run the three phases, report; 1 if an expectation failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--factor", type=float, default=4.0)
+    parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--model", type=Path, help="a bert-base-uncased folder instead of random weights")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "load_tests" / "results" / "overload")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="overload-") as tmp, stack(Path(tmp), args.model) as live:
+        assert live.process is not None
+        sustained = capacity(live.url, args.phase)
+        phases = [Phase("normal", sustained / 2), Phase("overload", sustained * args.factor)]
+        phases.append(Phase("after", sustained / 2))
+        uvloop.run(run_phases(live.url, live.process.pid, phases, args.phase))
+    summaries = [phase.summary() for phase in phases]
+    entry = admission_limits()
+    checks = verdicts(summaries, sum(entry))
+    print(f"capacity (16 closed-loop clients): {sustained:.1f} req/s; admission {entry[0]} + {entry[1]}")
+    print(table(summaries))
+    for text, held in checks:
+        print(f"{'yes' if held else 'NO '}  {text}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "capacity_rps": sustained,
+        "factor": args.factor,
+        "phase_s": args.phase,
+        "admission": {"concurrency": entry[0], "queue": entry[1]},
+        "phases": summaries,
+        "checks": dict(checks),
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0 if all(held for _, held in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
