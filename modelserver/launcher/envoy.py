@@ -73,6 +73,7 @@ class Envoy:
         self._process: ManagedProcess | None = None
         self._retiring: list[ManagedProcess] = []  # old epochs still draining after a reload
         self._epoch = 0
+        self.inference_token = ""  # the TorchServe key the running config holds
         # Envoy picks a free shared-memory id at epoch 0 and writes it here; later epochs join it.
         self._base_id_file = self._dir / "base_id"
 
@@ -82,7 +83,11 @@ class Envoy:
         return self._process
 
     def start(self, inference_token: str, routes: RouteTable) -> None:
-        """Write the config (private: it holds the token), validate it, start Envoy."""
+        """Write the config (private: it holds the token), validate it, start Envoy. Older
+        epochs still draining are stopped first: they would hold the port with an old key."""
+        for process in self._retiring:
+            process.stop(timeout_s=5.0)
+        self._retiring = []
         self._epoch = 0
         self._base_id_file.unlink(missing_ok=True)
         self._process = self._launch(
@@ -96,7 +101,10 @@ class Envoy:
         if self._process is None or not self._process.alive():
             self.start(inference_token, routes)
             return
-        base_id = self._base_id_file.read_text(encoding="utf-8").strip()
+        try:
+            base_id = self._base_id_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise RuntimeError(f"Envoy's base id is unreadable: {error}") from None
         self._epoch += 1
         self._retiring.append(self._process)
         self._process = self._launch(
@@ -131,6 +139,7 @@ class Envoy:
         ]
         process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
         process.start()
+        self.inference_token = inference_token
         return process
 
     def admin(self, method: str, path: str) -> str:

@@ -182,6 +182,8 @@ class Supervisor:
                 self._recover_torchserve()
             elif not _alive(self._envoy.process):
                 self._recover_envoy()
+            elif self._envoy_key_is_stale():
+                self._hand_envoy_the_key()
         return 0
 
     def _recover_torchserve(self) -> None:
@@ -196,13 +198,34 @@ class Supervisor:
             return
         try:
             self._torchserve.start()
-            self._envoy.reload(self._torchserve.tokens().inference, self._route_table())
-            self._envoy.wait_ready()
+            self._torchserve.tokens()
         except RuntimeError as error:
             log.error("could not restart TorchServe: %s", error)
             return
-        if self._wait_for_models(list(self._served.archives)):
+        if self._hand_envoy_the_key() and self._wait_for_models(list(self._served.archives)):
             log.info("TorchServe restarted; every model is ready again")
+
+    def _envoy_key_is_stale(self) -> bool:
+        """Envoy holds a key TorchServe no longer accepts (an earlier hand-over failed)."""
+        assert self._torchserve is not None and self._envoy is not None
+        tokens = self._torchserve.read_tokens()
+        return tokens is not None and tokens.inference != self._envoy.inference_token
+
+    def _hand_envoy_the_key(self) -> bool:
+        """Hot-restart Envoy with TorchServe's current key; False if that failed (the loop
+        tries again, after a delay, while the key is stale)."""
+        assert self._torchserve is not None and self._envoy is not None
+        tokens = self._torchserve.read_tokens()
+        if tokens is None:
+            return False
+        try:
+            self._envoy.reload(tokens.inference, self._route_table())
+            self._envoy.wait_ready()
+        except RuntimeError as error:
+            log.error("could not give Envoy TorchServe's new key: %s", error)
+            self._stop.wait(self._backoff["envoy"].next_delay())
+            return False
+        return True
 
     def _recover_envoy(self) -> None:
         """Envoy died: start it again with the same key (clients are refused until it is up)."""

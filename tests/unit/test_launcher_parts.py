@@ -12,9 +12,9 @@ from modelserver.launcher.envoy import render_config, validate
 from modelserver.launcher.health import Readiness
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
-from modelserver.launcher.supervisor import Backoff
+from modelserver.launcher.supervisor import Backoff, Supervisor
 from modelserver.launcher.templates import render
-from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties, runtime_properties
+from modelserver.launcher.torchserve import CONFIG_TEMPLATE, Tokens, read_properties, runtime_properties
 
 
 def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
@@ -112,3 +112,46 @@ def test_restarts_wait_longer_while_a_process_keeps_dying(monkeypatch: pytest.Mo
     assert delays == [0, 1, 2, 4, 8, 8]
     clock[0] += 601  # a quiet spell: the next death is restarted at once again
     assert backoff.next_delay() == 0
+
+
+class FakeEnvoy:
+    """Records the keys it is hot-restarted with; the first `failures` reloads fail."""
+
+    def __init__(self, token: str, failures: int = 0) -> None:
+        self.inference_token = token
+        self.failures = failures
+        self.reloads: list[str] = []
+
+    def reload(self, inference_token: str, _routes: RouteTable) -> None:
+        """A hot restart that fails while `failures` last."""
+        self.reloads.append(inference_token)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the new epoch exited")
+        self.inference_token = inference_token
+
+    def wait_ready(self) -> None:
+        """Ready at once."""
+
+
+class FakeTorchServe:
+    """A TorchServe whose key file holds `inference`."""
+
+    def __init__(self, inference: str) -> None:
+        self.inference = inference
+
+    def read_tokens(self) -> Tokens:
+        """The keys as TorchServe wrote them."""
+        return Tokens(self.inference, "management")
+
+
+def test_envoy_left_with_an_old_key_gets_the_new_one_even_after_a_failed_reload() -> None:
+    # pylint: disable=protected-access
+    supervisor = Supervisor(LaunchSettings(), {})
+    envoy = FakeEnvoy("old", failures=1)
+    supervisor._torchserve, supervisor._envoy = FakeTorchServe("new"), envoy  # type: ignore[assignment]
+    assert supervisor._envoy_key_is_stale()
+    assert not supervisor._hand_envoy_the_key()  # the first hand-over fails ...
+    assert supervisor._envoy_key_is_stale()  # ... so the serving loop tries again
+    assert supervisor._hand_envoy_the_key()
+    assert envoy.reloads == ["new", "new"] and not supervisor._envoy_key_is_stale()
