@@ -24,6 +24,7 @@ from typing import Any
 
 from modelserver.serving.batch import BatchTimes
 
+log = logging.getLogger(__name__)
 REQUESTS_METRIC = "ModelRequests"
 BATCHES_METRIC = "HandlerBatches"
 BATCH_ITEMS_METRIC = "HandlerBatchRequests"
@@ -86,10 +87,15 @@ def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes) -> No
     # Imported here: only a real TorchServe worker gets this far, and nothing else needs `ts`.
     from ts.metrics.metric_type_enum import MetricTypes  # pylint: disable=import-outside-toplevel
 
-    with one_write():
-        metrics.add_counter(BATCHES_METRIC, 1)
-        metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
-        for status, count in sorted(Counter(statuses).items()):
-            metrics.add_counter(REQUESTS_METRIC, count, dimensions=[Dimension(STATUS_LABEL, str(status))])
-        for phase, name in PHASE_METRICS.items():
-            metrics.add_time(name, getattr(times, phase), unit="s", metric_type=MetricTypes.HISTOGRAM)
+    # The answers are ready: a metrics failure must not turn them into a failed batch.
+    try:
+        with one_write():
+            metrics.add_counter(BATCHES_METRIC, 1)
+            metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
+            for status, count in sorted(Counter(statuses).items()):
+                dimensions = [Dimension(STATUS_LABEL, str(status))]
+                metrics.add_counter(REQUESTS_METRIC, count, dimensions=dimensions)
+            for phase, name in PHASE_METRICS.items():
+                metrics.add_time(name, getattr(times, phase), unit="s", metric_type=MetricTypes.HISTOGRAM)
+    except Exception:  # pylint: disable=broad-exception-caught
+        log.warning("could not record the batch's metrics", exc_info=True)

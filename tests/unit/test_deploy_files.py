@@ -286,12 +286,22 @@ def test_dockerignore_keeps_tests_state_and_secrets_out() -> None:
 
 def test_probes_hit_healthcheck_on_the_named_port() -> None:
     server = container()
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert server[probe]["httpGet"] == {"path": "/healthcheck", "port": "http"}, probe
+    # Liveness never depends on the models: the launcher recovers them itself, and a restart
+    # in the middle of that recovery would only start it over.
+    assert server["livenessProbe"] == {**server["livenessProbe"], "tcpSocket": {"port": "http"}}
+    assert "httpGet" not in server["livenessProbe"]
     startup = server["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     timeout = parse_settings(effective_args(), {}).startup_timeout_s
     assert budget >= timeout, "liveness must not act before the launcher could have loaded the models"
+
+
+def test_the_autoscaler_alone_sets_the_replica_count() -> None:
+    found = manifests(K8S)
+    assert "replicas" not in found["Deployment"]["spec"]
+    assert found["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2  # the PDB keeps one
 
 
 def test_grace_period_covers_prestop_and_the_launchers_drain() -> None:

@@ -3,6 +3,7 @@ parses into the Prometheus series of `/metrics`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -80,3 +81,23 @@ def test_no_metrics_cache_sends_nothing(crystal_model_dirs: dict[str, Path]) -> 
     assert not hasattr(context, "metrics") and isinstance(context, FakeContext)
     assert len(handler.handle([{"body": GOOD}], context)) == 1
     report_batch(None, [200], BatchTimes())  # a worker without a cache (tests, other servers)
+
+
+class BrokenMetrics:
+    """A metrics cache that fails on every call."""
+
+    def add_counter(self, *_args: object, **_kwargs: object) -> None:
+        """Fails."""
+        raise ValueError("metrics cache is broken")
+
+    add_time = add_counter
+
+
+def test_a_failing_metrics_cache_never_fails_the_batch(
+    crystal_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, context = handler_for(crystal_model_dirs["pytorch"], "pytorch")
+    context.metrics = BrokenMetrics()  # type: ignore[attr-defined]
+    [answer] = handler.handle([{"body": GOOD}], context)
+    assert json.loads(answer)["prediction"]
+    assert "could not record the batch's metrics" in caplog.text
