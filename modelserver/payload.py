@@ -41,7 +41,8 @@ def decode_json_body(raw: Any) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as error:
         raise InvalidInput(
-            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            f"the body is not valid JSON: {error.msg.removesuffix(' at')} at line {error.lineno} "
+            f"column {error.colno}"
         ) from None
     except RecursionError:
         raise InvalidInput("the body is nested too deeply") from None

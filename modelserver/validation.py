@@ -12,6 +12,12 @@ SettingsT = TypeVar("SettingsT", bound=BaseModel)
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
+def quoted(value: object, limit: int = 80) -> str:
+    """A client's value for an error message, cut short: an error never echoes a long body back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:

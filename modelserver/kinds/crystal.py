@@ -16,9 +16,12 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
+from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure, ServingError
 from modelserver.kinds import ModelFiles
-from modelserver.validation import parse_settings, validate_body
+from modelserver.validation import parse_settings, quoted, validate_body
+
+# Scores that overflow from values beyond this are the request's fault; from smaller ones, the model's.
+SCORABLE_MAGNITUDE = 1e6
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +111,11 @@ class CrystalRuntime:
         """Validate one decoded body; anomalies raise `InvalidInput`, a wrong model `BadRequest`."""
         request = validate_body(CrystalRequest, payload, "crystalData")
         if request.model_name is not None and self._names and request.model_name not in self._names:
-            raise BadRequest(f"model_name {request.model_name!r} is not this model ({self._names[0]})")
+            raise BadRequest(f"model_name {quoted(request.model_name)} is not this model ({self._names[0]})")
         if request.model is not None and request.model != self._settings.framework:
             raise BadRequest(
                 f"this route serves the {self._settings.framework} model, "
-                f"but 'model' asks for {request.model!r}"
+                f"but 'model' asks for {quoted(request.model)}"
             )
         if len(request.crystalData) > self._settings.max_rows:
             raise InvalidInput(f"at most {self._settings.max_rows} rows per request")
@@ -122,20 +125,22 @@ class CrystalRuntime:
                 raise InvalidInput(f"crystalData[{index}] has {len(row)} values; each row needs {width}")
         return request
 
-    def predict(self, requests: Sequence[CrystalRequest]) -> list[dict[str, Any]]:
+    def predict(self, requests: Sequence[CrystalRequest]) -> list[dict[str, Any] | ServingError]:
         """Answer every request from one model call over all their rows."""
         rows = np.array([row for r in requests for row in r.crystalData], dtype=np.float64)
         probabilities = self._classifier.predict_proba(rows)
         if probabilities.shape != (len(rows), len(self._labels)):
             raise ModelFailure(f"the model returned scores of shape {probabilities.shape}")
-        if not np.all(np.isfinite(probabilities)):
-            raise ModelFailure("the model returned scores that are not finite numbers")
-        answers = []
+        answers: list[dict[str, Any] | ServingError] = []
         start = 0
         for request in requests:
-            chunk = probabilities[start : start + len(request.crystalData)]
-            start += len(request.crystalData)
-            answers.append(self._answer(chunk))
+            stop = start + len(request.crystalData)
+            chunk = probabilities[start:stop]
+            if not np.all(np.isfinite(chunk)):
+                answers.append(_not_finite(rows[start:stop]))
+            else:
+                answers.append(self._answer(chunk))
+            start = stop
         return answers
 
     def _answer(self, probabilities: np.ndarray) -> dict[str, Any]:
@@ -143,6 +148,15 @@ class CrystalRuntime:
             "prediction": [self._labels[int(i)] for i in probabilities.argmax(axis=1)],
             "scores": [dict(zip(self._labels, map(float, row), strict=True)) for row in probabilities],
         }
+
+
+def _not_finite(rows: np.ndarray) -> ServingError:
+    """Scores that are not finite numbers: values so large that the model's arithmetic
+    overflowed are the request's fault (422, this request only); from moderate values it is
+    the model's (500)."""
+    if np.abs(rows).max(initial=0.0) > SCORABLE_MAGNITUDE:
+        return InvalidInput("crystalData values are too large for the model to score: its scores overflowed")
+    return ModelFailure("the model returned scores that are not finite numbers")
 
 
 def read_labels(path: Path) -> list[str]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.validation import validate_body
+from modelserver.validation import quoted, validate_body
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,11 @@ def validate_request(
     """Validate one body against a request model, this model's names and tasks."""
     request: Any = validate_body(model, payload, "text")
     if request.model_name is not None and names and request.model_name not in names:
-        raise BadRequest(f"model_name {request.model_name!r} is not this model; it answers to {list(names)}")
+        raise BadRequest(
+            f"model_name {quoted(request.model_name)} is not this model; it answers to {list(names)}"
+        )
     if request.task is not None and request.task not in tasks:
-        raise BadRequest(f"task {request.task!r} is not served here; this model does {list(tasks)}")
+        raise BadRequest(f"task {quoted(request.task)} is not served here; this model does {list(tasks)}")
     if len(request.texts) > max_texts:
         raise InvalidInput(f"at most {max_texts} texts per request")
     if request.stream and isinstance(request.text, str):

@@ -43,7 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Pa
     }
     # One text per streamed chunk, so a streamed answer is many chunks even on tiny models.
     streaming = {"stream_chunk": 1, "max_request_tokens": 8192}
-    catalogue = write_catalogue(workdir / "models.yaml", broken, {"fill_mask": streaming})
+    catalogue = write_catalogue(workdir / "models.yaml", broken, handler_config={"fill_mask": streaming})
     env = {f"{name.upper()}_MODEL": str(folder) for name, folder in tiny_hf_models.items()}
     train, test = write_corpus(workdir / "topics")
     env.update(TOPICS_TRAIN=str(train), TOPICS_TEST=str(test))

@@ -120,8 +120,23 @@ def test_non_finite_model_output_is_a_model_failure(
     torch.save(net.state_dict(), tmp_path / "nan.model")
     shutil.copy(crystal_model_dirs["pytorch"] / "crystal_labels.json", tmp_path)
     model = load_crystal_runtime(ModelFiles(tmp_path, "nan.model", {**SETTINGS, "framework": "pytorch"}))
-    with pytest.raises(ModelFailure, match="not finite"):
-        model.predict([model.parse({"crystalData": BRIEF_ROWS})])
+    [answer] = model.predict([model.parse({"crystalData": BRIEF_ROWS})])
+    assert isinstance(answer, ModelFailure) and "not finite" in str(answer)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow: the point here
+@pytest.mark.parametrize(("framework", "huge"), [("pytorch", 1e39), ("sklearn", 1e308)])
+def test_values_too_large_to_score_fail_only_their_request_with_422(
+    crystal_model_dirs: dict[str, Path], framework: str, huge: float
+) -> None:
+    model = runtime(crystal_model_dirs, framework)
+    good = model.parse({"crystalData": BRIEF_ROWS})
+    bad = model.parse({"crystalData": [[huge, huge, huge, huge]]})
+    alone = model.predict([good])[0]
+    overflowed, answered = model.predict([bad, good])
+    assert isinstance(overflowed, InvalidInput) and overflowed.status == 422
+    assert "too large" in str(overflowed)
+    assert answered == alone
 
 
 def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_path: Path) -> None:
