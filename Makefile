@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install run archives test lint unit live clean bench scale
+.PHONY: install run archives test lint unit live clean bench soak overload audit scale
 
 install: $(STAMP)
 
@@ -50,3 +50,17 @@ clean:
 ## The benchmark against the naive peers (about 35 minutes; results in load_tests/results/bench).
 bench: install
 	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)
+
+## The soak test (issue 7): 10 minutes of steady mixed load on every public route; fails on any
+## error or RSS growth >= 5% (results in load_tests/results/soak). make soak SOAK_ARGS="--duration 90"
+soak: install
+	$(PY) -m load_tests.soak $(SOAK_ARGS)
+
+## Overload (issue 7): fill-mask offered 4x what it sustains; excess refused at once, the rest
+## served with a bounded wait, /healthcheck answering (results in load_tests/results/overload).
+overload: install
+	$(PY) -m load_tests.overload $(OVERLOAD_ARGS)
+
+## Known vulnerabilities in every installed package (pip-audit; accepted ones: .ci/audit-accepted.txt).
+audit: install
+	.ci/audit
