@@ -11,8 +11,10 @@ own series. Their names never collide: Envoy's start with `envoy_`, the launcher
 from __future__ import annotations
 
 import logging
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -20,9 +22,11 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Source = Callable[[], str]  # returns exposition text; raises OSError when unreachable
 ModelStatuses = Callable[[], Mapping[str, str]]  # model -> "ready" or why not
+# Everything /metrics reports is read within this; Envoy's route to it allows 5 s.
+SCRAPE_DEADLINE_S = 3.0
 
 
-def http_source(url: str, timeout_s: float = 5.0) -> Source:
+def http_source(url: str, timeout_s: float = SCRAPE_DEADLINE_S) -> Source:
     """A source read over HTTP (TorchServe's metrics port, loopback, no token needed)."""
 
     def fetch() -> str:
@@ -50,19 +54,33 @@ class MetricsScraper:
     model_statuses: ModelStatuses
 
     def scrape(self) -> bytes:
-        """The whole exposition text."""
-        parts: list[str] = []
-        up: dict[str, float] = {}
-        for name, fetch in self.sources.items():
+        """The whole exposition text. The sources are read in parallel, and whatever has not
+        answered within SCRAPE_DEADLINE_S is left out (Envoy gives the route 5 s): one slow
+        source never turns the whole scrape into a timeout."""
+        pool = ThreadPoolExecutor(max_workers=len(self.sources) + 1, thread_name_prefix="metrics")
+        try:
+            fetches = {name: pool.submit(fetch) for name, fetch in self.sources.items()}
+            statuses = pool.submit(self.model_statuses)
+            deadline = time.monotonic() + SCRAPE_DEADLINE_S
+            parts: list[str] = []
+            up: dict[str, float] = {}
+            for name, future in fetches.items():
+                try:
+                    text = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except (OSError, ValueError, TimeoutError) as error:
+                    log.warning("/metrics could not read %s: %s", name, error or type(error).__name__)
+                    up[name] = 0
+                    continue
+                up[name] = 1
+                parts.append(text if text.endswith("\n") or not text else text + "\n")
             try:
-                text = fetch()
-            except (OSError, ValueError) as error:
-                log.warning("/metrics could not read %s: %s", name, error)
-                up[name] = 0
-                continue
-            up[name] = 1
-            parts.append(text if text.endswith("\n") or not text else text + "\n")
-        ready = {model: float(status == "ready") for model, status in self.model_statuses().items()}
+                models = statuses.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("/metrics could not read the models' states in time")
+                models = {}
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        ready = {model: float(status == "ready") for model, status in models.items()}
         parts.append(_gauge("modelserver_scrape_up", "1 if /metrics could read this source.", up, "source"))
         parts.append(
             _gauge(

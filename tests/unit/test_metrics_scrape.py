@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelserver.launcher import manage
+from modelserver.launcher import manage, metrics
 from modelserver.launcher.metrics import MetricsScraper, http_source
 
 TORCHSERVE_TEXT = (
@@ -56,6 +58,30 @@ def test_a_source_that_is_down_is_reported_not_fatal() -> None:
     parsed = families(scraper.scrape())
     assert {s[0]["source"]: s[1] for s in parsed["modelserver_scrape_up"]} == {"torchserve": 0, "envoy": 0}
     assert parsed["modelserver_model_ready"] == [({"model_name": "crystal_sklearn"}, 0.0)]
+
+
+def test_a_hanging_source_is_left_out_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "SCRAPE_DEADLINE_S", 0.3)
+    release = threading.Event()
+
+    def hanging() -> str:
+        release.wait(30)
+        return TORCHSERVE_TEXT
+
+    scraper = MetricsScraper(
+        sources={"torchserve": hanging, "envoy": lambda: "envoy_up 1"},
+        model_statuses=lambda: {"crystal_sklearn": "ready"},
+    )
+    try:
+        started = time.monotonic()
+        parsed = families(scraper.scrape())
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert took < 5.0  # within Envoy's route timeout, not after the hanging source
+    assert {s[0]["source"]: s[1] for s in parsed["modelserver_scrape_up"]} == {"torchserve": 0, "envoy": 1}
+    assert parsed["envoy_up"] == [({}, 1.0)]
+    assert parsed["modelserver_model_ready"] == [({"model_name": "crystal_sklearn"}, 1.0)]
 
 
 def test_label_values_are_escaped() -> None:
