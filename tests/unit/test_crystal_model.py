@@ -120,8 +120,9 @@ def test_non_finite_model_output_is_a_model_failure(
     torch.save(net.state_dict(), tmp_path / "nan.model")
     shutil.copy(crystal_model_dirs["pytorch"] / "crystal_labels.json", tmp_path)
     model = load_crystal_runtime(ModelFiles(tmp_path, "nan.model", {**SETTINGS, "framework": "pytorch"}))
-    [answer] = model.predict([model.parse({"crystalData": BRIEF_ROWS})])
-    assert isinstance(answer, ModelFailure) and "not finite" in str(answer)
+    answers = model.predict([model.parse({"crystalData": BRIEF_ROWS})])
+    answer = answers[0]
+    assert len(answers) == 1 and isinstance(answer, ModelFailure) and "not finite" in str(answer)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow: the point here
@@ -133,7 +134,9 @@ def test_values_too_large_to_score_fail_only_their_request_with_422(
     good = model.parse({"crystalData": BRIEF_ROWS})
     bad = model.parse({"crystalData": [[huge, huge, huge, huge]]})
     alone = model.predict([good])[0]
-    overflowed, answered = model.predict([bad, good])
+    answers = model.predict([bad, good])
+    assert len(answers) == 2
+    overflowed, answered = answers[0], answers[1]
     assert isinstance(overflowed, InvalidInput) and overflowed.status == 422
     assert "too large" in str(overflowed)
     assert answered == alone
