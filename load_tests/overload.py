@@ -52,6 +52,7 @@ class Phase:
     name: str
     rate: float
     answered_ms: list[float] = field(default_factory=list)
+    answered_sent_s: list[float] = field(default_factory=list)  # when each was sent, into the phase
     refused_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     health_ms: list[float] = field(default_factory=list)
@@ -85,6 +86,10 @@ class Phase:
             "health_max_ms": max(self.health_ms, default=None),
             "health_failures": self.health_failures,
             "rss_max_mb": max(self.rss_mb, default=None),
+            # The five slowest answers as (seconds into the phase when sent, latency ms).
+            "slowest": sorted(zip(self.answered_sent_s, self.answered_ms, strict=True), key=lambda x: -x[1])[
+                :5
+            ],
         }
 
 
@@ -127,8 +132,8 @@ async def exchange(pool: Pool, request: bytes) -> tuple[int, dict[str, str], byt
     return answer[0], parser.headers, answer[1]
 
 
-async def one(pool: Pool, request: bytes, phase: Phase) -> None:
-    """One request of the open loop, classified."""
+async def one(pool: Pool, request: bytes, phase: Phase, offset_s: float) -> None:
+    """One request of the open loop (sent `offset_s` into the phase), classified."""
     start = time.perf_counter()
     try:
         status, headers, body = await asyncio.wait_for(exchange(pool, request), TIMEOUT_S)
@@ -146,6 +151,7 @@ async def one(pool: Pool, request: bytes, phase: Phase) -> None:
         return
     if status == 200 and SCENARIO.answer_ok(answer):
         phase.answered_ms.append(took_ms)
+        phase.answered_sent_s.append(offset_s)
     elif status == 503 and headers.get("retry-after") and "capacity" in answer.get("error", ""):
         phase.refused_ms.append(took_ms)
     else:
@@ -162,7 +168,8 @@ async def offer(url: str, phase: Phase, seconds: float) -> None:
         delay = start + sent / phase.rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(pool, requests[sent % len(requests)], phase)))
+        request = requests[sent % len(requests)]
+        tasks.append(asyncio.ensure_future(one(pool, request, phase, time.perf_counter() - start)))
     await asyncio.gather(*tasks)
     phase.elapsed_s = time.perf_counter() - start
 
@@ -310,6 +317,9 @@ def main() -> int:
     print(table(summaries))
     for text, held in checks:
         print(f"{'yes' if held else 'NO '}  {text}")
+    for row in summaries:
+        slowest = ", ".join(f"{ms:.0f} ms at {at:.1f} s" for at, ms in row["slowest"])
+        print(f"slowest answers, {row['phase']}: {slowest}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "capacity_rps": sustained,
