@@ -84,7 +84,8 @@ class AdmissionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     concurrency: int | None = Field(default=None, ge=1, le=TORCHSERVE_JOB_QUEUE)
-    queue: int | None = Field(default=None, ge=0, le=10_000)
+    # At least 1: over HTTP/1.1 a request waiting for a new connection to open is pending too.
+    queue: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class ModelEntry(BaseModel):

@@ -43,6 +43,7 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
     parser.add_argument(
         "--max-connections", type=int, default=1024, help="client connections Envoy holds at once"
     )
+    parser.add_argument("--envoy-workers", type=int, default=2, help="Envoy's worker threads")
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
@@ -57,6 +58,7 @@ def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSet
         unready_delay_s=args.unready_delay,
         drain_timeout_s=args.drain_timeout,
         max_connections=args.max_connections,
+        envoy_workers=args.envoy_workers,
     )
 
 

@@ -73,7 +73,8 @@ class Envoy:
         self._process: ManagedProcess | None = None
         self._retiring: list[ManagedProcess] = []  # old epochs still draining after a reload
         self._epoch = 0
-        self.inference_token = ""  # the TorchServe key the running config holds
+        self.inference_token = ""  # the TorchServe key of the epoch that last became LIVE
+        self._launched_token = ""  # the key of the newest epoch, LIVE or not yet
         # Envoy picks a free shared-memory id at epoch 0 and writes it here; later epochs join it.
         self._base_id_file = self._dir / "base_id"
 
@@ -105,11 +106,12 @@ class Envoy:
             base_id = self._base_id_file.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise RuntimeError(f"Envoy's base id is unreadable: {error}") from None
-        self._epoch += 1
+        epoch = self._epoch + 1
+        process = self._launch(inference_token, routes, ["--restart-epoch", str(epoch), "--base-id", base_id])
+        # Only once the new epoch runs: a config that failed validation leaves everything as it was.
+        self._epoch = epoch
         self._retiring.append(self._process)
-        self._process = self._launch(
-            inference_token, routes, ["--restart-epoch", str(self._epoch), "--base-id", base_id]
-        )
+        self._process = process
 
     def reap(self) -> None:
         """Forget older epochs that have exited (and collect their exit status)."""
@@ -129,6 +131,8 @@ class Envoy:
             str(config),
             "--log-level",
             "warn",
+            "--concurrency",
+            str(self._settings.envoy_workers),
             *restart_options,
             "--drain-time-s",
             str(DRAIN_TIME_S),
@@ -139,7 +143,7 @@ class Envoy:
         ]
         process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
         process.start()
-        self.inference_token = inference_token
+        self._launched_token = inference_token
         return process
 
     def admin(self, method: str, path: str) -> str:
@@ -159,6 +163,7 @@ class Envoy:
             try:
                 info = json.loads(self.admin("GET", "/server_info"))
                 if info["state"] == "LIVE" and info["command_line_options"]["restart_epoch"] == self._epoch:
+                    self.inference_token = self._launched_token
                     return
             except (OSError, ValueError, KeyError, TypeError):
                 pass

@@ -29,7 +29,8 @@ POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
 # Names that match no catalogue model (TorchServe answers 404) share one small cluster.
 GENERIC_CLUSTER = "torchserve"
-GENERIC_LIMITS = {"max_connections": 8, "max_pending_requests": 16, "max_requests": 8, "max_retries": 8}
+GENERIC_LIMITS = {"max_connections": 8, "max_pending_requests": 16, "max_requests": 24, "max_retries": 8}
+UPSTREAM_IDLE_S = 10
 # Routes that do not pick a model from the body skip the body-field filter: parsing every body
 # cost Envoy 15% of its CPU per request on the crystal routes (docs/BENCHMARKS.md).
 NO_BODY_FIELDS = {
@@ -64,11 +65,20 @@ def model_cluster(name: str) -> str:
 
 def _cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:
     """A cluster to TorchServe's inference port whose circuit breaker holds `limits`: beyond
-    them Envoy refuses at once (503, flag UO) instead of queueing without bound."""
+    them Envoy refuses at once (503, flag UO) instead of queueing without bound. Idle upstream
+    connections close after UPSTREAM_IDLE_S: each Envoy worker keeps its own, and an idle one
+    still counts against `max_connections`."""
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"idle_timeout": f"{UPSTREAM_IDLE_S}s"},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        },
         "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", **limits, "track_remaining": True}]},
         "load_assignment": {
             "cluster_name": name,
@@ -173,15 +183,18 @@ class RouteTable:
 
     def clusters(self, torchserve_port: int) -> list[dict[str, Any]]:
         """One cluster per catalogue model with its admission limits, and the generic one.
-        HTTP/1.1 to TorchServe: one connection per request in flight, so `concurrency` bounds
-        both; `queue` requests wait for a connection; every request of a lost batch may retry."""
+        HTTP/1.1 to TorchServe: one connection per request in flight, so `max_connections` is
+        the `concurrency` limit and `queue` requests wait for a connection. `max_requests` is
+        set above both so that it never refuses a request on its own (with several Envoy
+        workers, each has its own connection pool under the shared limits). Every request of a
+        lost batch may retry."""
         clusters = [_cluster(GENERIC_CLUSTER, torchserve_port, GENERIC_LIMITS)]
         for name, entry in sorted(self._catalogue.models.items()):
             limits = entry.admission
             assert limits.concurrency is not None and limits.queue is not None  # set at load
             cluster_limits = {
                 "max_connections": limits.concurrency,
-                "max_requests": limits.concurrency,
+                "max_requests": limits.concurrency + limits.queue,
                 "max_pending_requests": limits.queue,
                 "max_retries": limits.concurrency,
             }

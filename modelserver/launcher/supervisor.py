@@ -212,8 +212,7 @@ class Supervisor:
         return tokens is not None and tokens.inference != self._envoy.inference_token
 
     def _hand_envoy_the_key(self) -> bool:
-        """Hot-restart Envoy with TorchServe's current key; False if that failed (the loop
-        tries again, after a delay, while the key is stale)."""
+        """Hot-restart Envoy with TorchServe's current key; False if that failed."""
         assert self._torchserve is not None and self._envoy is not None
         tokens = self._torchserve.read_tokens()
         if tokens is None:
@@ -222,8 +221,10 @@ class Supervisor:
             self._envoy.reload(tokens.inference, self._route_table())
             self._envoy.wait_ready()
         except RuntimeError as error:
-            log.error("could not give Envoy TorchServe's new key: %s", error)
-            self._stop.wait(self._backoff["envoy"].next_delay())
+            # Every epoch still holds the old key, which TorchServe refuses: nothing is lost by
+            # stopping them all, and the serving loop then starts Envoy afresh with the new key.
+            log.error("could not give Envoy TorchServe's new key (%s); starting Envoy afresh", error)
+            self._envoy.stop()
             return False
         return True
 

@@ -115,23 +115,29 @@ def test_restarts_wait_longer_while_a_process_keeps_dying(monkeypatch: pytest.Mo
 
 
 class FakeEnvoy:
-    """Records the keys it is hot-restarted with; the first `failures` reloads fail."""
+    """Records the keys it is hot-restarted with; the new epoch of the first `failures` reloads
+    never becomes LIVE (the key only counts once an epoch is LIVE, as in `Envoy.wait_ready`)."""
 
     def __init__(self, token: str, failures: int = 0) -> None:
         self.inference_token = token
         self.failures = failures
         self.reloads: list[str] = []
+        self.stops = 0
 
     def reload(self, inference_token: str, _routes: RouteTable) -> None:
-        """A hot restart that fails while `failures` last."""
+        """A hot restart: the new epoch starts with the new key."""
         self.reloads.append(inference_token)
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("the new epoch exited")
-        self.inference_token = inference_token
 
     def wait_ready(self) -> None:
-        """Ready at once."""
+        """LIVE, unless this reload is one that fails."""
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("Envoy was not ready within 30 s")
+        self.inference_token = self.reloads[-1]
+
+    def stop(self) -> None:
+        """Every epoch stopped: the serving loop will start a fresh one."""
+        self.stops += 1
 
 
 class FakeTorchServe:
@@ -151,7 +157,8 @@ def test_envoy_left_with_an_old_key_gets_the_new_one_even_after_a_failed_reload(
     envoy = FakeEnvoy("old", failures=1)
     supervisor._torchserve, supervisor._envoy = FakeTorchServe("new"), envoy  # type: ignore[assignment]
     assert supervisor._envoy_key_is_stale()
-    assert not supervisor._hand_envoy_the_key()  # the first hand-over fails ...
-    assert supervisor._envoy_key_is_stale()  # ... so the serving loop tries again
+    assert not supervisor._hand_envoy_the_key()  # the new epoch never became LIVE ...
+    assert envoy.stops == 1  # ... so every epoch (all with the old key) is stopped for a fresh start
+    assert supervisor._envoy_key_is_stale()
     assert supervisor._hand_envoy_the_key()
     assert envoy.reloads == ["new", "new"] and not supervisor._envoy_key_is_stale()

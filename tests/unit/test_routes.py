@@ -138,7 +138,8 @@ def test_each_model_has_its_own_cluster_with_its_admission_limits() -> None:
     assert GENERIC_CLUSTER in clusters
     for name, entry in catalogue.models.items():
         [limits] = clusters[model_cluster(name)]["circuit_breakers"]["thresholds"]
-        assert limits["max_requests"] == limits["max_connections"] == entry.admission.concurrency
+        assert limits["max_connections"] == entry.admission.concurrency
+        assert limits["max_requests"] == entry.admission.concurrency + entry.admission.queue
         assert limits["max_pending_requests"] == entry.admission.queue
         assert limits["max_retries"] == entry.admission.concurrency  # a whole lost batch may retry
 
