@@ -11,6 +11,7 @@ from load_tests.soak import (
     Outcome,
     check,
     component_of,
+    growing_components,
     growth,
     intervals,
     memory_growth,
@@ -72,6 +73,21 @@ def test_memory_growth_per_component_and_in_total() -> None:
     assert memory["worker:b"]["growth"] == 0
     assert memory["total"]["series_mb"] == [110, 220, 225, 245]
     assert memory["total"]["growth"] == pytest.approx(245 / 220 - 1)
+
+
+def test_one_component_growing_fails_even_when_the_total_hides_it() -> None:
+    def row(start_mb: float, end_mb: float) -> dict[str, float]:
+        return {"start_mb": start_mb, "end_mb": end_mb, "growth": end_mb / start_mb - 1}
+
+    memory = {
+        "java": row(300, 300.5),
+        "envoy": row(60, 90),  # +50%, +30 MB: a leak, though the total grew by 1%
+        "launcher": row(40, 44),  # +10% but 4 MB: jitter of a small process
+        "total": row(3000, 3030),
+    }
+    assert growing_components(memory) == ["envoy"]
+    memory["envoy"] = row(60, 61)
+    assert not growing_components(memory)
 
 
 def test_intervals_count_each_request_once_with_its_percentiles_and_errors() -> None:
