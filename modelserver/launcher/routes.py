@@ -16,15 +16,18 @@ import yaml
 from modelserver.catalogue import Catalogue, RouteSpec
 
 METADATA_NAMESPACE = "modelserver"
-# Retried once: a request that never reached TorchServe, and TorchServe's answer for a batch
-# whose worker died or was scaled down (500 "Worker died.", 507). A prediction is a pure
-# function of its input, so running it again is safe; a model that fails on its input fails
-# again and that 500 is the answer.
+# Retried once: a request that never reached TorchServe, TorchServe's answer for a batch whose
+# worker died or was scaled down (500 "Worker died.", 507), and a request TorchServe never
+# answers at all (a job lost while a worker is scaled down: the try is abandoned after the
+# route's wait less PER_TRY_MARGIN_S, which `gateway-error` lets Envoy retry). A prediction is
+# a pure function of its input, so running it again is safe; a model that fails on its input
+# fails again and that 500 is the answer.
 SAFE_RETRIES = {
-    "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes",
+    "retry_on": "connect-failure,refused-stream,reset-before-request,gateway-error,retriable-status-codes",
     "retriable_status_codes": [500, 507],
     "num_retries": 1,
 }
+PER_TRY_MARGIN_S = 2.0
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
 # Names that match no catalogue model (TorchServe answers 404) share one small cluster.
@@ -121,7 +124,10 @@ class RouteTable:
                 "prefix_rewrite": f"/predictions/{name}",
                 "timeout": "0s",
                 "idle_timeout": f"{timeout_s:g}s",
-                "retry_policy": SAFE_RETRIES,
+                "retry_policy": {
+                    **SAFE_RETRIES,
+                    "per_try_idle_timeout": f"{max(1.0, timeout_s - PER_TRY_MARGIN_S):g}s",
+                },
             }
         }
 

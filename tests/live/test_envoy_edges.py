@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
@@ -206,6 +207,47 @@ def test_torchserve_errors_become_json_errors_whatever_their_message(
             assert body == {"error": upstream.MESSAGE, "code": status}
             assert (response.headers.get("retry-after") is not None) == (status == 503)
     finally:
+        server.shutdown()
+
+
+class LosingTorchServe(BaseHTTPRequestHandler):
+    """Never answers its first request (a job TorchServe lost while scaling a worker down),
+    then answers every other one."""
+
+    calls: ClassVar[list[float]] = []
+    release = threading.Event()
+
+    def do_POST(self) -> None:  # pylint: disable=invalid-name
+        """The first request hangs until released; the rest get a crystal answer."""
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.calls.append(time.monotonic())
+        if len(self.calls) == 1:
+            self.release.wait(60)
+            return
+        body = json.dumps({"prediction": ["blue"], "scores": [{"blue": 1.0, "green": 0.0, "yellow": 0.0}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:  # pylint: disable=redefined-builtin
+        """Quiet."""
+
+
+def test_a_request_torchserve_never_answers_is_retried_before_the_client_gives_up(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LosingTorchServe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with envoy_alone(tmp_path, server.server_address[1]) as url:
+            started = time.monotonic()
+            response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=30)
+            assert response.status_code == 200 and response.json()["prediction"] == ["blue"]
+            # The lost try was abandoned after its per-try wait (13 s on /sklearn), then retried.
+            [first, second] = LosingTorchServe.calls
+            assert 10 < second - first < 15 and time.monotonic() - started < 15
+    finally:
+        LosingTorchServe.release.set()
         server.shutdown()
 
 

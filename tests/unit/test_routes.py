@@ -160,3 +160,15 @@ def test_admission_defaults_follow_batches_and_stay_within_torchserves_queue(tmp
     path.write_text(yaml.safe_dump({"models": {"m": big}}))
     with pytest.raises(ConfigError, match="concurrency"):
         Catalogue.load(path)
+
+
+def test_a_try_torchserve_never_answers_is_abandoned_and_retried_within_the_routes_wait() -> None:
+    catalogue = Catalogue.load()
+    routes = RouteTable(catalogue, {}).routes()
+    for path, model in (("/sklearn", "crystal_sklearn"), ("/inference", "fill_mask")):
+        route = find(routes, path)["route"]
+        per_try = float(route["retry_policy"]["per_try_idle_timeout"].rstrip("s"))
+        waited = float(route["idle_timeout"].rstrip("s"))
+        # After TorchServe's own timeout (it answers a slow batch itself), before the client's.
+        assert catalogue.entry(model).torchserve.responseTimeout < per_try < waited
+        assert "gateway-error" in route["retry_policy"]["retry_on"]  # what retries a timed-out try
