@@ -21,7 +21,8 @@ DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 
 
 # TorchServe's `job_queue_size` (config.properties): the requests one model may hold. Envoy
-# never admits more than this to a model, so TorchServe's misleading "no worker" 503 never shows.
+# never admits more than this to a model, so TorchServe's misleading "no worker" 503 does not
+# show under load (only if clients that gave up leave jobs behind in TorchServe's queue).
 TORCHSERVE_JOB_QUEUE = 100
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

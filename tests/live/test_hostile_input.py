@@ -547,3 +547,34 @@ def test_finite_numbers_too_large_for_the_model_are_422_or_answered(
         check_crystal_answer(response.json(), 1)
     else:
         check_json_error(response, 422)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs never hold what clients sent.
+
+MARKER = "zqxmarker"
+
+
+def test_logs_never_hold_request_text(stack: Launcher) -> None:
+    """Good, bad and failing requests carrying a marker, then every log of the stack is read:
+    the marker is in none of them (handlers log types and counts, TorchServe and Envoy log no
+    bodies), whether the request was answered, refused or made the model fail."""
+    sent = [
+        ("/predict", {"text": f"a {MARKER} sentence"}),
+        ("/inference", {"text": f"[MASK] {MARKER}"}),
+        ("/predict", {"text": f"a {MARKER}", "model_name": MARKER}),
+        ("/astromech", {"crystalData": [[0.1, 0.2, 0.3, 0.4]], "model": MARKER}),
+        ("/sklearn", {"crystalData": [[MARKER, 0.2, 0.3, 0.4]]}),
+        ("/pytorch", {"crystalData": [[1e39, 0.2, 0.3, 0.4]], MARKER: 1}),
+        ("/predictions/crystal_broken", {"crystalData": [[0.1, 0.2, 0.3, 0.4]]}),
+        ("/prediction", {"text": MARKER * 3}),
+    ]
+    statuses = [post(stack, path, json.dumps(body).encode()).status_code for path, body in sent]
+    statuses.append(post(stack, "/sklearn", f'{{"crystalData": [[{MARKER}'.encode()).status_code)
+    assert 200 in statuses and 422 in statuses and 500 in statuses, statuses
+    time.sleep(1)  # TorchServe's log appenders flush asynchronously
+    logs = [path for path in stack.workdir.rglob("*") if path.is_file() and path.suffix in {".log", ""}]
+    logs = [path for path in logs if "logs" in path.parts or path.name.endswith(".log")]
+    assert any(path.name == "model_log.log" for path in logs), logs
+    leaked = [path for path in logs if MARKER in path.read_text(encoding="utf-8", errors="replace")]
+    assert not leaked, leaked
