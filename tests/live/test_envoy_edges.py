@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -117,12 +117,18 @@ class FakeTorchServe(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # pylint: disable=invalid-name
         """Every prediction fails the TorchServe way."""
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"code": self.STATUS, "type": "InternalServerException", "message": self.MESSAGE})
-        self.send_response(self.STATUS)
+        self.answer(
+            self.STATUS, {"code": self.STATUS, "type": "InternalServerException", "message": self.MESSAGE}
+        )
+
+    def answer(self, status: int, body: dict[str, Any]) -> None:
+        """Send `body` as JSON with `status`."""
+        data = json.dumps(body).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(body.encode())
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # pylint: disable=redefined-builtin
         """Quiet."""
@@ -210,7 +216,7 @@ def test_torchserve_errors_become_json_errors_whatever_their_message(
         server.shutdown()
 
 
-class LosingTorchServe(BaseHTTPRequestHandler):
+class LosingTorchServe(FakeTorchServe):
     """Never answers its first request (a job TorchServe lost while scaling a worker down),
     then answers every other one."""
 
@@ -224,15 +230,7 @@ class LosingTorchServe(BaseHTTPRequestHandler):
         if len(self.calls) == 1:
             self.release.wait(60)
             return
-        body = json.dumps({"prediction": ["blue"], "scores": [{"blue": 1.0, "green": 0.0, "yellow": 0.0}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args: object) -> None:  # pylint: disable=redefined-builtin
-        """Quiet."""
+        self.answer(200, {"prediction": ["blue"], "scores": [{"blue": 1.0, "green": 0.0, "yellow": 0.0}]})
 
 
 def test_a_request_torchserve_never_answers_is_retried_before_the_client_gives_up(tmp_path: Path) -> None:
