@@ -231,3 +231,17 @@ def running(launcher: Launcher) -> Iterator[Launcher]:
         yield launcher.wait_healthy()
     finally:
         launcher.stop()
+
+
+def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:
+    """`make scale`, as a user runs it, against this stack's runtime folder."""
+    done = subprocess.run(
+        ["make", "-s", "scale", f"MODEL={model}", f"WORKERS={workers}", f"RUN_DIR={stack.runtime_dir}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout[done.stdout.index("{") :])

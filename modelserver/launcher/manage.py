@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.catalogue import PROJECT_ROOT
-from modelserver.launcher.torchserve import KEY_FILE, call_management, read_properties
+from modelserver.launcher.torchserve import KEY_FILE, call_management, read_properties, record_scaled_workers
 
 
 class ManagementError(RuntimeError):
@@ -28,6 +28,7 @@ class Management:
     """The management API of the stack whose runtime folder is `runtime_dir`."""
 
     def __init__(self, runtime_dir: Path, timeout_s: float = 180.0) -> None:
+        self._runtime_dir = runtime_dir
         folder = runtime_dir / "torchserve"
         try:
             config = read_properties((folder / "config.properties").read_text(encoding="utf-8"))
@@ -74,6 +75,8 @@ class Management:
         """Set min = max = `workers` and wait until exactly that many are READY."""
         query = urllib.parse.urlencode({"min_worker": workers, "max_worker": workers, "synchronous": "true"})
         self.call("PUT", f"/models/{urllib.parse.quote(model)}?{query}")
+        # Kept for the launcher, which sets it again if it has to restart TorchServe.
+        record_scaled_workers(self._runtime_dir, model, workers)
         deadline = time.monotonic() + timeout_s
         while True:
             described = self.describe(model)

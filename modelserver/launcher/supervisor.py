@@ -32,7 +32,7 @@ from modelserver.launcher.metrics import MetricsScraper, http_source
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.torchserve import TorchServe
+from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers
 from modelserver.openapi import build_openapi
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ class Supervisor:
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
         self._served.archives = archives
+        # A new launcher serves the catalogue's worker counts, not those an earlier one was scaled to.
+        (settings.runtime_dir / SCALED_WORKERS_FILE).unlink(missing_ok=True)
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
         self._readiness = Readiness(list(archives), torchserve.model_status, self._served.skipped)
         if self._stop.is_set():
@@ -204,6 +206,22 @@ class Supervisor:
             return
         if self._hand_envoy_the_key() and self._wait_for_models(list(self._served.archives)):
             log.info("TorchServe restarted; every model is ready again")
+            self._restore_scaled_workers()
+
+    def _restore_scaled_workers(self) -> None:
+        """Set again the worker counts an operator chose while serving (`make scale`): a new
+        TorchServe starts from each model's catalogue settings."""
+        assert self._torchserve is not None
+        for model, workers in sorted(read_scaled_workers(self._settings.runtime_dir).items()):
+            if model not in self._served.archives:
+                continue
+            query = f"min_worker={workers}&max_worker={workers}&synchronous=true"
+            try:
+                status, _ = self._torchserve.management("PUT", f"/models/{model}?{query}", timeout_s=120.0)
+            except (OSError, RuntimeError) as error:
+                log.error("could not scale %s back to %d workers: %s", model, workers, error)
+                continue
+            log.info("%s scaled back to %d workers (HTTP %d)", model, workers, status)
 
     def _envoy_key_is_stale(self) -> bool:
         """Envoy holds a key TorchServe no longer accepts (an earlier hand-over failed)."""

@@ -28,6 +28,9 @@ CONFIG_TEMPLATE = PROJECT_ROOT / "config.properties"
 # TorchServe's default logging writes every request three times; ours keeps the hot path quiet.
 LOG_CONFIG = PROJECT_ROOT / "log4j2.xml"
 KEY_FILE = "key_file.json"
+# Worker counts set while serving (`make scale`), in the runtime folder beside torchserve/ (which
+# each TorchServe start empties): the launcher applies them again after restarting TorchServe.
+SCALED_WORKERS_FILE = "scaled_workers.json"
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,24 @@ class TorchServe:
         """Stop TorchServe and its workers."""
         if self._process is not None:
             self._process.stop(timeout_s)
+
+
+def record_scaled_workers(runtime_dir: Path, model: str, workers: int) -> None:
+    """Remember that `model` was scaled to `workers` while this launcher serves."""
+    scaled = read_scaled_workers(runtime_dir)
+    scaled[model] = workers
+    (runtime_dir / SCALED_WORKERS_FILE).write_text(json.dumps(scaled, sort_keys=True), encoding="utf-8")
+
+
+def read_scaled_workers(runtime_dir: Path) -> dict[str, int]:
+    """Model -> workers as scaled while serving; empty if none (or the file is unreadable)."""
+    try:
+        found = json.loads((runtime_dir / SCALED_WORKERS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(model): int(n) for model, n in found.items() if isinstance(n, int) and n >= 0}
 
 
 def call_management(base_url: str, key: str, method: str, path: str, timeout_s: float) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import BRIEF_ROWS, Launcher, running
+from tests.helpers import BRIEF_ROWS, Launcher, make_scale, running
 
 ROUTES = {
     "/sklearn": {"crystalData": BRIEF_ROWS},
@@ -161,3 +161,23 @@ def test_a_worker_killed_under_load_costs_at_most_its_batch(crystal_stack: Launc
             thread.join(timeout=30)
     failed = sum(count for key, count in outcomes.items() if key != "ok")
     assert failed <= max(2, 0.001 * sum(outcomes.values())), dict(outcomes)
+
+
+def test_a_scaled_model_keeps_its_workers_when_torchserve_is_restarted(crystal_stack: Launcher) -> None:
+    """`make scale` is an operator's choice: the launcher sets it again on the new TorchServe."""
+    try:
+        make_scale(crystal_stack, "crystal_pytorch", 2)
+        [java] = children(crystal_stack, "org.pytorch.serve.ModelServer")
+        java.kill()
+        wait_until(lambda: health_status(crystal_stack) == 503, timeout_s=5)
+
+        def scaled_back() -> bool:
+            if health_status(crystal_stack) != 200:
+                return False
+            [version] = crystal_stack.management("GET", "/models/crystal_pytorch").json()
+            return [w["status"] for w in version["workers"]] == ["READY", "READY"]
+
+        wait_until(scaled_back, timeout_s=90)
+        assert post(crystal_stack, "/pytorch").status_code == 200
+    finally:
+        make_scale(crystal_stack, "crystal_pytorch", 1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -13,8 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelserver.catalogue import PROJECT_ROOT
-from tests.helpers import BRIEF_ROWS, Launcher
+from tests.helpers import BRIEF_ROWS, Launcher, make_scale
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -98,20 +95,6 @@ def test_metrics_only_answer_get(stack: Launcher) -> None:
     response = requests.post(f"{stack.url}/metrics", timeout=10)
     assert response.status_code == 405 and response.headers["allow"] == "GET"
     assert "error" in response.json()
-
-
-def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:
-    """`make scale`, as a user runs it, against this stack's runtime folder."""
-    done = subprocess.run(
-        ["make", "-s", "scale", f"MODEL={model}", f"WORKERS={workers}", f"RUN_DIR={stack.runtime_dir}"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout[done.stdout.index("{") :])
 
 
 @pytest.fixture(name="traffic")

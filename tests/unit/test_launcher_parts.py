@@ -14,7 +14,15 @@ from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.supervisor import Backoff, Supervisor
 from modelserver.launcher.templates import render
-from modelserver.launcher.torchserve import CONFIG_TEMPLATE, Tokens, read_properties, runtime_properties
+from modelserver.launcher.torchserve import (
+    CONFIG_TEMPLATE,
+    SCALED_WORKERS_FILE,
+    Tokens,
+    read_properties,
+    read_scaled_workers,
+    record_scaled_workers,
+    runtime_properties,
+)
 
 
 def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
@@ -162,3 +170,15 @@ def test_envoy_left_with_an_old_key_gets_the_new_one_even_after_a_failed_reload(
     assert supervisor._envoy_key_is_stale()
     assert supervisor._hand_envoy_the_key()
     assert envoy.reloads == ["new", "new"] and not supervisor._envoy_key_is_stale()
+
+
+def test_scaled_workers_are_remembered_per_model_and_a_bad_file_is_none(tmp_path: Path) -> None:
+    assert not read_scaled_workers(tmp_path)
+    record_scaled_workers(tmp_path, "crystal_sklearn", 3)
+    record_scaled_workers(tmp_path, "fill_mask", 0)
+    record_scaled_workers(tmp_path, "crystal_sklearn", 2)
+    assert read_scaled_workers(tmp_path) == {"crystal_sklearn": 2, "fill_mask": 0}
+    (tmp_path / SCALED_WORKERS_FILE).write_text('{"crystal_sklearn": "two", "x": -1, "ok": 1')
+    assert not read_scaled_workers(tmp_path)  # not JSON: nothing to restore
+    (tmp_path / SCALED_WORKERS_FILE).write_text('{"crystal_sklearn": "two", "x": -1, "ok": 1}')
+    assert read_scaled_workers(tmp_path) == {"ok": 1}
