@@ -35,8 +35,9 @@ import numpy as np
 import psutil
 import uvloop
 
-from load_tests.bench.client import ResponseParser, encode_requests
+from load_tests.bench.client import encode_requests, read_response
 from load_tests.bench.scenarios import SCENARIOS
+from load_tests.bench.servers import tree_rss
 from load_tests.bench.timing_model import build_timing_model
 from modelserver.catalogue import PROJECT_ROOT, Catalogue
 from tests.helpers import Launcher
@@ -116,20 +117,16 @@ async def exchange(pool: Pool, request: bytes) -> tuple[int, dict[str, str], byt
     """Send one request and read its whole answer."""
     reader, writer = await pool.take()
     writer.write(request)
-    parser = ResponseParser()
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            writer.close()
-            raise ConnectionError("closed before the answer")
-        answer = parser.feed(data)
-        if answer is not None:
-            break
-    if parser.closes:
+    try:
+        status, headers, body, closes = await read_response(reader)
+    except OSError:
+        writer.close()
+        raise
+    if closes:
         writer.close()
     else:
         pool.give_back((reader, writer))
-    return answer[0], parser.headers, answer[1]
+    return status, headers, body
 
 
 async def one(pool: Pool, request: bytes, phase: Phase, offset_s: float) -> None:
@@ -187,7 +184,7 @@ def watch(url: str, pid: int, phase: Phase, stop: asyncio.Event) -> Any:
                 status = 0
             phase.health_ms.append((time.perf_counter() - start) * 1000)
             phase.health_failures += status != 200
-            phase.rss_mb.append(tree_rss_mb(root))
+            phase.rss_mb.append(tree_rss(root) / 2**20)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -201,15 +198,6 @@ def health_status(url: str) -> int:
             return int(reply.status)
     except urllib.error.HTTPError as error:
         return error.code
-
-
-def tree_rss_mb(root: psutil.Process) -> float:
-    """Resident memory of a process and all its descendants."""
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total / 2**20
 
 
 def capacity(url: str, seconds: float) -> float:

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 
-from load_tests.bench.client import TIMEOUT_S, ResponseParser, encode_requests
+from load_tests.bench.client import TIMEOUT_S, encode_requests, read_response
 from load_tests.bench.scenarios import SCENARIOS, Scenario
 from modelserver.catalogue import PROJECT_ROOT, Catalogue, SourceUnavailable, environment, resolve_source
 from modelserver.launcher.manage import Management, ManagementError
@@ -332,17 +332,6 @@ def check(route: Route, status: int, body: bytes) -> str:
         return f"{route.name}: answer is not JSON"
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    parser = ResponseParser()
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            raise ConnectionResetError("the server closed the connection")
-        answer = parser.feed(data)
-        if answer is not None:
-            return answer[0], answer[1], parser.closes
-
-
 class Load:
     """Closed-loop clients with a think time, each picking a served route at random per request."""
 
@@ -371,7 +360,7 @@ class Load:
                 if streams is None:
                     streams = await asyncio.open_connection(self._host, self._port)
                 streams[1].write(rng.choice(self._encoded[route.name]))
-                status, body, closes = await asyncio.wait_for(_read_answer(streams[0]), TIMEOUT_S)
+                status, _, body, closes = await asyncio.wait_for(read_response(streams[0]), TIMEOUT_S)
                 self._record(route, sent, check(route, status, body))
             except (OSError, TimeoutError) as error:
                 self._record(route, sent, f"{route.name}: {type(error).__name__} {error}"[:160])

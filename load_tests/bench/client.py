@@ -86,6 +86,18 @@ class ResponseParser:
             position = chunk_start + size + 2
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+    """Read one whole answer from a stream: (status, headers, body, whether the server closes)."""
+    parser = ResponseParser()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionResetError("the server closed the connection before the answer")
+        answer = parser.feed(data)
+        if answer is not None:
+            return answer[0], parser.headers, answer[1], parser.closes
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection that sends the next request as soon as an answer is in."""
 

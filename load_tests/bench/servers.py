@@ -37,6 +37,19 @@ class Weights:
     crystal: Path
 
 
+def tree_rss(root: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants (those that vanish count nothing)."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
 class Usage:
     """CPU seconds and peak resident memory of a process and all its descendants."""
 
@@ -54,11 +67,7 @@ class Usage:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            total = 0
-            for process in self._tree():
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-            self.peak_rss = max(self.peak_rss, total)
+            self.peak_rss = max(self.peak_rss, tree_rss(self._root))
 
     def cpu_seconds(self) -> float:
         """User and system CPU time of the processes alive now."""
