@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.catalogue import PROJECT_ROOT
-from modelserver.launcher.torchserve import KEY_FILE, call_management, read_properties, record_scaled_workers
+from modelserver.launcher.torchserve import (
+    KEY_FILE,
+    call_management,
+    read_properties,
+    record_scaled_workers,
+    scale_path,
+)
 
 
 class ManagementError(RuntimeError):
@@ -73,8 +79,7 @@ class Management:
 
     def scale(self, model: str, workers: int, timeout_s: float = 180.0) -> dict[str, Any]:
         """Set min = max = `workers` and wait until exactly that many are READY."""
-        query = urllib.parse.urlencode({"min_worker": workers, "max_worker": workers, "synchronous": "true"})
-        self.call("PUT", f"/models/{urllib.parse.quote(model)}?{query}")
+        self.call("PUT", scale_path(model, workers))
         # Kept for the launcher, which sets it again if it has to restart TorchServe.
         record_scaled_workers(self._runtime_dir, model, workers)
         deadline = time.monotonic() + timeout_s

@@ -32,7 +32,7 @@ from modelserver.launcher.metrics import MetricsScraper, http_source
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers
+from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path
 from modelserver.openapi import build_openapi
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,8 @@ class Supervisor:
         for model, workers in sorted(read_scaled_workers(self._settings.runtime_dir).items()):
             if model not in self._served.archives:
                 continue
-            query = f"min_worker={workers}&max_worker={workers}&synchronous=true"
             try:
-                status, _ = self._torchserve.management("PUT", f"/models/{model}?{query}", timeout_s=120.0)
+                status, _ = self._torchserve.management("PUT", scale_path(model, workers), timeout_s=120.0)
             except (OSError, RuntimeError) as error:
                 log.error("could not scale %s back to %d workers: %s", model, workers, error)
                 continue

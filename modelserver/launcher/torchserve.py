@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -185,6 +186,13 @@ class TorchServe:
         """Stop TorchServe and its workers."""
         if self._process is not None:
             self._process.stop(timeout_s)
+
+
+def scale_path(model: str, workers: int) -> str:
+    """The management API path (for PUT) that sets `model` to exactly `workers` and answers once
+    they are started."""
+    query = urllib.parse.urlencode({"min_worker": workers, "max_worker": workers, "synchronous": "true"})
+    return f"/models/{urllib.parse.quote(model)}?{query}"
 
 
 def record_scaled_workers(runtime_dir: Path, model: str, workers: int) -> None:
