@@ -1,9 +1,11 @@
-"""Test helpers: free ports, a fake TorchServe context, and a launcher run as a user runs it."""
+"""Test helpers: free ports, answers compared up to float32 rounding, a fake TorchServe context,
+and a launcher run as a user runs it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -24,6 +26,18 @@ from modelserver.launcher.settings import Ports
 
 SEED_CRYSTAL = PROJECT_ROOT.parent / "shared" / "seed_data" / "crystal"
 BRIEF_ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
+
+# How far float32 rounding may move a score between two batchings (see `answers_close`).
+# float32's epsilon is 1.19e-7 (~7.2 significant digits), and a GEMM summing its K terms in
+# another order differs by a few ulps -- of the logits. Softmax turns a logit error dz into a
+# *relative* error of about dz in every probability (dp_i / p_i = dz_i - sum_j p_j dz_j), and
+# the crystal MLP's logits reach |z| ~ 15, where an ulp is 9.5e-7: the same rows alone and
+# batched differ by up to 1.2e-6 relative on an AVX2 CPU, and by up to 3.8e-6 under random
+# reorderings of every sum. 1e-5 keeps a margin of 2.5 over that, far below a real change.
+ANSWER_REL_TOL = 1e-5
+# For probabilities near zero (1e-13 on the brief's rows): a large relative error there is
+# still no change of the answer.
+ANSWER_ABS_TOL = 1e-9
 
 
 def free_ports(count: int) -> list[int]:
@@ -47,6 +61,31 @@ def stack_ports() -> Ports:
     """A full set of free ports for one stack."""
     names = list(Ports().model_dump())
     return Ports(**dict(zip(names, free_ports(len(names)), strict=True)))
+
+
+def answers_close(
+    actual: Any, expected: Any, rel_tol: float = ANSWER_REL_TOL, abs_tol: float = ANSWER_ABS_TOL
+) -> bool:
+    """Whether two model answers (JSON values) are the same answer: identical structure, keys,
+    strings, ints, bools and None; floats within `rel_tol` (or `abs_tol` near zero). Never
+    compare scores exactly when the two sides may come from different batches (alone or
+    batched, TorchServe's dynamic batches, a reference computed apart, another row of one
+    batch, another CPU's kernels): each sums in its own order and rounds its own way."""
+    if isinstance(expected, float):
+        return isinstance(actual, float) and math.isclose(actual, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+    if isinstance(expected, Mapping):
+        return (
+            isinstance(actual, Mapping)
+            and actual.keys() == expected.keys()
+            and all(answers_close(actual[key], value, rel_tol, abs_tol) for key, value in expected.items())
+        )
+    if isinstance(expected, (list, tuple)):
+        return (
+            isinstance(actual, type(expected))
+            and len(actual) == len(expected)
+            and all(answers_close(a, e, rel_tol, abs_tol) for a, e in zip(actual, expected, strict=True))
+        )
+    return type(actual) is type(expected) and actual == expected
 
 
 @dataclass

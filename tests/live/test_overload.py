@@ -13,7 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BRIEF_ROWS, Launcher, running, write_catalogue
+from tests.helpers import BRIEF_ROWS, Launcher, answers_close, running, write_catalogue
 
 CONCURRENCY, QUEUE = 2, 2
 CLIENTS = 24
@@ -53,7 +53,7 @@ def drive(url: str, expected: object, seconds: float) -> Outcomes:
                 reply = session.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=30)
                 took = time.monotonic() - start
                 with outcomes.lock:
-                    if reply.status_code == 200 and reply.json() == expected:
+                    if reply.status_code == 200 and answers_close(reply.json(), expected):
                         outcomes.answered.append(took)
                     elif (
                         reply.status_code == 503
@@ -118,4 +118,4 @@ def test_excess_load_is_refused_at_once_and_the_rest_served(small_stack: Launche
     # The load is gone: every request is answered again.
     for _ in range(CONCURRENCY + QUEUE + 5):
         reply = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-        assert reply.status_code == 200 and reply.json() == expected, reply.text
+        assert reply.status_code == 200 and answers_close(reply.json(), expected), reply.text

@@ -10,7 +10,7 @@ import pytest
 
 from handlers.crystal_handler import CrystalHandler
 from modelserver.kinds import crystal
-from tests.helpers import BRIEF_ROWS, FakeContext
+from tests.helpers import BRIEF_ROWS, FakeContext, answers_close
 
 GOOD = json.dumps({"crystalData": BRIEF_ROWS[:1]}).encode()
 
@@ -48,7 +48,7 @@ def test_one_batch_mixes_good_and_bad_requests(crystal_model_dirs: dict[str, Pat
     bodies = decode(handler.handle(batch, context))
     assert [context.status_of(i) for i in range(len(batch))] == [200, 422, 422, 200, 400, 200]
     assert set(context.content_types.values()) == {"application/json"} and len(context.content_types) == 6
-    assert bodies[0] == bodies[5]
+    assert answers_close(bodies[0], bodies[5])  # two rows of one batch may round apart
     assert len(bodies[3]["prediction"]) == 3
     assert "crystalData[0] has 2 values" in bodies[1]["error"]
     assert bodies[2]["code"] == 422 and "not valid JSON" in bodies[2]["error"]

@@ -16,7 +16,7 @@ from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailu
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.crystal import CrystalRuntime, CrystalSettings, load_classifier, load_crystal_runtime
 from modelserver.kinds.crystal_torch import CrystalNet
-from tests.helpers import BRIEF_ROWS, SEED_CRYSTAL
+from tests.helpers import BRIEF_ROWS, SEED_CRYSTAL, answers_close
 
 FRAMEWORKS = ("sklearn", "pytorch")
 SETTINGS = {"labels_file": "crystal_labels.json"}
@@ -139,7 +139,7 @@ def test_values_too_large_to_score_fail_only_their_request_with_422(
     overflowed, answered = answers[0], answers[1]
     assert isinstance(overflowed, InvalidInput) and overflowed.status == 422
     assert "too large" in str(overflowed)
-    assert answered == alone
+    assert answers_close(answered, alone)  # batched with `bad`: its own rounding, same answer
 
 
 def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_path: Path) -> None:
