@@ -24,14 +24,19 @@ from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_sour
 from modelserver.errors import ConfigError
 from modelserver.hub import fetch_from_hub
 from modelserver.kinds import MODEL_SUBDIR
+from modelserver.runtimes import COMPILABLE_HANDLERS, COMPILED_SUBDIR, DEFAULT_RUNTIME
 from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 LARGE_FILE_BYTES = 32 << 20
 RECORDS_DIR = ".builds"
 RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
+# An exported graph depends on the code that exports and checks it, and on the model code.
+EXPORT_INPUTS = (PROJECT_ROOT / "modelserver" / "runtimes", PROJECT_ROOT / "modelserver" / "kinds")
+EXPORT_TIMEOUT_S = 1800
+EXPORT_MODULE = "modelserver.runtimes.export"  # run in a child: `python -m EXPORT_MODULE`
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,22 @@ class BuildResult:
     rebuilt: bool
     source: str
     names: tuple[str, ...]
+    runtime: str = ""  # the forward pass's runtime, for the kinds that have one
+
+
+def _is_bytecode(path: Path) -> bool:
+    """Python's compiled caches: written by whoever imports the code first, never an input
+    (hashing them would rebuild an archive after the first run of changed code)."""
+    return path.suffix == ".pyc" or "__pycache__" in path.parts
 
 
 def _hash_path(digest: hashlib._Hash, path: Path) -> None:  # pylint: disable=protected-access
     """Content of small files; name, size and mtime of large ones (weights: GBs per start)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and not _is_bytecode(p.relative_to(path)))
+        if path.is_dir()
+        else [path]
+    )
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         info = file.stat()
@@ -74,7 +90,24 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
             _hash_path(digest, path)
     elif source.path is not None:
         _hash_path(digest, source.path)
+    if export_task(entry):
+        for folder in EXPORT_INPUTS:
+            _hash_path(digest, folder)
     return digest.hexdigest()
+
+
+def requested_runtime(entry: ModelEntry) -> str:
+    """The runtime the entry's handler settings ask for ('' for kinds without one)."""
+    if Path(entry.handler).name not in COMPILABLE_HANDLERS:
+        return ""
+    return str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
+
+
+def export_task(entry: ModelEntry) -> str | None:
+    """The export task for an entry whose forward pass is compiled at build, else None."""
+    if requested_runtime(entry) in ("", "torch"):
+        return None
+    return COMPILABLE_HANDLERS[Path(entry.handler).name]
 
 
 def archive_path(entry: ModelEntry, model_store: Path) -> Path:
@@ -95,11 +128,12 @@ def served_names(entry: ModelEntry, source: Source) -> list[str]:
     )
 
 
-def model_config(entry: ModelEntry, source: Source) -> dict[str, object]:
-    """The archive's model-config.yaml: TorchServe settings, the `handler:` section, and the
-    names a request may use for this model."""
+def model_config(entry: ModelEntry, source: Source, runtime: str = "") -> dict[str, object]:
+    """The archive's model-config.yaml: TorchServe settings, the `handler:` section (with the
+    runtime the build settled on), and the names a request may use for this model."""
     names = served_names(entry, source)
-    return {**entry.torchserve.model_dump(), "served_names": names, "handler": entry.handler_config}
+    handler = {**entry.handler_config, **({"runtime": runtime} if runtime else {})}
+    return {**entry.torchserve.model_dump(), "served_names": names, "handler": handler}
 
 
 def _record_path(entry: ModelEntry, model_store: Path) -> Path:
@@ -128,26 +162,92 @@ def build_archive(
         source = replace(source, path=fetch_from_hub(source.hub_id, environ))
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
+    names = tuple(served_names(entry, source))
     if _is_current(entry, model_store, digest):
         log.info("%s: archive is current (%s)", entry.name, source.describe())
-        return BuildResult(entry.name, target, False, source.describe(), tuple(served_names(entry, source)))
+        runtime = _recorded_runtime(entry, model_store)
+        return BuildResult(entry.name, target, False, source.describe(), names, runtime)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
         workdir = Path(work)
         model_file = _materialise_source(entry, source, workdir)
+        staged = _stage_folder(model_file, workdir) if model_file.is_dir() else model_file
+        runtime = _compile(entry, staged, environ) if model_file.is_dir() else requested_runtime(entry)
         config_file = workdir / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(model_config(entry, source), sort_keys=False), encoding="utf-8")
-        _run_archiver(entry, model_file, config_file, workdir, model_store, root, environ)
-    _write_record(entry, model_store, digest, source)
+        config = model_config(entry, source, runtime)
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        _run_archiver(entry, staged, config_file, workdir, model_store, root, environ)
+    _write_record(entry, model_store, digest, source, runtime)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe(), tuple(served_names(entry, source)))
+    return BuildResult(entry.name, target, True, source.describe(), names, runtime)
 
 
-def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Source) -> None:
+def _stage_folder(model_folder: Path, workdir: Path) -> Path:
+    """A folder holding `model` (a link to the source folder): the archiver copies a folder's
+    contents to the archive root, and the export writes `compiled/` beside `model`."""
+    holder = workdir / "holder"
+    holder.mkdir()
+    (holder / MODEL_SUBDIR).symlink_to(model_folder, target_is_directory=True)
+    return holder
+
+
+def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> str:
+    """Export and parity-check the forward pass in a child process (torch and OpenVINO stay
+    out of the builder); the runtime to serve with: the compiled one, or eager if it failed."""
+    task = export_task(entry)
+    if task is None:
+        return requested_runtime(entry)
+    command = [
+        sys.executable,
+        "-m",
+        EXPORT_MODULE,
+        "--task",
+        task,
+        "--archive-dir",
+        str(holder),
+        "--settings",
+        json.dumps(entry.handler_config),
+    ]
+    try:
+        result = subprocess.run(
+            command,
+            env=dict(environ),
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,  # never a terminal: no tool in the export may prompt
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=EXPORT_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        reason = f"export took over {EXPORT_TIMEOUT_S} s"
+    else:
+        if result.returncode == 0:
+            report = json.loads(result.stdout.strip().splitlines()[-1])
+            runtime = requested_runtime(entry)
+            log.info("%s: %s graph exported, parity passed: %s", entry.name, runtime, report["summary"])
+            return runtime
+        lines = result.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"the export exited with {result.returncode}"
+    shutil.rmtree(holder / COMPILED_SUBDIR, ignore_errors=True)
+    log.warning("%s: serving with PyTorch eager: %s", entry.name, reason)
+    return "torch"
+
+
+def _recorded_runtime(entry: ModelEntry, model_store: Path) -> str:
+    try:
+        record = json.loads(_record_path(entry, model_store).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(record.get("runtime", ""))
+
+
+def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Source, runtime: str) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
     record.write_text(
-        json.dumps({"fingerprint": digest, "source": source.describe()}, indent=2), encoding="utf-8"
+        json.dumps({"fingerprint": digest, "source": source.describe(), "runtime": runtime}, indent=2),
+        encoding="utf-8",
     )
 
 
@@ -185,12 +285,7 @@ def _run_archiver(
     }
     extra_files = [root / f for f in entry.extra_files]
     if model_file.is_dir():
-        # A folder model goes under model/ (the archiver copies a folder's contents to the root,
-        # so hand it a folder that holds `model`, a link to the source).
-        holder = workdir / "holder"
-        holder.mkdir()
-        (holder / MODEL_SUBDIR).symlink_to(model_file, target_is_directory=True)
-        extra_files.append(holder)
+        extra_files.append(model_file)  # the staged folder: model/ (and compiled/)
     else:
         options["--serialized-file"] = model_file
     command = [sys.executable, "-m", "model_archiver.model_packaging", "--force"]

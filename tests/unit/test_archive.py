@@ -105,3 +105,24 @@ def test_served_names_follow_what_the_archive_holds(catalogue: Catalogue) -> Non
         "camembert",
         "almanach/camembert-large",
     ]
+
+
+def test_python_caches_are_not_inputs(tmp_path: Path) -> None:
+    """Importing changed code writes __pycache__ beside it; that must not rebuild an archive."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+
+    from modelserver.archive import _hash_path  # pylint: disable=import-outside-toplevel
+
+    (tmp_path / "kind.py").write_text("ANSWER = 42\n")
+
+    def digest() -> str:
+        state = hashlib.sha256()
+        _hash_path(state, tmp_path)
+        return state.hexdigest()
+
+    before = digest()
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "kind.cpython-311.pyc").write_bytes(b"\x00compiled")
+    assert digest() == before
+    (tmp_path / "kind.py").write_text("ANSWER = 43\n")
+    assert digest() != before
