@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from modelserver.catalogue import PROJECT_ROOT
+from modelserver.runtimes.export import export
 from modelserver.training import run_recipe
 from tests.tiny_models import make_bert_fill_mask, make_camembert_fill_mask, make_distilbert_sentiment
 
+TINY_TASKS = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
 LABELS_FILE = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
 
 
@@ -28,11 +30,16 @@ def crystal_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 
 @pytest.fixture(scope="session")
 def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny from_pretrained folders: BERT and CamemBERT masked LMs, a DistilBERT classifier."""
+    """Tiny from_pretrained folders: BERT and CamemBERT masked LMs, a DistilBERT classifier,
+    each exported to the compiled runtime (and parity-checked) as the archive build does."""
     root = tmp_path_factory.mktemp("tiny_hf")
     # Each in <name>/model: the layout of an unpacked archive, so runtimes load them directly.
-    return {
+    folders = {
         "fill_mask": make_bert_fill_mask(root / "bert" / "model"),
         "camembert": make_camembert_fill_mask(root / "camembert" / "model"),
         "sentiment": make_distilbert_sentiment(root / "sentiment" / "model"),
     }
+    for name, folder in folders.items():
+        report = export(TINY_TASKS[name], folder.parent, {})
+        assert report.passed, (name, report.problems)
+    return folders

@@ -98,11 +98,12 @@ class FakeContext:
     model_name: str = "test_model"
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
     content_types: dict[int, str] = field(default_factory=dict)
+    gpu_id: int | str | None = None  # TorchServe's for a GPU worker; None on a CPU-only server
 
     @property
     def system_properties(self) -> dict[str, Any]:
-        """As TorchServe fills them for a CPU worker."""
-        return {"model_dir": str(self.model_dir), "gpu_id": None, "batch_size": 8}
+        """As TorchServe fills them for a worker."""
+        return {"model_dir": str(self.model_dir), "gpu_id": self.gpu_id, "batch_size": 8}
 
     @property
     def model_yaml_config(self) -> dict[str, Any]:

@@ -17,3 +17,4 @@ class ModelFiles:
     model_file: str = ""  # the serialized file's name; '' for a folder model under model/
     settings: dict[str, Any] = field(default_factory=dict)  # the `handler:` section
     names: tuple[str, ...] = ()  # names a request may use for this model, served name first
+    gpu_id: int | None = None  # the GPU the server gave this worker, if any

@@ -21,9 +21,10 @@ from modelserver.kinds.text_models import (
     TextRuntime,
     flatten,
     load_pretrained,
-    pad_batch,
     regroup,
+    text_forward,
 )
+from modelserver.runtimes.forward import Forward, Graph
 from modelserver.validation import parse_settings
 
 PUBLIC_MASK = "[MASK]"
@@ -53,12 +54,16 @@ class FillMaskRuntime(TextRuntime):
     tasks = TASKS
     request_model = FillMaskRequest
 
-    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
-        super().__init__(tokenizer, model, settings, names)
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+    ) -> None:
+        super().__init__(tokenizer, model, forward, settings, names)
         if tokenizer.mask_token is None:
             raise ConfigError("the tokenizer has no mask token")
+        # The vocabulary-sized head runs in torch, on the encoder's device, at mask positions
+        # only; an architecture without a known head runs whole, its logits picked at the masks.
         head = HEADS.get(model.config.model_type)
-        self._head = head(model) if head else None
+        self._head = (head(model) if head else torch.nn.Identity()).to(forward.device)
 
     def parse(self, payload: Any) -> FillMaskRequest:
         """Validate one body: types, top_k, a mask in every text, a bounded answer size."""
@@ -93,26 +98,27 @@ class FillMaskRuntime(TextRuntime):
 
     def _fill(self, encoded: list[list[int]], top_ks: list[int]) -> list[Any]:
         """Run the model over the encoded texts (padded together); format like the pipeline."""
-        rows, columns, probabilities = self._mask_probabilities(encoded)
+        rows, columns, probabilities = self.mask_probabilities(encoded)
         results: list[list[list[dict[str, Any]]]] = [[] for _ in encoded]
         for mask_index, row in enumerate(rows.tolist()):
             scores, tokens = probabilities[mask_index].topk(top_ks[row])
             results[row].append(self._candidates(encoded[row], int(columns[mask_index]), scores, tokens))
         return [masks[0] if len(masks) == 1 else masks for masks in results]
 
-    def _mask_probabilities(
-        self, encoded: list[list[int]]
+    def mask_probabilities(
+        self, encoded: Sequence[Sequence[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, column) of every mask in the padded batch, and its vocabulary distribution."""
-        input_ids, attention = pad_batch(encoded, self._tokenizer.pad_token_id)
+        input_ids, attention = self.pad(encoded)
         rows, columns = torch.nonzero(input_ids == self._tokenizer.mask_token_id, as_tuple=True)
+        hidden = self.forward(input_ids, attention)
         with torch.inference_mode():
-            if self._head is not None:
-                outputs = self._model.base_model(input_ids=input_ids, attention_mask=attention)
-                logits = self._head(outputs.last_hidden_state[rows, columns])
-            else:  # an architecture without a known head: full logits, then pick the masks
-                logits = self._model(input_ids=input_ids, attention_mask=attention).logits[rows, columns]
-            return rows, columns, logits.float().softmax(dim=-1)
+            logits = self._head(hidden[rows.to(hidden.device), columns.to(hidden.device)])
+            return rows, columns, logits.float().softmax(dim=-1).cpu()
+
+    def distributions(self, encoded: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The vocabulary distribution at every mask of the batch, in order (parity checks)."""
+        return self.mask_probabilities(encoded)[2]
 
     def _candidates(
         self, ids: list[int], position: int, scores: torch.Tensor, tokens: torch.Tensor
@@ -134,8 +140,17 @@ class FillMaskRuntime(TextRuntime):
         return candidates
 
 
+def encoder_graph(model: Any) -> Graph:
+    """What runs, eagerly or compiled, before the head picks the mask positions: the encoder
+    alone (ids to last hidden state), or the whole model where the head is not known."""
+    if model.config.model_type in HEADS:
+        return Graph(model.base_model, "last_hidden_state")
+    return Graph(model, "logits")
+
+
 def load_fill_mask_runtime(files: ModelFiles) -> FillMaskRuntime:
     """Build the runtime from an archive's model/ folder and `handler:` settings."""
     settings = parse_settings(TextModelSettings, files.settings)
     tokenizer, model = load_pretrained(files, AutoModelForMaskedLM, settings)
-    return FillMaskRuntime(tokenizer, model, settings, files.names)
+    forward = text_forward(files, encoder_graph(model), settings)
+    return FillMaskRuntime(tokenizer, model, forward, settings, files.names)

@@ -19,9 +19,10 @@ from modelserver.kinds.text_models import (
     TextRuntime,
     flatten,
     load_pretrained,
-    pad_batch,
     regroup,
+    text_forward,
 )
+from modelserver.runtimes.forward import Forward, Graph
 from modelserver.validation import parse_settings
 
 TASKS = ("sentiment-analysis", "text-classification")
@@ -48,8 +49,10 @@ class TextClassificationRuntime(TextRuntime):
 
     tasks = TASKS
 
-    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
-        super().__init__(tokenizer, model, settings, names)
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+    ) -> None:
+        super().__init__(tokenizer, model, forward, settings, names)
         config = model.config
         self._score = SCORES[score_function(config)]
         self._labels = [config.id2label[i] for i in range(config.num_labels)]
@@ -63,13 +66,15 @@ class TextClassificationRuntime(TextRuntime):
         answers = self._in_groups(ids, lambda group: self._classify([ids[i] for i in group]))
         return regroup(requests, [owners[i] for i in kept], answers, errors)
 
-    def _classify(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
-        """Top label and score for each encoded text, in one padded forward pass."""
-        input_ids, attention = pad_batch(encoded, self._tokenizer.pad_token_id)
+    def distributions(self, encoded: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Every label's score for each encoded text, in one padded forward pass."""
+        logits = self.forward(*self.pad(encoded))
         with torch.inference_mode():
-            logits = self._model(input_ids=input_ids, attention_mask=attention).logits.float()
-        scores = self._score(logits)
-        best_scores, best = scores.max(dim=-1)
+            return self._score(logits.float()).cpu()
+
+    def _classify(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
+        """Top label and score for each encoded text."""
+        best_scores, best = self.distributions(encoded).max(dim=-1)
         return [
             {"label": self._labels[label], "score": score}
             for label, score in zip(best.tolist(), best_scores.tolist(), strict=True)
@@ -80,4 +85,5 @@ def load_text_classification_runtime(files: ModelFiles) -> TextClassificationRun
     """Build the runtime from an archive's model/ folder and `handler:` settings."""
     settings = parse_settings(TextModelSettings, files.settings)
     tokenizer, model = load_pretrained(files, AutoModelForSequenceClassification, settings)
-    return TextClassificationRuntime(tokenizer, model, settings, files.names)
+    forward = text_forward(files, Graph(model, "logits"), settings)
+    return TextClassificationRuntime(tokenizer, model, forward, settings, files.names)

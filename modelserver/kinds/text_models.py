@@ -7,10 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
+from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName, place
+from modelserver.runtimes.forward import Forward, Graph, load_forward
 from modelserver.validation import quoted, validate_body
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,12 @@ class TextModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Threads of the forward pass (torch or OpenVINO) in each worker: never all cores per worker.
     threads: int = Field(default=1, ge=1)
-    quantize: Literal["none", "dynamic-int8"] = "none"
+    runtime: RuntimeName = DEFAULT_RUNTIME
+    # int8: OpenVINO's post-training quantisation (NNCF) at archive build; opt-in, and it
+    # changes answers (docs/BENCHMARKS.md gives its agreement with fp32).
+    quantize: Literal["none", "int8"] = "none"
     # Per-request budgets: one request must never cost more than TorchServe's responseTimeout
     # allows for a whole batch, nor answer more than its response-size limit.
     max_texts: int = Field(default=64, ge=1)
@@ -36,6 +42,12 @@ class TextModelSettings(BaseModel):
     # (padded) tokens, so one long text does not pad every short one to its length.
     forward_tokens: int = Field(default=4096, ge=64)
     stream_chunk: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _int8_is_compiled(self) -> TextModelSettings:
+        if self.quantize == "int8" and self.runtime != "openvino":
+            raise ValueError("quantize: int8 needs runtime: openvino")
+        return self
 
 
 class TextRequest(BaseModel):
@@ -83,9 +95,13 @@ def load_pretrained(files: ModelFiles, auto_class: Any, settings: TextModelSetti
         model = auto_class.from_pretrained(folder).eval()
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
-    if settings.quantize == "dynamic-int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return tokenizer, model
+
+
+def text_forward(files: ModelFiles, graph: Graph, settings: TextModelSettings) -> Forward:
+    """The forward pass of `graph` on the runtime and device this worker gets."""
+    placement = place(settings.runtime, files.gpu_id, torch.cuda.is_available())
+    return load_forward(graph, files.model_dir, placement, settings.threads)
 
 
 def max_tokens(tokenizer: Any, config: Any) -> int:
@@ -95,11 +111,6 @@ def max_tokens(tokenizer: Any, config: Any) -> int:
     )
     declared = int(getattr(tokenizer, "model_max_length", positions) or positions)
     return min(positions, declared)
-
-
-def too_long(lengths: Sequence[int], limit: int) -> list[bool]:
-    """Which encoded texts exceed the model's limit."""
-    return [length > limit for length in lengths]
 
 
 def split_texts(request: Any, size: int) -> list[Any]:
@@ -179,17 +190,30 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int | None) -> tuple[tor
 
 
 class TextRuntime:
-    """What both text runtimes hold: tokenizer, model, settings, names, the length limit."""
+    """What both text runtimes hold: tokenizer, model, forward pass, settings, names, the
+    length limit."""
 
     tasks: tuple[str, ...] = ()
     request_model: type[TextRequest] = TextRequest
 
-    def __init__(self, tokenizer: Any, model: Any, settings: TextModelSettings, names: Sequence[str]) -> None:
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+    ) -> None:
         self._tokenizer = tokenizer
         self._model = model
+        self.forward = forward
         self._settings = settings
         self._names = list(names)
         self._limit = max_tokens(tokenizer, model.config)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (the parity check encodes its probes with it)."""
+        return self._tokenizer
+
+    def pad(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of one padded batch, as the forward pass takes them."""
+        return pad_batch(encoded, self._tokenizer.pad_token_id)
 
     @property
     def max_tokens(self) -> int:

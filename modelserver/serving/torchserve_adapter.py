@@ -39,6 +39,12 @@ def serialized_file(context: Any) -> str:
     return str(manifest.get("model", {}).get("serializedFile", ""))
 
 
+def gpu_of(context: Any) -> int | None:
+    """The GPU TorchServe gave this worker (`gpu_id`), or None on a CPU-only server."""
+    gpu_id = context.system_properties.get("gpu_id")
+    return None if gpu_id is None or gpu_id == "" else int(gpu_id)
+
+
 def encode(outcome: Outcome) -> Outcome:
     """Serialise one answer to bytes; an answer that is not valid JSON (NaN) becomes a 500."""
     if isinstance(outcome.body, bytes):
@@ -69,7 +75,7 @@ class TorchServeAdapter:
     """Base of every handler: subclasses only name the loader of their model kind."""
 
     load_runtime: ClassVar[RuntimeLoader]
-    # Tests replace this to watch the chunks instead of sending them through TorchServe.
+    # How a streamed chunk leaves the worker (a test's handler watches the chunks instead).
     make_emitter: ClassVar[Callable[[Any], Emit]] = staticmethod(stream_emitter)
 
     def __init__(self) -> None:
@@ -84,6 +90,7 @@ class TorchServeAdapter:
             model_file=serialized_file(context),
             settings=handler_settings(context),
             names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
+            gpu_id=gpu_of(context),
         )
         runtime = type(self).load_runtime(files)
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context

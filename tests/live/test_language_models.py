@@ -52,6 +52,21 @@ def test_inference_equals_the_fill_mask_pipeline(
     same_answer(response.json(), expected if isinstance(body["text"], list) else expected[0])
 
 
+def test_the_text_models_serve_the_compiled_runtime(stack: Launcher) -> None:
+    """The default runtime was exported at build, passed its parity gate and is what serves:
+    the pipeline-equality tests of this file run through it."""
+    store = stack.workdir / "model_store"
+    for name in ("fill_mask", "camembert", "sentiment"):
+        record = json.loads((store / ".builds" / f"{name}.json").read_text(encoding="utf-8"))
+        assert record["runtime"] == "openvino", (name, record)
+        parity = json.loads((store / name / "compiled" / "parity.json").read_text(encoding="utf-8"))
+        assert parity["passed"] and parity["score_max_abs_diff"] <= 1e-5, parity
+    worker_log = stack.runtime_dir / "torchserve" / "logs" / "model_log.log"
+    loaded = [line for line in worker_log.read_text(encoding="utf-8").splitlines() if "forward pass:" in line]
+    for name in ("fill_mask", "camembert", "sentiment"):
+        assert any(f"-{name}_1.0-" in line and "openvino on cpu" in line for line in loaded), loaded
+
+
 def test_camembert_on_the_generic_path(stack: Launcher, pipelines: dict[str, Any]) -> None:
     for text in ("Le camembert est <mask>.", "Le camembert est [MASK]."):
         response = post(stack, "/predictions/camembert", {"text": text})

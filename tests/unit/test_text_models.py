@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from transformers import pipeline
 
-from modelserver.errors import BadRequest, InvalidInput, ServingError
+from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
 from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime
+from modelserver.runtimes.export import export
 from modelserver.serving.batch import BatchAnswerer
 
 SCORE_TOLERANCE = 1e-5
@@ -35,25 +36,35 @@ def same_answer(ours: Any, theirs: Any) -> None:
         assert ours == theirs
 
 
-@pytest.fixture(scope="module", name="fill_mask")
-def fixture_fill_mask(tiny_hf_models: dict[str, Path]) -> FillMaskRuntime:
+# Every runtime answers as the pipeline does: the default (compiled) one and PyTorch eager.
+RUNTIMES = [{}, {"runtime": "torch"}]
+
+
+@pytest.fixture(scope="module", name="fill_mask", params=RUNTIMES, ids=["default", "torch"])
+def fixture_fill_mask(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskRuntime:
     """The tiny BERT, as its archive would load it."""
     folder = tiny_hf_models["fill_mask"]
-    return load_fill_mask_runtime(ModelFiles(folder.parent, names=("fill_mask", "bert-base-uncased")))
+    names = ("fill_mask", "bert-base-uncased")
+    return load_fill_mask_runtime(ModelFiles(folder.parent, settings=request.param, names=names))
 
 
-@pytest.fixture(scope="module", name="camembert")
-def fixture_camembert(tiny_hf_models: dict[str, Path]) -> FillMaskRuntime:
+@pytest.fixture(scope="module", name="camembert", params=RUNTIMES, ids=["default", "torch"])
+def fixture_camembert(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskRuntime:
     """The tiny CamemBERT (`<mask>`, Unigram tokenizer)."""
     folder = tiny_hf_models["camembert"]
-    return load_fill_mask_runtime(ModelFiles(folder.parent, names=("camembert", "camembert-base")))
+    names = ("camembert", "camembert-base")
+    return load_fill_mask_runtime(ModelFiles(folder.parent, settings=request.param, names=names))
 
 
-@pytest.fixture(scope="module", name="sentiment")
-def fixture_sentiment(tiny_hf_models: dict[str, Path]) -> TextClassificationRuntime:
+@pytest.fixture(scope="module", name="sentiment", params=RUNTIMES, ids=["default", "torch"])
+def fixture_sentiment(
+    tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest
+) -> TextClassificationRuntime:
     """The tiny DistilBERT classifier."""
     folder = tiny_hf_models["sentiment"]
-    return load_text_classification_runtime(ModelFiles(folder.parent, names=("sentiment",)))
+    return load_text_classification_runtime(
+        ModelFiles(folder.parent, settings=request.param, names=("sentiment",))
+    )
 
 
 def answer(runtime: Any, *bodies: dict[str, Any]) -> list[Any]:
@@ -178,13 +189,6 @@ def test_streaming_sends_each_chunk_as_ndjson_lines(fill_mask: FillMaskRuntime) 
     assert "at most" in lines[9]["error"] and "result" not in lines[9]
 
 
-def test_quantised_model_loads_and_answers(tiny_hf_models: dict[str, Path]) -> None:
-    folder = tiny_hf_models["fill_mask"]
-    runtime = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "dynamic-int8"}))
-    [result] = answer(runtime, {"text": "Hello I'm a [MASK] model.", "top_k": 3})
-    assert len(result) == 3 and all(0 <= r["score"] <= 1 for r in result)
-
-
 def test_a_list_of_one_text_gets_a_list_of_one_answer(fill_mask: FillMaskRuntime) -> None:
     """Deliberately unlike the pipeline (which unwraps a one-item list): list in, list out."""
     [listed] = answer(fill_mask, {"text": ["a [MASK] day"]})
@@ -245,10 +249,32 @@ def test_a_classifier_without_a_padding_token_still_batches(
     same_answer(answer(runtime, {"text": texts})[0], answer(sentiment, {"text": texts})[0])
 
 
-def test_int8_keeps_the_top_candidate(tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime) -> None:
-    """Quantisation may move scores a little; on this model it must not change the top-1."""
+@pytest.fixture(scope="module", name="int8_fill_mask")
+def fixture_int8_fill_mask(
+    tiny_hf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> FillMaskRuntime:
+    """The tiny BERT quantised to int8 by OpenVINO's post-training quantisation at export."""
+    archive = tmp_path_factory.mktemp("int8_bert")
+    (archive / "model").symlink_to(tiny_hf_models["fill_mask"], target_is_directory=True)
+    report = export("fill-mask", archive, {"quantize": "int8"})
+    assert report.passed and report.quantize == "int8", report.problems
+    return load_fill_mask_runtime(ModelFiles(archive, settings={"quantize": "int8"}))
+
+
+def test_quantised_model_loads_and_answers(int8_fill_mask: FillMaskRuntime) -> None:
+    [result] = answer(int8_fill_mask, {"text": "Hello I'm a [MASK] model.", "top_k": 3})
+    assert len(result) == 3 and all(0 <= r["score"] <= 1 for r in result)
+
+
+def test_int8_needs_the_compiled_runtime(tiny_hf_models: dict[str, Path]) -> None:
     folder = tiny_hf_models["fill_mask"]
-    int8 = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "dynamic-int8"}))
+    with pytest.raises(ConfigError, match="int8 needs runtime: openvino"):
+        load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "int8", "runtime": "torch"}))
+
+
+def test_int8_keeps_the_top_candidate(int8_fill_mask: FillMaskRuntime, fill_mask: FillMaskRuntime) -> None:
+    """Quantisation may move scores a little; on this model it must not change the top-1."""
+    int8 = int8_fill_mask
     top = [{"text": text, "top_k": 1} for text in BERT_TEXTS[:1] + BERT_TEXTS[2:]]
     agree = [
         a[0]["token"] == b[0]["token"]
