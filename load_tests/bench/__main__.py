@@ -22,11 +22,16 @@ from typing import Any
 
 from load_tests.bench.report import summarise, write_report
 from load_tests.bench.servers import Server, Weights, all_servers, wait_all_idle
-from load_tests.bench.timing_model import RANDOM_WEIGHTS, build_timing_model
+from load_tests.bench.timing_model import (
+    RANDOM_WEIGHTS,
+    SENTIMENT_RANDOM_WEIGHTS,
+    build_sentiment_timing_model,
+    build_timing_model,
+)
 from modelserver.catalogue import PROJECT_ROOT
 from modelserver.training.crystal_sklearn_iris import train as train_crystal
 from tests.helpers import Launcher
-from tests.tiny_models import make_bert_fill_mask
+from tests.tiny_models import make_bert_fill_mask, make_distilbert_sentiment
 
 DRIVE = [sys.executable, "-m", "load_tests.bench.drive"]
 
@@ -112,14 +117,24 @@ def cold_starts(work: Path, args: argparse.Namespace) -> list[float]:
 
 
 def prepare_weights(work: Path, args: argparse.Namespace) -> Weights:
-    """The BERT every fill-mask server loads, and the crystal joblib file."""
+    """The BERT every fill-mask server loads, the sentiment classifier, the crystal joblib file."""
     crystal = work / "crystal_sklearn.joblib"
     train_crystal(crystal)
-    if args.model:
-        return Weights(args.model, f"real checkpoint from {args.model}", crystal)
     if args.quick:
-        return Weights(make_bert_fill_mask(work / "bert"), "tiny 2-layer BERT (smoke run)", crystal)
-    return Weights(build_timing_model(work / "bert"), RANDOM_WEIGHTS, crystal)
+        tiny = "tiny 2-layer BERT and DistilBERT (smoke run)"
+        return Weights(
+            make_bert_fill_mask(work / "bert"), tiny, crystal, make_distilbert_sentiment(work / "sst2")
+        )
+    sentiment = build_sentiment_timing_model(work / "sst2")
+    if args.model:
+        kind = f"real checkpoint from {args.model}; sentiment: {SENTIMENT_RANDOM_WEIGHTS}"
+        return Weights(args.model, kind, crystal, sentiment)
+    return Weights(
+        build_timing_model(work / "bert"),
+        f"{RANDOM_WEIGHTS}; sentiment: {SENTIMENT_RANDOM_WEIGHTS}",
+        crystal,
+        sentiment,
+    )
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -171,7 +186,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--scenarios", default="fill_mask,crystal")
+    parser.add_argument("--scenarios", default="fill_mask,sentiment,crystal")
     parser.add_argument("--client", choices=["fast", "locust"], default="fast")
     parser.add_argument("--model", type=Path, help="a real bert-base-uncased folder (else random weights)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")

@@ -2,10 +2,11 @@
 
     python -m load_tests.bench.raw --bert DIR --threads 2 --batches 1,2,4,8,16 --crystal FILE
 
-BERT: the masked LM's whole forward pass (`model(**inputs)`, inference mode) on the benchmark's
-sentences, tokenised ahead of time and padded per batch, with the torch threads our worker uses,
-in fp32 and with dynamic int8 quantisation of the Linear layers (as `quantize: dynamic-int8`).
-Crystal: `predict_proba` on one row, as one request costs. Prints one JSON line.
+BERT: what a fill-mask worker computes for one batch (the forward pass and the masked-LM head
+at the mask positions, `FillMaskRuntime.mask_probabilities`) on the benchmark's sentences,
+tokenised ahead of time, with the threads our worker uses, on each runtime: PyTorch eager fp32,
+OpenVINO fp32 (the default) and OpenVINO int8 (`quantize: int8`), each exported and gated as the
+archive build does. Crystal: `predict_proba` on one row, as one request costs. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -14,42 +15,53 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
-from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from load_tests.bench.scenarios import CRYSTAL_ROWS, SENTENCES
+from modelserver.kinds import MODEL_SUBDIR, ModelFiles
+from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRuntime, load_fill_mask_runtime
+from modelserver.runtimes.export import export
+
+# Label in the results -> the handler settings that select it.
+RUNTIMES: dict[str, dict[str, Any]] = {
+    "torch_fp32": {"runtime": "torch"},
+    "fp32": {"runtime": "openvino"},
+    "int8": {"runtime": "openvino", "quantize": "int8"},
+}
 
 
-def bert_throughput(
-    folder: Path, threads: int, batches: list[int], seconds: float, quantize: bool
-) -> dict[str, float]:
-    """Sentences per second of the bare forward pass at each batch size."""
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForMaskedLM.from_pretrained(folder).eval()
-    if quantize:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+def runtime_for(folder: Path, work: Path, settings: dict[str, Any]) -> FillMaskRuntime:
+    """The fill-mask runtime on `folder`'s weights, exported first if it is a compiled one."""
+    archive = work / "-".join(f"{k}-{v}" for k, v in sorted(settings.items()))
+    archive.mkdir()
+    (archive / MODEL_SUBDIR).symlink_to(folder.resolve(), target_is_directory=True)
+    if settings.get("runtime") != "torch":
+        report = export("fill-mask", archive, settings)
+        sys.stderr.write(f"{settings}: {report.summary()}\n")
+    return load_fill_mask_runtime(ModelFiles(archive, settings=settings))
+
+
+def bert_throughput(runtime: FillMaskRuntime, batches: list[int], seconds: float) -> dict[str, float]:
+    """Sentences per second of the model call at each batch size."""
+    mask = runtime.tokenizer.mask_token
     rates = {}
-    with torch.inference_mode():
-        for batch in batches:
-            texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch * 8)]
-            inputs = [
-                tokenizer(texts[i : i + batch], padding=True, return_tensors="pt")
-                for i in range(0, len(texts), batch)
-            ]
-            model(**inputs[0])  # warm-up
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                model(**inputs[done % len(inputs)])
-                done += 1
-            rates[str(batch)] = done * batch / (time.perf_counter() - start)
+    for batch in batches:
+        texts = [SENTENCES[i % len(SENTENCES)].replace(PUBLIC_MASK, mask) for i in range(batch * 8)]
+        encoded = runtime.tokenizer(texts)["input_ids"]
+        groups = [encoded[i : i + batch] for i in range(0, len(encoded), batch)]
+        runtime.mask_probabilities(groups[0])  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            runtime.mask_probabilities(groups[done % len(groups)])
+            done += 1
+        rates[str(batch)] = done * batch / (time.perf_counter() - start)
     return rates
 
 
@@ -79,10 +91,11 @@ def main() -> None:
     result: dict[str, Any] = {}
     if args.bert:
         batches = sorted({int(b) for b in args.batches.split(",")})
-        result["bert_sentences_per_s"] = {
-            precision: bert_throughput(args.bert, args.threads, batches, args.seconds, precision == "int8")
-            for precision in ("fp32", "int8")
-        }
+        result["bert_sentences_per_s"] = {}
+        with tempfile.TemporaryDirectory(prefix="raw-") as work:
+            for label, settings in RUNTIMES.items():
+                runtime = runtime_for(args.bert, Path(work), {**settings, "threads": args.threads})
+                result["bert_sentences_per_s"][label] = bert_throughput(runtime, batches, args.seconds)
     if args.crystal:
         result["crystal_call"] = crystal_latency(args.crystal)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -44,6 +44,23 @@ def _fill_mask_ok(answer: Any) -> bool:
     )
 
 
+SENTIMENT_LABELS = {"NEGATIVE", "POSITIVE"}
+
+
+def _sentiment_body() -> dict[str, Any]:
+    return {"text": random.choice(SENTENCES).replace("[MASK]", "great")}
+
+
+def _sentiment_ok(answer: Any) -> bool:
+    """The pipeline's top label and its score."""
+    return (
+        isinstance(answer, dict)
+        and answer.get("label") in SENTIMENT_LABELS
+        and isinstance(answer.get("score"), float)
+        and 0 <= answer["score"] <= 1
+    )
+
+
 def _crystal_body() -> dict[str, Any]:
     return {"crystalData": [random.choice(CRYSTAL_ROWS)]}
 
@@ -71,4 +88,5 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "fill_mask": Scenario("fill_mask", "/inference", _fill_mask_body, _fill_mask_ok),
     "crystal": Scenario("crystal", "/sklearn", _crystal_body, _crystal_ok),
+    "sentiment": Scenario("sentiment", "/predict", _sentiment_body, _sentiment_ok),
 }

@@ -30,11 +30,16 @@ LABELS = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
 
 @dataclass(frozen=True)
 class Weights:
-    """What every server loads: one BERT folder and one joblib file."""
+    """What every server loads: a BERT folder, a sentiment classifier folder, a joblib file."""
 
     bert: Path
     bert_kind: str
     crystal: Path
+    sentiment: Path
+
+    def for_scenario(self, scenario: str) -> Path:
+        """The weights a peer of `scenario` loads."""
+        return {"fill_mask": self.bert, "crystal": self.crystal, "sentiment": self.sentiment}[scenario]
 
 
 def tree_rss(root: psutil.Process) -> int:
@@ -194,18 +199,22 @@ def start_peer(
 
 def start_ours(weights: Weights, work: Path) -> list[Server]:
     """Our stack through Envoy with the catalogue's settings: the timing BERT on /inference
-    (fp32, exact), the same weights with dynamic int8 quantisation (the documented opt-in) on
-    /predictions/fill_mask_int8, and the crystal models."""
+    (compiled fp32, the pipeline's answers), the same weights quantised to int8 (the documented
+    opt-in) on /predictions/fill_mask_int8, and the crystal models."""
     catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
     int8 = copy.deepcopy(catalogue["models"]["fill_mask"])
     # int8 tuned: 2 workers x 1 thread beat 1 x 2 by 17% at 16 clients (docs/BENCHMARKS.md).
-    int8["handler_config"].update({"quantize": "dynamic-int8", "threads": 1})
+    int8["handler_config"].update({"quantize": "int8", "threads": 1})
     int8["torchserve"].update({"minWorkers": 2, "maxWorkers": 2})
     launcher = Launcher(
         work / "ours",
         catalogue=write_catalogue(work / "models.yaml", extra={"fill_mask_int8": int8}),
-        env={"FILL_MASK_MODEL": str(weights.bert), "CRYSTAL_SKLEARN_MODEL": str(weights.crystal)},
-        models=("crystal_sklearn", "crystal_pytorch", "fill_mask", "fill_mask_int8"),
+        env={
+            "FILL_MASK_MODEL": str(weights.bert),
+            "CRYSTAL_SKLEARN_MODEL": str(weights.crystal),
+            "SENTIMENT_MODEL": str(weights.sentiment),
+        },
+        models=("crystal_sklearn", "crystal_pytorch", "fill_mask", "fill_mask_int8", "sentiment"),
     )
     launcher.start().wait_healthy(timeout_s=600)
     assert launcher.process is not None
@@ -215,17 +224,18 @@ def start_ours(weights: Weights, work: Path) -> list[Server]:
         Server(
             "ours",
             "*",
-            "this server: Envoy -> TorchServe (dynamic batching) -> our handlers; fill-mask in fp32",
+            "this server: Envoy -> TorchServe (dynamic batching) -> our handlers; fill-mask in fp32 "
+            "on the compiled runtime (OpenVINO)",
             launcher.url,
             pid,
             launcher.stop,
             metrics,
-            models={"fill_mask": "fill_mask", "crystal": "crystal_sklearn"},
+            models={"fill_mask": "fill_mask", "crystal": "crystal_sklearn", "sentiment": "sentiment"},
         ),
         Server(
             "ours_int8",
             "fill_mask",
-            "the same stack, fill-mask with dynamic int8 quantisation (opt-in), 2 workers x 1 thread",
+            "the same stack, fill-mask quantised to int8 by OpenVINO/NNCF (opt-in), 2 workers x 1 thread",
             launcher.url,
             pid,
             lambda: None,
@@ -255,6 +265,17 @@ PEERS: dict[str, dict[str, Any]] = {
         "scenario": "fill_mask",
         "description": "the same, 1 torch thread per worker (tuned)",
         "command": GUNICORN_FLASK,
+        "env": {"PEER_TORCH_THREADS": "1"},
+    },
+    "flask_sentiment": {
+        "scenario": "sentiment",
+        "description": "Flask + transformers text-classification pipeline, gunicorn 2 workers, "
+        "1 torch thread per worker (tuned)",
+        "command": [
+            str(BIN / "gunicorn"),
+            *("-w", "2", "-b", "127.0.0.1:{port}", "--timeout", "300"),
+            "load_tests.peers.flask_text_classification:create_app()",
+        ],
         "env": {"PEER_TORCH_THREADS": "1"},
     },
     "fastapi": {
@@ -288,8 +309,7 @@ def all_servers(weights: Weights, work: Path, scenarios: list[str]) -> Iterator[
         servers += start_ours(weights, work)
         for name, peer in PEERS.items():
             if peer["scenario"] in scenarios:
-                model = weights.bert if peer["scenario"] == "fill_mask" else weights.crystal
-                peer_env = {**env, **peer["env"], "PEER_MODEL": str(model)}
+                peer_env = {**env, **peer["env"], "PEER_MODEL": str(weights.for_scenario(peer["scenario"]))}
                 servers.append(
                     start_peer(name, peer["scenario"], peer["description"], peer["command"], peer_env, work)
                 )

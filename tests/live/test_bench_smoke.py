@@ -32,13 +32,15 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     cells = {(r["scenario"], r["server"], r["clients"]): r for r in results["summary"]}
     expected = {("fill_mask", s) for s in ("ours", "ours_int8", "flask_default", "flask_tuned")}
     expected |= {("crystal", s) for s in ("ours", "fastapi")}
+    expected |= {("sentiment", s) for s in ("ours", "flask_sentiment")}
     assert {(scenario, server) for scenario, server, _ in cells} == expected
     for (_, server, clients), cell in cells.items():
         assert cell["throughput_rps"] > 0, (server, clients)
         assert cell["errors"] == 0, (server, clients, cell)
         assert cell["cpu_cores"] is not None and cell["peak_rss_mb"] > 0
     assert cells[("crystal", "ours", 4)]["mean_batch"] >= 1
-    assert set(results["raw"]["bert_sentences_per_s"]) == {"fp32", "int8"}
+    assert set(results["raw"]["bert_sentences_per_s"]) == {"torch_fp32", "fp32", "int8"}
+    assert results["machine"]["cpu"] and "openvino" in results["machine"]
     assert results["cold_start_s"] and all(s > 0 for s in results["cold_start_s"])
     assert {t["target"] for t in results["targets"]} >= {"/sklearn 1 client: serving overhead p50"}
     assert "| crystal | ours | 4 |" in (out / "results.md").read_text(encoding="utf-8")

@@ -87,3 +87,16 @@ def test_targets_use_medians_of_the_rounds() -> None:
     assert round(targets["/inference 16 clients, fp32: share of the raw forward"]["measured"], 3) == 0.889
     assert targets["/sklearn 1 client: serving overhead p50"]["measured"] == 1.5
     assert targets["cold start to healthy (archives built)"]["measured"] == 15.0
+
+
+def test_the_cpu_and_its_isa_flags_are_recorded() -> None:
+    from load_tests.bench.report import cpu_facts  # pylint: disable=import-outside-toplevel
+
+    flags = "fpu avx2 fma avx512f avx512_vnni avx512_bf16"
+    cpuinfo = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n"
+    assert cpu_facts(cpuinfo + cpuinfo.replace(": 0", ": 1")) == {
+        "cpu": "AMD EPYC",
+        "isa": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"],
+    }
+    avx2_only = cpu_facts("model name\t: Intel Xeon\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert avx2_only["isa"] == ["avx2", "fma"]
