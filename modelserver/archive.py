@@ -8,6 +8,7 @@ input (source bytes, handler, extra files, settings), so a changed source rebuil
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
@@ -24,7 +26,13 @@ from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_sour
 from modelserver.errors import ConfigError
 from modelserver.hub import fetch_from_hub
 from modelserver.kinds import MODEL_SUBDIR
-from modelserver.runtimes import COMPILABLE_HANDLERS, COMPILED_SUBDIR, DEFAULT_RUNTIME
+from modelserver.runtimes import (
+    COMPILABLE_HANDLERS,
+    COMPILED_SUBDIR,
+    DEFAULT_RUNTIME,
+    PARITY_REPORT,
+    RuntimeName,
+)
 from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,8 @@ RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "mode
 EXPORT_INPUTS = (PROJECT_ROOT / "modelserver" / "runtimes", PROJECT_ROOT / "modelserver" / "kinds")
 EXPORT_TIMEOUT_S = 1800
 EXPORT_MODULE = "modelserver.runtimes.export"  # run in a child: `python -m EXPORT_MODULE`
+# What an exported graph also depends on (read from the installed metadata, never imported).
+EXPORT_PACKAGES = ("torch", "transformers", "openvino", "nncf")
 
 
 @dataclass(frozen=True)
@@ -93,14 +103,27 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
     if export_task(entry):
         for folder in EXPORT_INPUTS:
             _hash_path(digest, folder)
+        for package in EXPORT_PACKAGES:
+            digest.update(f"{package}=={_installed_version(package)}".encode())
     return digest.hexdigest()
 
 
+def _installed_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def requested_runtime(entry: ModelEntry) -> str:
-    """The runtime the entry's handler settings ask for ('' for kinds without one)."""
+    """The runtime the entry's handler settings ask for ('' for kinds without one); a name
+    that is not a runtime fails the build, naming the model."""
     if Path(entry.handler).name not in COMPILABLE_HANDLERS:
         return ""
-    return str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
+    runtime = str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
+    if runtime not in get_args(RuntimeName):
+        raise ConfigError(f"{entry.name}: runtime {runtime!r} is not one of {list(get_args(RuntimeName))}")
+    return runtime
 
 
 def export_task(entry: ModelEntry) -> str | None:
@@ -128,11 +151,27 @@ def served_names(entry: ModelEntry, source: Source) -> list[str]:
     )
 
 
-def model_config(entry: ModelEntry, source: Source, runtime: str = "") -> dict[str, object]:
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The runtime the build settled on ('' for kinds without one), and why: the parity
+    figures, or the reason it fell back to PyTorch eager."""
+
+    runtime: str = ""
+    note: str = ""
+    fell_back: bool = False
+
+    def settings(self) -> dict[str, str]:
+        """What it changes in the `handler:` section (eager serves fp32: no int8 without the graph)."""
+        if not self.runtime:
+            return {}
+        return {"runtime": self.runtime, **({"quantize": "none"} if self.fell_back else {})}
+
+
+def model_config(entry: ModelEntry, source: Source, choice: RuntimeChoice | None = None) -> dict[str, object]:
     """The archive's model-config.yaml: TorchServe settings, the `handler:` section (with the
     runtime the build settled on), and the names a request may use for this model."""
     names = served_names(entry, source)
-    handler = {**entry.handler_config, **({"runtime": runtime} if runtime else {})}
+    handler = {**entry.handler_config, **(choice.settings() if choice else {})}
     return {**entry.torchserve.model_dump(), "served_names": names, "handler": handler}
 
 
@@ -164,22 +203,31 @@ def build_archive(
     target = archive_path(entry, model_store)
     names = tuple(served_names(entry, source))
     if _is_current(entry, model_store, digest):
+        choice = _recorded_choice(entry, model_store)
         log.info("%s: archive is current (%s)", entry.name, source.describe())
-        runtime = _recorded_runtime(entry, model_store)
-        return BuildResult(entry.name, target, False, source.describe(), names, runtime)
+        if choice.fell_back:
+            log.warning("%s: serving with PyTorch eager (as built): %s", entry.name, choice.note)
+        return BuildResult(entry.name, target, False, source.describe(), names, choice.runtime)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
         workdir = Path(work)
         model_file = _materialise_source(entry, source, workdir)
-        staged = _stage_folder(model_file, workdir) if model_file.is_dir() else model_file
-        runtime = _compile(entry, staged, environ) if model_file.is_dir() else requested_runtime(entry)
+        if model_file.is_dir():
+            staged = _stage_folder(model_file, workdir)
+            choice = _compile(entry, staged, environ)
+        elif export_task(entry):
+            raise ConfigError(
+                f"{entry.name}: a compiled runtime needs a model folder, not the file {model_file.name}"
+            )
+        else:
+            staged, choice = model_file, RuntimeChoice(requested_runtime(entry))
         config_file = workdir / "model-config.yaml"
-        config = model_config(entry, source, runtime)
+        config = model_config(entry, source, choice)
         config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         _run_archiver(entry, staged, config_file, workdir, model_store, root, environ)
-    _write_record(entry, model_store, digest, source, runtime)
+    _write_record(entry, model_store, digest, source, choice)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe(), names, runtime)
+    return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
 
 
 def _stage_folder(model_folder: Path, workdir: Path) -> Path:
@@ -191,12 +239,12 @@ def _stage_folder(model_folder: Path, workdir: Path) -> Path:
     return holder
 
 
-def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> str:
+def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> RuntimeChoice:
     """Export and parity-check the forward pass in a child process (torch and OpenVINO stay
-    out of the builder); the runtime to serve with: the compiled one, or eager if it failed."""
+    out of the builder): the compiled runtime if it passed, else eager with the reason."""
     task = export_task(entry)
     if task is None:
-        return requested_runtime(entry)
+        return RuntimeChoice(requested_runtime(entry))
     command = [
         sys.executable,
         "-m",
@@ -220,35 +268,50 @@ def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> str
             timeout=EXPORT_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        reason = f"export took over {EXPORT_TIMEOUT_S} s"
+        reason = f"the export took over {EXPORT_TIMEOUT_S} s"
     else:
-        if result.returncode == 0:
-            report = json.loads(result.stdout.strip().splitlines()[-1])
+        report = _parity_report(holder) if result.returncode == 0 else None
+        if report is not None and report.get("passed"):
             runtime = requested_runtime(entry)
             log.info("%s: %s graph exported, parity passed: %s", entry.name, runtime, report["summary"])
-            return runtime
+            return RuntimeChoice(runtime, str(report["summary"]))
         lines = result.stderr.strip().splitlines()
-        reason = lines[-1] if lines else f"the export exited with {result.returncode}"
+        last = lines[-1] if lines else "no message"
+        reason = (
+            f"{last} (exit code {result.returncode})" if result.returncode else "no passing parity report"
+        )
     shutil.rmtree(holder / COMPILED_SUBDIR, ignore_errors=True)
     log.warning("%s: serving with PyTorch eager: %s", entry.name, reason)
-    return "torch"
+    return RuntimeChoice("torch", reason, fell_back=True)
 
 
-def _recorded_runtime(entry: ModelEntry, model_store: Path) -> str:
+def _parity_report(holder: Path) -> dict[str, object] | None:
+    """The report the export wrote beside its graph (None if absent or unreadable)."""
+    try:
+        report = json.loads((holder / COMPILED_SUBDIR / PARITY_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _recorded_choice(entry: ModelEntry, model_store: Path) -> RuntimeChoice:
     try:
         record = json.loads(_record_path(entry, model_store).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return ""
-    return str(record.get("runtime", ""))
+        return RuntimeChoice()
+    return RuntimeChoice(
+        str(record.get("runtime", "")), str(record.get("runtime_note", "")), bool(record.get("fell_back"))
+    )
 
 
-def _write_record(entry: ModelEntry, model_store: Path, digest: str, source: Source, runtime: str) -> None:
+def _write_record(
+    entry: ModelEntry, model_store: Path, digest: str, source: Source, choice: RuntimeChoice
+) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
-    record.write_text(
-        json.dumps({"fingerprint": digest, "source": source.describe(), "runtime": runtime}, indent=2),
-        encoding="utf-8",
-    )
+    fields = {"fingerprint": digest, "source": source.describe(), "runtime": choice.runtime}
+    fields.update(runtime_note=choice.note, fell_back=choice.fell_back)
+    record.write_text(json.dumps(fields, indent=2), encoding="utf-8")
 
 
 def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Path:

@@ -200,7 +200,8 @@ class TextRuntime:
         self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
     ) -> None:
         self._tokenizer = tokenizer
-        self._model = model
+        # The torch model itself is not kept: with a compiled forward pass its encoder's
+        # weights are freed once loading ends (the fill-mask head keeps just its own).
         self.forward = forward
         self._settings = settings
         self._names = list(names)

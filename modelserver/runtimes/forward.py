@@ -77,6 +77,8 @@ class OpenVinoForward:
                 "INFERENCE_NUM_THREADS": threads,
                 "NUM_STREAMS": 1,
                 "PERFORMANCE_HINT": "LATENCY",
+                # Several single-thread workers on one machine must not be pinned to one core.
+                "ENABLE_CPU_PINNING": False,
                 # Without the hint a CPU with bf16 or AMX would run the graph in bf16.
                 "INFERENCE_PRECISION_HINT": "f32",
             },
@@ -84,9 +86,10 @@ class OpenVinoForward:
         self._request = compiled.create_infer_request()
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        outputs = self._request.infer([input_ids.numpy(), attention_mask.numpy()])
-        # The request reuses its output buffer on the next call: copy out of it.
-        return torch.from_numpy(next(iter(outputs.values())).copy())
+        # The inputs are read in place; the output is copied out of the request's buffer,
+        # which the next call reuses.
+        outputs = self._request.infer([input_ids.numpy(), attention_mask.numpy()], share_inputs=True)
+        return torch.from_numpy(next(iter(outputs.values())))
 
 
 def compiled_graph(model_dir: Path) -> Path:

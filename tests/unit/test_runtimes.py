@@ -19,7 +19,16 @@ from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
 from modelserver.kinds.text_classification import load_text_classification_runtime
 from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT, place
-from modelserver.runtimes.export import SCORE_TOLERANCE, TASKS, ParityReport, check_parity, main, probe_texts
+from modelserver.runtimes.export import (
+    SCORE_TOLERANCE,
+    TASKS,
+    ParityReport,
+    _ranking_swaps,
+    answers_differ,
+    check_parity,
+    main,
+    probe_texts,
+)
 from modelserver.runtimes.forward import OpenVinoForward, TorchForward
 from modelserver.serving.torchserve_adapter import gpu_of
 from tests.helpers import FakeContext
@@ -99,12 +108,9 @@ def test_the_gate_passes_the_export_and_refuses_a_wrong_graph(
     assert not refused.passed and "output differs" in refused.problems[0]
 
 
-def test_near_ties_may_swap_but_nothing_else(tiny_hf_models: dict[str, Path]) -> None:
+def test_near_ties_may_swap_but_nothing_else() -> None:
     """Two candidates whose eager scores are within the tolerance may come in either order;
     a larger gap in the ranking fails the gate."""
-    from modelserver.runtimes.export import _ranking_swaps  # pylint: disable=import-outside-toplevel
-
-    del tiny_hf_models
     reference = torch.tensor([[0.5, 0.3, 0.3 - SCORE_TOLERANCE / 2, 0.1]])
     swapped = torch.tensor([[0.5, 0.3 - SCORE_TOLERANCE / 2, 0.3, 0.1]])
     report = ParityReport(task="t", quantize="none")
@@ -113,6 +119,49 @@ def test_near_ties_may_swap_but_nothing_else(tiny_hf_models: dict[str, Path]) ->
     wrong = torch.tensor([[0.1, 0.3, 0.3, 0.5]])
     _ranking_swaps(reference, wrong, report)
     assert not report.passed and "instead of" in report.problems[0]
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_a_graph_that_answers_nan_never_serves(tiny_hf_models: dict[str, Path], quantize: str) -> None:
+    archive_dir = tiny_hf_models["sentiment"].parent
+    task = TASKS["text-classification"]
+    eager = task.load(ModelFiles(archive_dir, settings={"runtime": "torch"}))
+    compiled = task.load(ModelFiles(archive_dir))
+    compiled.forward = Perturbed(compiled.forward, float("nan"))  # type: ignore[assignment]
+    report = ParityReport(task="t", quantize=quantize)
+    check_parity(eager, compiled, probe_texts(eager, task), report)
+    assert not report.passed and report.first_problem == "the output holds NaN or infinity"
+
+
+def candidates(*pairs: tuple[int, float]) -> list[dict[str, Any]]:
+    """A fill-mask answer: (token, score) pairs, best first."""
+    return [
+        {"score": score, "token": token, "token_str": f"t{token}", "sequence": f"s{token}"}
+        for token, score in pairs
+    ]
+
+
+def test_served_answers_may_differ_only_by_rounding_and_near_tie_swaps() -> None:
+    eager = candidates((7, 0.5), (3, 0.2), (9, 0.2 - SCORE_TOLERANCE / 4), (4, 0.1))
+    assert answers_differ(eager, candidates((7, 0.5 + 1e-7), (3, 0.2), (9, 0.2), (4, 0.1))) is None
+    swapped = candidates((7, 0.5), (9, 0.2), (3, 0.2 - SCORE_TOLERANCE / 4), (4, 0.1))
+    assert answers_differ(eager, swapped) is None
+    far = candidates((7, 0.5), (4, 0.2), (9, 0.2), (3, 0.1))  # eager scores token 4 at 0.1
+    assert "[1]" in str(answers_differ(eager, far))
+    beyond = candidates(
+        (7, 0.5), (3, 0.2), (9, 0.2), (8, 0.1 - SCORE_TOLERANCE / 2)
+    )  # just past eager's top 4
+    assert answers_differ(eager, beyond) is None
+    assert answers_differ(eager, candidates((7, 0.5), (3, 0.2), (9, 0.2), (8, 0.3))) is not None
+    assert (
+        answers_differ({"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.9}) is not None
+    )
+    assert (
+        answers_differ(
+            {"label": "POSITIVE", "score": 0.5}, {"label": "NEGATIVE", "score": 0.5}, exact_labels=False
+        )
+        is None
+    )
 
 
 def test_the_export_cli_says_why_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,6 +216,39 @@ def test_a_failed_export_builds_eager_with_the_reason(
     )
 
 
+def test_a_failed_int8_export_serves_eager_fp32(
+    tiny_hf_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.runtimes.no_such_exporter")
+    entry = text_entry("openvino")
+    entry = entry.model_copy(update={"handler_config": {**entry.handler_config, "quantize": "int8"}})
+    built = build_archive(entry, tmp_path / "store", {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])})
+    handler = yaml.safe_load((built.archive / "model-config.yaml").read_text())["handler"]
+    assert (handler["runtime"], handler["quantize"]) == ("torch", "none")
+    assert isinstance(
+        load_text_classification_runtime(ModelFiles(built.archive, settings=handler)).forward, TorchForward
+    )
+    record = json.loads((tmp_path / "store" / ".builds" / "sentiment.json").read_text())
+    assert record["fell_back"] and "no_such_exporter" in record["runtime_note"]
+
+
+def test_a_runtime_name_that_is_not_one_fails_the_build(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sentiment: runtime 'onnx' is not one of \['torch', 'openvino'\]"):
+        build_archive(text_entry("onnx"), tmp_path / "store", {"SENTIMENT_MODEL": str(tmp_path)})
+
+
+def test_the_graph_is_rebuilt_when_the_runtime_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = text_entry(None)
+    source = archive.resolve_source(entry, {"SENTIMENT_MODEL": str(tmp_path)})
+    before = archive.fingerprint(entry, source)
+    monkeypatch.setattr(
+        archive, "_installed_version", lambda package: "9.9" if package == "openvino" else "1"
+    )
+    assert archive.fingerprint(entry, source) != before
+
+
 def test_runtime_torch_builds_no_graph(tiny_hf_models: dict[str, Path], tmp_path: Path) -> None:
     built = build_archive(
         text_entry("torch"),
@@ -174,3 +256,14 @@ def test_runtime_torch_builds_no_graph(tiny_hf_models: dict[str, Path], tmp_path
         {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])},
     )
     assert built.runtime == "torch" and not (built.archive / COMPILED_SUBDIR).exists()
+
+
+def test_the_gpu_check_says_when_there_is_no_gpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from load_tests import gpu_fill_mask  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["gpu_fill_mask"])
+    assert gpu_fill_mask.main() == 2
+    assert "no CUDA GPU" in capsys.readouterr().out
