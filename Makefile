@@ -48,7 +48,7 @@ live: install
 clean:
 	rm -rf model_store/*.mar model_store/.builds run
 
-## The benchmark against the naive peers (about 35 minutes; results in load_tests/results/bench).
+## The benchmark against the naive peers (about 70 minutes; results in load_tests/results/bench).
 bench: install
 	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)
 

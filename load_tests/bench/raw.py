@@ -37,14 +37,19 @@ RUNTIMES: dict[str, dict[str, Any]] = {
 }
 
 
-def runtime_for(folder: Path, work: Path, settings: dict[str, Any]) -> FillMaskRuntime:
-    """The fill-mask runtime on `folder`'s weights, exported first if it is a compiled one."""
+def runtime_for(
+    folder: Path, work: Path, settings: dict[str, Any], parity: dict[str, Any] | None = None
+) -> FillMaskRuntime:
+    """The fill-mask runtime on `folder`'s weights, exported first if it is a compiled one
+    (its parity report, against eager on these weights, goes into `parity`)."""
     archive = work / "-".join(f"{k}-{v}" for k, v in sorted(settings.items()))
     archive.mkdir()
     (archive / MODEL_SUBDIR).symlink_to(folder.resolve(), target_is_directory=True)
     if settings.get("runtime") != "torch":
         report = export("fill-mask", archive, settings)
         sys.stderr.write(f"{settings}: {report.summary()}\n")
+        if parity is not None:
+            parity.update(report.as_json())
     return load_fill_mask_runtime(ModelFiles(archive, settings=settings))
 
 
@@ -91,10 +96,11 @@ def main() -> None:
     result: dict[str, Any] = {}
     if args.bert:
         batches = sorted({int(b) for b in args.batches.split(",")})
-        result["bert_sentences_per_s"] = {}
+        result["bert_sentences_per_s"], result["parity"] = {}, {}
         with tempfile.TemporaryDirectory(prefix="raw-") as work:
             for label, settings in RUNTIMES.items():
-                runtime = runtime_for(args.bert, Path(work), {**settings, "threads": args.threads})
+                parity = result["parity"].setdefault(label, {})
+                runtime = runtime_for(args.bert, Path(work), {**settings, "threads": args.threads}, parity)
                 result["bert_sentences_per_s"][label] = bert_throughput(runtime, batches, args.seconds)
     if args.crystal:
         result["crystal_call"] = crystal_latency(args.crystal)

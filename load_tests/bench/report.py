@@ -230,6 +230,9 @@ def markdown(results: dict[str, Any], summary: dict[Key, dict[str, Any]]) -> str
             + ", ".join(f"{b}: {r:.1f}" for b, r in sorted(rates.items(), key=lambda x: int(x[0])))
             + "."
         )
+    for label, parity in results["raw"].get("parity", {}).items():
+        if parity:
+            lines.append(f"Gate of {label} against eager on these weights: {parity['summary']}.")
     call = results["raw"].get("crystal_call")
     if call:
         lines.append(

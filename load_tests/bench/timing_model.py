@@ -10,6 +10,7 @@ benchmark's own sentences, so common words are one token each, as with the real 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from transformers import (  # pylint: disable=no-name-in-module
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertTokenizerFast,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
 )
 
 from load_tests.bench.scenarios import SENTENCES
@@ -43,30 +46,32 @@ def _timing_wordpiece() -> models.Model:
     return wordpiece
 
 
+def _write(
+    folder: Path, tokenizer: PreTrainedTokenizerFast, make_model: Callable[[], PreTrainedModel]
+) -> Path:
+    """Save the tokenizer, then the model `make_model()` builds with seed 0, into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    make_model().save_pretrained(folder)
+    return folder
+
+
 def build_timing_model(folder: Path) -> Path:
     """Write the random-weight bert-base-shaped masked LM and its tokenizer into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = BertTokenizerFast(
         tokenizer_object=_timing_wordpiece(), do_lower_case=True, model_max_length=512
     )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig.from_dict({"vocab_size": VOCABULARY}))
-    model.save_pretrained(folder)
-    return folder
+    return _write(
+        folder, tokenizer, lambda: BertForMaskedLM(BertConfig.from_dict({"vocab_size": VOCABULARY}))
+    )
 
 
 def build_sentiment_timing_model(folder: Path) -> Path:
     """Write the random-weight SST-2-DistilBERT-shaped classifier and its tokenizer into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = DistilBertTokenizerFast(
         tokenizer_object=_timing_wordpiece(), do_lower_case=True, model_max_length=512
     )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
     labels = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
-    model = DistilBertForSequenceClassification(
-        DistilBertConfig.from_dict({"vocab_size": VOCABULARY, **labels})
-    )
-    model.save_pretrained(folder)
-    return folder
+    config = DistilBertConfig.from_dict({"vocab_size": VOCABULARY, **labels})
+    return _write(folder, tokenizer, lambda: DistilBertForSequenceClassification(config))

@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cells = {(r["scenario"], r["server"], r["clients"]): r for r in results["summary"]}
-    expected = {("fill_mask", s) for s in ("ours", "ours_int8", "ours_2x1", "flask_default", "flask_tuned")}
+    expected = {("fill_mask", s) for s in ("ours", "ours_int8", "ours_1x2", "flask_default", "flask_tuned")}
     expected |= {("crystal", s) for s in ("ours", "fastapi")}
     expected |= {("sentiment", s) for s in ("ours", "flask_sentiment")}
     assert {(scenario, server) for scenario, server, _ in cells} == expected
