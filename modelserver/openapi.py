@@ -11,8 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from modelserver.catalogue import Catalogue
 from modelserver.kinds.crystal import CrystalAnswer, CrystalRequest
-from modelserver.kinds.fill_mask import FillMaskRequest
-from modelserver.kinds.text_models import TextRequest
+from modelserver.kinds.text_schemas import FillMaskRequest, TextRequest
 from modelserver.kinds.topics import TopicsAnswer, TopicsRequest
 
 REF = "#/components/schemas/{model}"

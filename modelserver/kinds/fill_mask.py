@@ -7,29 +7,37 @@ the vocabulary-sized head runs only at the mask positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 from transformers import AutoModelForMaskedLM
 
 from modelserver.errors import ConfigError, InvalidInput
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
-    TextModelSettings,
-    TextRequest,
     TextRuntime,
     flatten,
-    load_pretrained,
+    load_model,
+    load_tokenizer_and_config,
     regroup,
-    text_forward,
+    text_placement,
 )
-from modelserver.runtimes.forward import Forward, Graph
+from modelserver.kinds.text_schemas import PUBLIC_MASK, FillMaskRequest, TextModelSettings
+from modelserver.runtimes import Placement
+from modelserver.runtimes.forward import (
+    OPENVINO_HEAD_FILE,
+    Forward,
+    Graph,
+    OpenVinoForward,
+    compiled_graph,
+    load_forward,
+)
 from modelserver.validation import parse_settings
 
-PUBLIC_MASK = "[MASK]"
 TASKS = ("fill-mask",)
 
+Head = Callable[[torch.Tensor], torch.Tensor]
 # The masked-LM head of each architecture, applied to hidden states at mask positions only.
 HEADS: dict[str, Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]] = {
     "bert": lambda model: model.cls,
@@ -42,12 +50,6 @@ HEADS: dict[str, Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]] = {
 }
 
 
-class FillMaskRequest(TextRequest):
-    """Texts with one or more `[MASK]` (or the model's own mask token)."""
-
-    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
-
-
 class FillMaskRuntime(TextRuntime):
     """Validates fill-mask requests and answers a batch of them with one encoder pass."""
 
@@ -55,15 +57,18 @@ class FillMaskRuntime(TextRuntime):
     request_model = FillMaskRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+        self,
+        tokenizer: Any,
+        config: Any,
+        forward: Forward,
+        head: Head,
+        settings: TextModelSettings,
+        names: Sequence[str],
     ) -> None:
-        super().__init__(tokenizer, model, forward, settings, names)
+        super().__init__(tokenizer, config, forward, settings, names)
         if tokenizer.mask_token is None:
             raise ConfigError("the tokenizer has no mask token")
-        # The vocabulary-sized head runs in torch, on the encoder's device, at mask positions
-        # only; an architecture without a known head runs whole, its logits picked at the masks.
-        head = HEADS.get(model.config.model_type)
-        self._head = (head(model) if head else torch.nn.Identity()).to(forward.device)
+        self.head = head
 
     def parse(self, payload: Any) -> FillMaskRequest:
         """Validate one body: types, top_k, a mask in every text, a bounded answer size."""
@@ -113,7 +118,7 @@ class FillMaskRuntime(TextRuntime):
         rows, columns = torch.nonzero(input_ids == self._tokenizer.mask_token_id, as_tuple=True)
         hidden = self.forward(input_ids, attention)
         with torch.inference_mode():
-            logits = self._head(hidden[rows.to(hidden.device), columns.to(hidden.device)])
+            logits = self.head(hidden[rows.to(hidden.device), columns.to(hidden.device)])
             return rows, columns, logits.float().softmax(dim=-1).cpu()
 
     def distributions(self, encoded: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -148,9 +153,24 @@ def encoder_graph(model: Any) -> Graph:
     return Graph(model, "logits")
 
 
+def mask_head(config: Any, model: Any | None, model_dir: Path, placement: Placement, threads: int) -> Head:
+    """The vocabulary-sized head, run at mask positions only: the graph exported beside the
+    compiled encoder, or the PyTorch model's own on the encoder's device; nothing where the
+    forward pass already ends in logits (an architecture without a known head)."""
+    if config.model_type not in HEADS:
+        return torch.nn.Identity()
+    if model is None:
+        return OpenVinoForward(compiled_graph(model_dir, OPENVINO_HEAD_FILE), threads)
+    return HEADS[config.model_type](model).to(placement.device)
+
+
 def load_fill_mask_runtime(files: ModelFiles) -> FillMaskRuntime:
-    """Build the runtime from an archive's model/ folder and `handler:` settings."""
+    """Build the runtime from an archive's model/ folder and `handler:` settings; the PyTorch
+    model is loaded only when PyTorch runs it."""
     settings = parse_settings(TextModelSettings, files.settings)
-    tokenizer, model = load_pretrained(files, AutoModelForMaskedLM, settings)
-    forward = text_forward(files, encoder_graph(model), settings)
-    return FillMaskRuntime(tokenizer, model, forward, settings, files.names)
+    tokenizer, config = load_tokenizer_and_config(files, settings)
+    placement = text_placement(files, settings)
+    model = None if placement.runtime == "openvino" else load_model(files, AutoModelForMaskedLM)
+    forward = load_forward(placement, files.model_dir, settings.threads, lambda: encoder_graph(model))
+    head = mask_head(config, model, files.model_dir, placement, settings.threads)
+    return FillMaskRuntime(tokenizer, config, forward, head, settings, files.names)

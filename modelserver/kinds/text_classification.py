@@ -14,15 +14,15 @@ from transformers import AutoModelForSequenceClassification
 
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
-    TextModelSettings,
-    TextRequest,
     TextRuntime,
     flatten,
-    load_pretrained,
+    load_model,
+    load_tokenizer_and_config,
     regroup,
-    text_forward,
+    text_placement,
 )
-from modelserver.runtimes.forward import Forward, Graph
+from modelserver.kinds.text_schemas import TextModelSettings, TextRequest
+from modelserver.runtimes.forward import Forward, Graph, load_forward
 from modelserver.validation import parse_settings
 
 TASKS = ("sentiment-analysis", "text-classification")
@@ -50,10 +50,9 @@ class TextClassificationRuntime(TextRuntime):
     tasks = TASKS
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+        self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
     ) -> None:
-        super().__init__(tokenizer, model, forward, settings, names)
-        config = model.config
+        super().__init__(tokenizer, config, forward, settings, names)
         self._score = SCORES[score_function(config)]
         self._labels = [config.id2label[i] for i in range(config.num_labels)]
 
@@ -84,6 +83,11 @@ class TextClassificationRuntime(TextRuntime):
 def load_text_classification_runtime(files: ModelFiles) -> TextClassificationRuntime:
     """Build the runtime from an archive's model/ folder and `handler:` settings."""
     settings = parse_settings(TextModelSettings, files.settings)
-    tokenizer, model = load_pretrained(files, AutoModelForSequenceClassification, settings)
-    forward = text_forward(files, Graph(model, "logits"), settings)
-    return TextClassificationRuntime(tokenizer, model, forward, settings, files.names)
+    tokenizer, config = load_tokenizer_and_config(files, settings)
+    forward = load_forward(
+        text_placement(files, settings),
+        files.model_dir,
+        settings.threads,
+        lambda: Graph(load_model(files, AutoModelForSequenceClassification), "logits"),
+    )
+    return TextClassificationRuntime(tokenizer, config, forward, settings, files.names)

@@ -1,69 +1,26 @@
-"""What the Hugging Face text kinds share: settings, loading, request fields, length limits."""
+"""What the Hugging Face text kinds share at serving time: loading, validation, length limits,
+batching of texts. Their settings and request schemas are in `text_schemas` (no torch)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName, place
-from modelserver.runtimes.forward import Forward, Graph, load_forward
+from modelserver.kinds.text_schemas import TextModelSettings, TextRequest
+from modelserver.runtimes import Placement, place
+from modelserver.runtimes.forward import Forward
 from modelserver.validation import quoted, validate_body
 
 log = logging.getLogger(__name__)
 
-Text = Annotated[str, StringConstraints(min_length=1, strict=True)]
 # RoBERTa-style models number positions from padding_idx + 1: two positions are never usable.
 POSITION_OFFSET = {"roberta": 2, "camembert": 2, "xlm-roberta": 2}
-
-
-class TextModelSettings(BaseModel):
-    """The `handler:` section of a Hugging Face text model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Threads of the forward pass (torch or OpenVINO) in each worker: never all cores per worker.
-    threads: int = Field(default=1, ge=1)
-    runtime: RuntimeName = DEFAULT_RUNTIME
-    # int8: OpenVINO's post-training quantisation (NNCF) at archive build; opt-in, and it
-    # changes answers (docs/BENCHMARKS.md gives its agreement with fp32).
-    quantize: Literal["none", "int8"] = "none"
-    # Per-request budgets: one request must never cost more than TorchServe's responseTimeout
-    # allows for a whole batch, nor answer more than its response-size limit.
-    max_texts: int = Field(default=64, ge=1)
-    max_request_tokens: int = Field(default=2048, ge=1)
-    max_candidates: int = Field(default=2000, ge=1)  # fill-mask: masks x top_k per request
-    # Texts of a batch go through the model in length-sorted groups of at most this many
-    # (padded) tokens, so one long text does not pad every short one to its length.
-    forward_tokens: int = Field(default=4096, ge=64)
-    stream_chunk: int = Field(default=4, ge=1)
-
-    @model_validator(mode="after")
-    def _int8_is_compiled(self) -> TextModelSettings:
-        if self.quantize == "int8" and self.runtime != "openvino":
-            raise ValueError("quantize: int8 needs runtime: openvino")
-        return self
-
-
-class TextRequest(BaseModel):
-    """Fields every text request has: one text or a list, and brief 004's selectors."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    text: Text | Annotated[list[Text], Field(min_length=1)]
-    model_name: str | None = Field(default=None, description="A served model name or its Hub id.")
-    task: str | None = Field(default=None, description="The task, if given, must be this model's.")
-    stream: bool = Field(default=False, description="Answer a list of texts as NDJSON lines.")
-
-    @property
-    def texts(self) -> list[str]:
-        """The texts, as a list even when one was sent."""
-        return [self.text] if isinstance(self.text, str) else list(self.text)
 
 
 def validate_request(
@@ -84,24 +41,31 @@ def validate_request(
     return request
 
 
-def load_pretrained(files: ModelFiles, auto_class: Any, settings: TextModelSettings) -> tuple[Any, Any]:
-    """Tokenizer and model from the archive's model/ folder (from_pretrained format)."""
-    from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+def load_tokenizer_and_config(files: ModelFiles, settings: TextModelSettings) -> tuple[Any, Any]:
+    """Tokenizer and model config from the archive's model/ folder (from_pretrained format):
+    all a worker needs of transformers when a compiled graph runs the model."""
+    from transformers import AutoConfig, AutoTokenizer  # pylint: disable=import-outside-toplevel
 
     torch.set_num_threads(settings.threads)
     folder = files.model_dir / MODEL_SUBDIR
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = auto_class.from_pretrained(folder).eval()
+        return AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
-    return tokenizer, model
 
 
-def text_forward(files: ModelFiles, graph: Graph, settings: TextModelSettings) -> Forward:
-    """The forward pass of `graph` on the runtime and device this worker gets."""
-    placement = place(settings.runtime, files.gpu_id, torch.cuda.is_available())
-    return load_forward(graph, files.model_dir, placement, settings.threads)
+def load_model(files: ModelFiles, auto_class: Any) -> Any:
+    """The PyTorch model itself, loaded only when PyTorch runs it (eager, or on a GPU)."""
+    folder = files.model_dir / MODEL_SUBDIR
+    try:
+        return auto_class.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
+
+
+def text_placement(files: ModelFiles, settings: TextModelSettings) -> Placement:
+    """The runtime and device this worker's forward pass gets."""
+    return place(settings.runtime, files.gpu_id, torch.cuda.is_available())
 
 
 def max_tokens(tokenizer: Any, config: Any) -> int:
@@ -190,22 +154,20 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int | None) -> tuple[tor
 
 
 class TextRuntime:
-    """What both text runtimes hold: tokenizer, model, forward pass, settings, names, the
-    length limit."""
+    """What both text runtimes hold: tokenizer, model config, forward pass, settings, names,
+    the length limit."""
 
     tasks: tuple[str, ...] = ()
     request_model: type[TextRequest] = TextRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-        self, tokenizer: Any, model: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
+        self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
     ) -> None:
         self._tokenizer = tokenizer
-        # The torch model itself is not kept: with a compiled forward pass its encoder's
-        # weights are freed once loading ends (the fill-mask head keeps just its own).
         self.forward = forward
         self._settings = settings
         self._names = list(names)
-        self._limit = max_tokens(tokenizer, model.config)
+        self._limit = max_tokens(tokenizer, config)
 
     @property
     def tokenizer(self) -> Any:

@@ -14,7 +14,6 @@ from threadpoolctl import threadpool_limits
 
 from modelserver.errors import SpecValidationFailed
 from modelserver.kinds import ModelFiles
-from modelserver.training.topics import load_model
 from modelserver.validation import parse_settings, validate_body
 
 
@@ -67,6 +66,9 @@ class TopicsRuntime:
 
 def load_topics_runtime(files: ModelFiles) -> TopicsRuntime:
     """Load the skops model the archive holds (allowlisted types only)."""
+    # scikit-learn and skops load in the worker only: the launcher reads this module's schemas.
+    from modelserver.training.topics import load_model  # pylint: disable=import-outside-toplevel
+
     settings = parse_settings(TopicsSettings, files.settings)
     threadpool_limits(settings.threads)
     return TopicsRuntime(load_model(files.model_dir / files.model_file), settings)

@@ -3,9 +3,10 @@ PyTorch eager does before anything serves it.
 
     python -m modelserver.runtimes.export --task fill-mask --archive-dir DIR --settings JSON
 
-DIR is an unpacked-archive-like folder holding `model/` (from_pretrained format); the graph and
-its parity report are written to `DIR/compiled/`. Exit 0: the compiled runtime may serve. Exit 1:
-one line on stderr says why (the archive builder then serves the model with PyTorch eager).
+DIR is an unpacked-archive-like folder holding `model/` (from_pretrained format); the graph (for
+fill-mask: the encoder, and its masked-LM head as a second graph) and its parity report are
+written to `DIR/compiled/`. Exit 0: the compiled runtime may serve. Exit 1: one line on stderr
+says why (the archive builder then serves the model with PyTorch eager).
 
 The parity gate, on a fixed probe set (a one-word text, short and long texts, one and several
 masks, all in one mixed-length batch):
@@ -39,7 +40,7 @@ from modelserver.kinds.fill_mask import PUBLIC_MASK, load_fill_mask_runtime
 from modelserver.kinds.text_classification import load_text_classification_runtime
 from modelserver.kinds.text_models import TextRuntime
 from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT
-from modelserver.runtimes.forward import OPENVINO_FILE, TorchForward
+from modelserver.runtimes.forward import OPENVINO_FILE, OPENVINO_HEAD_FILE, TorchForward
 
 # Answers' scores are probabilities: 1e-5 is what a user comparing with the pipeline tolerates.
 SCORE_TOLERANCE = 1e-5
@@ -188,6 +189,15 @@ def convert(
     openvino.save_model(model, str(target), compress_to_fp16=False)
 
 
+def convert_head(eager: TextRuntime, example: tuple[torch.Tensor, ...], target: Path) -> None:
+    """Fill-mask's masked-LM head as a graph of its own beside the encoder's, always fp32 (int8
+    too: it runs at the mask positions only), so a compiled worker never builds the torch model."""
+    head = getattr(eager, "head", None)
+    if isinstance(head, torch.nn.Module) and not isinstance(head, torch.nn.Identity):
+        hidden = eager.forward(*example)
+        convert(head, (hidden[:, 0, :].clone(),), target, None)  # a clone: not an inference tensor
+
+
 def _ranking_swaps(reference: torch.Tensor, compiled: torch.Tensor, report: ParityReport) -> None:
     """Compare the top candidates of every row; a swap is allowed only between near-ties."""
     depth = min(RANKED, reference.shape[-1])
@@ -334,7 +344,9 @@ def export(task_name: str, archive_dir: Path, settings: dict[str, Any]) -> Parit
     target = archive_dir / COMPILED_SUBDIR / OPENVINO_FILE
     if not isinstance(eager.forward, TorchForward):
         raise TypeError("the reference runtime must be PyTorch eager")
-    convert(eager.forward.graph, eager.pad(encoded[:2]), target, calibration)
+    example = eager.pad(encoded[:2])
+    convert(eager.forward.graph, example, target, calibration)
+    convert_head(eager, example, target.with_name(OPENVINO_HEAD_FILE))
     report.export_s = round(time.perf_counter() - started, 2)
     compiled = task.load(ModelFiles(archive_dir, settings={**settings, "runtime": "openvino"}))
     check_parity(eager, compiled, texts, report)

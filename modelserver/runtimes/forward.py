@@ -1,13 +1,16 @@
 """A model's forward pass behind one call, whatever runs it: token ids and mask in, a tensor out.
 
-`TorchForward` runs a torch module (on the CPU or a CUDA device); `OpenVinoForward` runs the
+`TorchForward` runs a torch module (on the CPU or a CUDA device); `OpenVinoForward` runs a
 graph exported at archive build. Both take and return torch tensors, so the kinds' code around
-them (the masked-LM head, softmax, top-k, formatting) is the same for every runtime.
+them (softmax, top-k, formatting) is the same for every runtime. A worker that runs compiled
+graphs never builds the PyTorch model nor imports its modelling code, which is most of a text
+worker's start time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +22,8 @@ from modelserver.runtimes import COMPILED_SUBDIR, Placement
 log = logging.getLogger(__name__)
 
 OPENVINO_FILE = "openvino_model.xml"
+# Fill-mask's masked-LM head: hidden states at the mask positions to vocabulary logits.
+OPENVINO_HEAD_FILE = "openvino_head.xml"
 
 
 class Forward(Protocol):
@@ -57,8 +62,9 @@ class TorchForward:
 
 
 class OpenVinoForward:
-    """The graph OpenVINO compiled from the archive's export, in fp32, with `threads` threads
-    and one stream: a worker never takes every core of the machine."""
+    """A graph OpenVINO compiled from the archive's export, in fp32, with `threads` threads
+    and one stream (a worker never takes every core of the machine): its inputs in order, its
+    one output."""
 
     device = torch.device("cpu")
 
@@ -85,21 +91,24 @@ class OpenVinoForward:
         )
         self._request = compiled.create_infer_request()
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         # The inputs are read in place; the output is copied out of the request's buffer,
         # which the next call reuses.
-        outputs = self._request.infer([input_ids.numpy(), attention_mask.numpy()], share_inputs=True)
+        outputs = self._request.infer([tensor.contiguous().numpy() for tensor in inputs], share_inputs=True)
         return torch.from_numpy(next(iter(outputs.values())))
 
 
-def compiled_graph(model_dir: Path) -> Path:
-    """Where an archive holds its exported OpenVINO graph."""
-    return model_dir / COMPILED_SUBDIR / OPENVINO_FILE
+def compiled_graph(model_dir: Path, name: str = OPENVINO_FILE) -> Path:
+    """Where an archive holds an exported OpenVINO graph."""
+    return model_dir / COMPILED_SUBDIR / name
 
 
-def load_forward(graph: Graph, model_dir: Path, placement: Placement, threads: int) -> Forward:
-    """The forward pass the placement asks for (logged once: which runtime, where, why)."""
+def load_forward(
+    placement: Placement, model_dir: Path, threads: int, eager_graph: Callable[[], Graph]
+) -> Forward:
+    """The forward pass the placement asks for (logged once: which runtime, where, why); the
+    eager graph, and so the PyTorch model, is built only when PyTorch runs it."""
     log.info("forward pass: %s on %s (%s)", placement.runtime, placement.device, placement.reason)
     if placement.runtime == "openvino":
         return OpenVinoForward(compiled_graph(model_dir), threads)
-    return TorchForward(graph, placement.device)
+    return TorchForward(eager_graph(), placement.device)

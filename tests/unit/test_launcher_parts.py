@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from modelserver.catalogue import Catalogue
+from modelserver.catalogue import PROJECT_ROOT, Catalogue
 from modelserver.launcher.__main__ import parse_settings
 from modelserver.launcher.envoy import render_config, validate
 from modelserver.launcher.health import Readiness
@@ -182,3 +184,17 @@ def test_scaled_workers_are_remembered_per_model_and_a_bad_file_is_none(tmp_path
     assert not read_scaled_workers(tmp_path)  # not JSON: nothing to restore
     (tmp_path / SCALED_WORKERS_FILE).write_text('{"crystal_sklearn": "two", "x": -1, "ok": 1}')
     assert read_scaled_workers(tmp_path) == {"ok": 1}
+
+
+def test_the_launcher_imports_no_ml_framework() -> None:
+    # The supervising process stays small and starts at once: only model workers (and the
+    # archive build's export child) load torch, transformers, scikit-learn or OpenVINO.
+    probe = (
+        "import sys, modelserver.launcher.__main__\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sklearn', 'scipy', 'openvino', 'skops')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    )
+    assert done.stdout.strip() == "[]"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import yaml
 
 from modelserver import archive
 from modelserver.archive import build_archive
-from modelserver.catalogue import Catalogue
+from modelserver.catalogue import PROJECT_ROOT, Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
@@ -68,6 +71,47 @@ def test_the_default_runtime_is_compiled_and_torch_stays_available(tiny_hf_model
     report = json.loads((archive_dir / COMPILED_SUBDIR / PARITY_REPORT).read_text())
     assert report["passed"] and report["score_max_abs_diff"] <= SCORE_TOLERANCE
     assert report["probes"] >= 4 and report["longest_probe_tokens"] > 20
+
+
+# What a worker serving compiled graphs must not load: the architectures' modelling code (with
+# the PyTorch weights it builds), most of a text worker's start time. Each kind is loaded in a
+# fresh interpreter: argv holds the runtime, then (module, loader, archive folder) triples.
+MODELLING_PROBE = """
+import importlib, sys
+from pathlib import Path
+from modelserver.kinds import ModelFiles
+runtime, *kinds = sys.argv[1:]
+for module, loader, folder in zip(kinds[::3], kinds[1::3], kinds[2::3]):
+    load = getattr(importlib.import_module(f"modelserver.kinds.{module}"), loader)
+    load(ModelFiles(Path(folder), settings={"runtime": runtime}))
+modelling = [m for m in sys.modules if m.startswith("transformers.models.") and ".modeling_" in m]
+print(sorted(m for m in modelling if ".auto." not in m))
+"""
+
+
+def modelling_modules(runtime: str, *kinds: tuple[str, str, Path]) -> list[str]:
+    """The modelling modules a fresh worker process holds once it has loaded these kinds."""
+    arguments = [str(part) for kind in kinds for part in kind]
+    done = subprocess.run(
+        [sys.executable, "-c", MODELLING_PROBE, runtime, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_ROOT,
+    )
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_compiled_worker_never_builds_the_pytorch_model(tiny_hf_models: dict[str, Path]) -> None:
+    fill_mask = ("fill_mask", "load_fill_mask_runtime")
+    kinds = [
+        (*fill_mask, tiny_hf_models["fill_mask"].parent),
+        (*fill_mask, tiny_hf_models["camembert"].parent),
+        ("text_classification", "load_text_classification_runtime", tiny_hf_models["sentiment"].parent),
+    ]
+    assert modelling_modules("openvino", *kinds) == []
+    # The probe does see the modelling code when PyTorch runs the model.
+    assert modelling_modules("torch", kinds[0]) == ["transformers.models.bert.modeling_bert"]
 
 
 def test_a_missing_graph_fails_the_load_naming_the_fix(

@@ -35,7 +35,7 @@ from modelserver.kinds.crystal import CrystalRequest, load_crystal_runtime
 from modelserver.kinds.crystal_torch import CrystalNet
 from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRequest, load_fill_mask_runtime
 from modelserver.kinds.text_classification import load_text_classification_runtime
-from modelserver.kinds.text_models import TextRequest
+from modelserver.kinds.text_schemas import TextRequest
 from modelserver.kinds.topics import TopicsRequest, load_topics_runtime
 from modelserver.payload import decode_json_body
 from modelserver.serving.batch import BatchAnswerer, Outcome

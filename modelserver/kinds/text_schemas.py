@@ -1,0 +1,67 @@
+"""The settings and request schemas of the Hugging Face text kinds.
+
+Framework-free: the launcher (OpenAPI document) and the catalogue read them without importing
+torch or transformers; the serving code is in `text_models`, `fill_mask`, `text_classification`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
+
+PUBLIC_MASK = "[MASK]"  # what a fill-mask text writes for the word to fill, whatever the model
+
+Text = Annotated[str, StringConstraints(min_length=1, strict=True)]
+
+
+class TextModelSettings(BaseModel):
+    """The `handler:` section of a Hugging Face text model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Threads of the forward pass (torch or OpenVINO) in each worker: never all cores per worker.
+    threads: int = Field(default=1, ge=1)
+    runtime: RuntimeName = DEFAULT_RUNTIME
+    # int8: OpenVINO's post-training quantisation (NNCF) at archive build; opt-in, and it
+    # changes answers (docs/BENCHMARKS.md gives its agreement with fp32).
+    quantize: Literal["none", "int8"] = "none"
+    # Per-request budgets: one request must never cost more than TorchServe's responseTimeout
+    # allows for a whole batch, nor answer more than its response-size limit.
+    max_texts: int = Field(default=64, ge=1)
+    max_request_tokens: int = Field(default=2048, ge=1)
+    max_candidates: int = Field(default=2000, ge=1)  # fill-mask: masks x top_k per request
+    # Texts of a batch go through the model in length-sorted groups of at most this many
+    # (padded) tokens, so one long text does not pad every short one to its length.
+    forward_tokens: int = Field(default=4096, ge=64)
+    stream_chunk: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _int8_is_compiled(self) -> TextModelSettings:
+        if self.quantize == "int8" and self.runtime != "openvino":
+            raise ValueError("quantize: int8 needs runtime: openvino")
+        return self
+
+
+class TextRequest(BaseModel):
+    """Fields every text request has: one text or a list, and brief 004's selectors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: Text | Annotated[list[Text], Field(min_length=1)]
+    model_name: str | None = Field(default=None, description="A served model name or its Hub id.")
+    task: str | None = Field(default=None, description="The task, if given, must be this model's.")
+    stream: bool = Field(default=False, description="Answer a list of texts as NDJSON lines.")
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts, as a list even when one was sent."""
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
+
+class FillMaskRequest(TextRequest):
+    """Texts with one or more `[MASK]` (or the model's own mask token)."""
+
+    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
