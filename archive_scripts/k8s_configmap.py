@@ -3,10 +3,11 @@
     python -m archive_scripts.k8s_configmap           # rewrite the ConfigMap (and the hash)
     python -m archive_scripts.k8s_configmap --check   # exit 1 if either file is stale
 
-The ConfigMap holds config.properties, the Envoy template (proxy/envoy.yaml), log4j2.xml and
-models.yaml; the Deployment mounts each over the image's copy with subPath. A subPath mount is
-never updated in place, so the content hash also goes into an annotation of the Deployment's
-Pod template: a changed config rolls the pods. A unit test fails if either file is stale.
+The ConfigMap holds config.properties, log4j2.xml and models.yaml (Envoy's config is built from
+models.yaml and the launcher's options at start); the Deployment mounts each over the image's
+copy with subPath. A subPath mount is never updated in place, so the content hash also goes
+into an annotation of the Deployment's Pod template: a changed config rolls the pods. A unit
+test fails if either file is stale.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ HASH_ANNOTATION = "modelserver/config-hash"
 # ConfigMap key -> the repository file it copies (and where the image keeps it, under /app).
 SOURCES: dict[str, str] = {
     "config.properties": "config.properties",
-    "envoy.yaml": "proxy/envoy.yaml",
     "log4j2.xml": "log4j2.xml",
     "models.yaml": "models.yaml",
 }

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, environment
+from modelserver.catalogue import environment
 from modelserver.errors import ConfigError
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.supervisor import Supervisor
@@ -20,30 +20,39 @@ from modelserver.launcher.supervisor import Supervisor
 PORT_OPTIONS = tuple(name for name in Ports().model_dump() if name != "public")
 
 
-def parse_settings(argv: list[str] | None, environ: dict[str, str]) -> LaunchSettings:
-    """Command line and `PORT` -> typed settings (the only place the launcher reads them)."""
-    defaults = Ports()
+def settings_from_command_line(argv: list[str] | None, environ: dict[str, str]) -> LaunchSettings:
+    """Command line and `PORT` -> typed settings (the only place the launcher reads them); every
+    default is `LaunchSettings`'s own."""
+    defaults = LaunchSettings()
     parser = argparse.ArgumentParser(prog="python -m modelserver.launcher", description=__doc__)
-    parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.public)))
+    parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.ports.public)))
     for name in PORT_OPTIONS:
         parser.add_argument(
-            f"--{name.replace('_', '-')}-port", dest=name, type=int, default=getattr(defaults, name)
+            f"--{name.replace('_', '-')}-port", dest=name, type=int, default=getattr(defaults.ports, name)
         )
-    parser.add_argument("--listen-address", default="0.0.0.0")
-    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
-    parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
-    parser.add_argument("--runtime-dir", type=Path, default=PROJECT_ROOT / "run")
-    parser.add_argument("--models", nargs="*", default=[], help="serve only these models")
+    parser.add_argument("--listen-address", default=defaults.listen_address)
+    parser.add_argument("--catalogue", type=Path, default=defaults.catalogue)
+    parser.add_argument("--model-store", type=Path, default=defaults.model_store)
+    parser.add_argument("--runtime-dir", type=Path, default=defaults.runtime_dir)
+    parser.add_argument("--models", nargs="*", default=list(defaults.models), help="serve only these models")
     parser.add_argument("--no-build", action="store_true", help="use the archives as they are")
-    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--startup-timeout", type=float, default=defaults.startup_timeout_s)
     parser.add_argument(
-        "--unready-delay", type=float, default=1.0, help="seconds of 503 health before draining on a stop"
+        "--unready-delay",
+        type=float,
+        default=defaults.unready_delay_s,
+        help="seconds of 503 health before draining on a stop",
     )
-    parser.add_argument("--drain-timeout", type=float, default=15.0)
+    parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s)
     parser.add_argument(
-        "--max-connections", type=int, default=1024, help="client connections Envoy holds at once"
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="client connections Envoy holds at once",
     )
-    parser.add_argument("--envoy-workers", type=int, default=2, help="Envoy's worker threads")
+    parser.add_argument(
+        "--envoy-workers", type=int, default=defaults.envoy_workers, help="Envoy's worker threads"
+    )
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the stack until SIGINT/SIGTERM; the exit code says whether it ran cleanly."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environ = environment()
-    settings = parse_settings(argv, environ)
+    settings = settings_from_command_line(argv, environ)
     try:
         supervisor = Supervisor(settings, environ)
         signal.signal(signal.SIGTERM, supervisor.request_stop)

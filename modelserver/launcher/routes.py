@@ -6,16 +6,15 @@ skipped (its source could not be fetched) answers 503 saying why and how to prov
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from modelserver.catalogue import Catalogue, RouteSpec
 
 METADATA_NAMESPACE = "modelserver"
+BODY_FIELDS_FILTER = "envoy.filters.http.json_to_metadata"
+LUA_FILTER = "envoy.filters.http.lua"
 # Retried once: a request that never reached TorchServe, TorchServe's answer for a batch whose
 # worker died or was scaled down (500 "Worker died.", 507), and a request TorchServe never
 # answers at all (a job lost while a worker is scaled down: the try is abandoned after the
@@ -37,14 +36,15 @@ UPSTREAM_IDLE_S = 10
 # Routes that do not pick a model from the body skip the body-field filter: parsing every body
 # cost Envoy 15% of its CPU per request on the crystal routes (docs/BENCHMARKS.md).
 NO_BODY_FIELDS = {
-    "envoy.filters.http.json_to_metadata": {
+    BODY_FIELDS_FILTER: {
         "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
         "disabled": True,
     }
 }
 
 
-def _direct(status: int, message: str, **headers: str) -> dict[str, Any]:
+def direct(status: int, message: str, **headers: str) -> dict[str, Any]:
+    """A route action Envoy answers itself (the JSON error body comes from the local replies)."""
     action: dict[str, Any] = {"direct_response": {"status": status, "body": {"inline_string": message}}}
     if headers:
         action["response_headers_to_add"] = [
@@ -66,15 +66,24 @@ def model_cluster(name: str) -> str:
     return f"model_{name}"
 
 
-def _cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:
+def loopback_cluster(name: str, port: int) -> dict[str, Any]:
+    """A cluster of one endpoint on this machine's loopback (TorchServe, the health server)."""
+    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}]},
+    }
+
+
+def torchserve_cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:
     """A cluster to TorchServe's inference port whose circuit breaker holds `limits`: beyond
     them Envoy refuses at once (503, flag UO) instead of queueing without bound. Idle upstream
     connections close after UPSTREAM_IDLE_S: each Envoy worker keeps its own, and an idle one
     still counts against `max_connections`."""
     return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
+        **loopback_cluster(name, port),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -83,20 +92,6 @@ def _cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:
             }
         },
         "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", **limits, "track_remaining": True}]},
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
     }
 
 
@@ -115,7 +110,7 @@ class RouteTable:
 
     def _to_model(self, name: str, timeout_s: float) -> dict[str, Any]:
         if name in self._skipped:
-            return _direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
+            return direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
         # No total timeout: a stream may run long. The idle timeout bounds the wait for each
         # answer or chunk, which for a plain answer is the whole wait.
         return {
@@ -133,8 +128,11 @@ class RouteTable:
 
     @staticmethod
     def _plain(spec: RouteSpec | None) -> dict[str, Any]:
-        """Per-route filter settings: no body-field parsing where no field picks the model."""
-        return {} if spec is not None and spec.select_by else {"typed_per_filter_config": NO_BODY_FIELDS}
+        """Per-route settings: no body-field parsing where no field picks the model; where one
+        does, its name for the Lua filter (which finds it in bodies that are not strict JSON)."""
+        if spec is not None and spec.select_by:
+            return {"metadata": {"filter_metadata": {LUA_FILTER: {"select_by": spec.select_by}}}}
+        return {"typed_per_filter_config": NO_BODY_FIELDS}
 
     def choices(self, spec: RouteSpec) -> dict[str, str]:
         """Body-field value -> model, for a route that selects by a field."""
@@ -169,8 +167,8 @@ class RouteTable:
                     "headers": POST,
                     "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
                 }
-                routes.append({"match": match, **_direct(400, unknown)})
-            default = self._to_model(spec.model, spec.timeout_s) if spec.model else _direct(400, unknown)
+                routes.append({"match": match, **direct(400, unknown)})
+            default = self._to_model(spec.model, spec.timeout_s) if spec.model else direct(400, unknown)
             routes.append({"match": {"path": path, "headers": POST}, **default, **self._plain(spec)})
         # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
         for name, entry in sorted(self._catalogue.models.items()):
@@ -182,7 +180,7 @@ class RouteTable:
             routes.append(
                 {
                     "match": {"safe_regex": {"regex": f"^({paths})$"}},
-                    **_direct(405, "method not allowed; use POST", allow="POST"),
+                    **direct(405, "method not allowed; use POST", allow="POST"),
                 }
             )
         return routes
@@ -194,7 +192,7 @@ class RouteTable:
         set above both so that it never refuses a request on its own (with several Envoy
         workers, each has its own connection pool under the shared limits). Every request of a
         lost batch may retry."""
-        clusters = [_cluster(GENERIC_CLUSTER, torchserve_port, GENERIC_LIMITS)]
+        clusters = [torchserve_cluster(GENERIC_CLUSTER, torchserve_port, GENERIC_LIMITS)]
         for name, entry in sorted(self._catalogue.models.items()):
             limits = entry.admission
             assert limits.concurrency is not None and limits.queue is not None  # set at load
@@ -204,7 +202,7 @@ class RouteTable:
                 "max_pending_requests": limits.queue,
                 "max_retries": limits.concurrency,
             }
-            clusters.append(_cluster(model_cluster(name), torchserve_port, cluster_limits))
+            clusters.append(torchserve_cluster(model_cluster(name), torchserve_port, cluster_limits))
         return clusters
 
     def selector_rules(self) -> list[dict[str, Any]]:
@@ -222,18 +220,3 @@ class RouteTable:
             }
             for field in fields
         ]
-
-    def lua_selectors(self) -> str:
-        """A Lua table literal: path -> selecting field, for bodies that are not strict JSON."""
-        pairs = [
-            f"[{json.dumps(path)}] = {json.dumps(spec.select_by)}"
-            for path, spec in self._catalogue.routes.items()
-            if spec.select_by
-        ]
-        return "{" + ", ".join(pairs) + "}"
-
-
-def as_yaml_block(items: list[dict[str, Any]], indent: int) -> str:
-    """Routes or clusters as YAML list items indented to sit inside the template's list."""
-    text = yaml.safe_dump(items, sort_keys=False, default_flow_style=False, width=1000)
-    return "\n".join((" " * indent + line) if line else line for line in text.splitlines())

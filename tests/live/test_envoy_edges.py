@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher.envoy import envoy_binary, render_config
+from modelserver.launcher.envoy import envoy_binary
+from modelserver.launcher.envoy_config import render_config
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from tests.helpers import BRIEF_ROWS, Launcher, free_ports

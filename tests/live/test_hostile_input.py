@@ -1,4 +1,4 @@
-"""Hostile input on the live stack (issue 7): what a fuzzer or an attacker sends, route by route.
+"""Hostile input on the live stack: what a fuzzer or an attacker sends, route by route.
 
 Huge and endless numbers, deep nesting, bodies at and over the 1 MiB limit, invalid UTF-8, NUL
 bytes, duplicate keys, wrong content types and encodings, too many or too large headers, bodies
@@ -29,7 +29,7 @@ from tests.unit.test_validation_properties import assert_close
 # Per test, not counting the session's stack start (a minute or two, under the global timeout).
 pytestmark = pytest.mark.timeout(60, func_only=True)
 
-LIMIT = 1 << 20  # Envoy's body limit (proxy/envoy.yaml, buffer filter)
+LIMIT = 1 << 20  # the public body limit, 1 MiB (Envoy: BODY_LIMIT_BYTES in envoy_config)
 ROW_TAIL = b", 0.12, 0.31, 0.09]]"
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from archive_scripts.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
 from modelserver.catalogue import PROJECT_ROOT, Catalogue
-from modelserver.launcher.__main__ import parse_settings
+from modelserver.launcher.__main__ import settings_from_command_line
 from modelserver.launcher.torchserve import read_properties
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -204,7 +204,7 @@ def test_actionlint_passes_the_workflows() -> None:
 def test_image_runs_the_launcher_as_make_run_does() -> None:
     command = image_command()
     assert command[:2] == ["/usr/bin/tini", "--"], "tini must be PID 1 (reaps workers, forwards SIGTERM)"
-    settings = parse_settings(launcher_args(command), image_env())
+    settings = settings_from_command_line(launcher_args(command), image_env())
     assert settings.runtime_dir == Path("/app/run")
     assert not settings.build, "the container serves the archives it has (--no-build)"
     assert settings.ports.public == int(image_env()["PORT"])
@@ -228,7 +228,7 @@ def test_baked_models_are_the_served_models() -> None:
     arguments = [i.args for i in dockerfile_instructions() if i.keyword == "ARG"]
     (models_arg,) = [arg for arg in arguments if arg.startswith("MODELS=")]
     baked = shlex.split(models_arg.partition("=")[2])[0].split()
-    served = parse_settings(launcher_args(image_command()), {}).models
+    served = settings_from_command_line(launcher_args(image_command()), {}).models
     assert list(served) == baked
     assert set(baked) <= set(Catalogue.load().models)
 
@@ -249,7 +249,7 @@ def test_healthcheck_asks_the_public_port_for_healthcheck() -> None:
     assert "http://127.0.0.1:" in command[2] and "/healthcheck" in command[2] and "PORT" in command[2]
     (healthcheck,) = final_stage("HEALTHCHECK")
     start_period = re.search(r"--start-period=(\d+)s", healthcheck.args)
-    assert start_period and int(start_period.group(1)) >= parse_settings([], {}).startup_timeout_s
+    assert start_period and int(start_period.group(1)) >= settings_from_command_line([], {}).startup_timeout_s
 
 
 def test_port_is_one_number_everywhere() -> None:
@@ -295,7 +295,7 @@ def test_probes_hit_healthcheck_on_the_named_port() -> None:
     assert "httpGet" not in server["livenessProbe"]
     startup = server["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
-    timeout = parse_settings(effective_args(), {}).startup_timeout_s
+    timeout = settings_from_command_line(effective_args(), {}).startup_timeout_s
     assert budget >= timeout, "liveness must not act before the launcher could have loaded the models"
 
 
@@ -309,7 +309,7 @@ def test_grace_period_covers_prestop_and_the_launchers_drain() -> None:
     spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
     sleep = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert Path(sleep[0]).name == "sleep"
-    settings = parse_settings(effective_args(), {})
+    settings = settings_from_command_line(effective_args(), {})
     needed = float(sleep[1]) + settings.unready_delay_s + settings.drain_timeout_s + STOP_MARGIN_S
     assert spec["terminationGracePeriodSeconds"] >= needed
 
@@ -332,7 +332,7 @@ def test_what_the_launcher_writes_is_on_writable_volumes() -> None:
     spec = manifests(K8S)["Deployment"]["spec"]["template"]["spec"]
     empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
     mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
-    runtime_dir = str(parse_settings(effective_args(), {}).runtime_dir)
+    runtime_dir = str(settings_from_command_line(effective_args(), {}).runtime_dir)
     assert mounts[runtime_dir] in empty_dirs
     assert mounts["/tmp"] in empty_dirs
 

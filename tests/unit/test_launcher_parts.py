@@ -7,15 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelserver.catalogue import PROJECT_ROOT, Catalogue
-from modelserver.launcher.__main__ import parse_settings
-from modelserver.launcher.envoy import render_config, validate
+from modelserver.launcher.__main__ import settings_from_command_line
+from modelserver.launcher.envoy import validate
+from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.health import Readiness
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.routes import GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.supervisor import Backoff, Supervisor
-from modelserver.launcher.templates import render
 from modelserver.launcher.torchserve import (
     CONFIG_TEMPLATE,
     SCALED_WORKERS_FILE,
@@ -28,9 +29,9 @@ from modelserver.launcher.torchserve import (
 
 
 def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
-    assert parse_settings([], {"PORT": "8080"}).ports.public == 8080
-    assert parse_settings(["--port", "3100"], {"PORT": "8080"}).ports.public == 3100
-    assert parse_settings([], {}).ports.public == 3000
+    assert settings_from_command_line([], {"PORT": "8080"}).ports.public == 8080
+    assert settings_from_command_line(["--port", "3100"], {"PORT": "8080"}).ports.public == 3100
+    assert settings_from_command_line([], {}).ports.public == 3000
 
 
 def test_torchserve_listens_on_loopback_only_and_keeps_its_fences() -> None:
@@ -56,8 +57,11 @@ def test_committed_config_leaves_the_public_ports_free() -> None:
 def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
     config.write_text(render_config(LaunchSettings(), "t0ken", RouteTable(Catalogue.load(), {})))
-    text = config.read_text()
-    assert "Bearer t0ken" in text and "${" not in text
+    built = yaml.safe_load(config.read_text())
+    [host] = built["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]["virtual_hosts"]
+    assert host["request_headers_to_add"][0]["header"]["value"] == "Bearer t0ken"
     result = validate(config)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout + result.stderr
@@ -70,10 +74,50 @@ def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
     assert validate(config).returncode != 0
 
 
-def test_templates_refuse_missing_values() -> None:
-    assert render("a ${X} b $1 ^x$", {"X": 2}) == "a 2 b $1 ^x$"
-    with pytest.raises(KeyError, match="Y"):
-        render("${X} ${Y}", {"X": 1})
+def test_every_limit_is_written_once_into_the_envoy_config() -> None:
+    settings = LaunchSettings(max_connections=77)
+    built = envoy_config(settings, "t", RouteTable(Catalogue.load(), {}))
+    [listener] = built["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert listener["per_connection_buffer_limit_bytes"] == BODY_LIMIT_BYTES
+    buffer = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.buffer")
+    assert buffer["typed_config"]["max_request_bytes"] == BODY_LIMIT_BYTES
+    assert "1 MiB" in manager["local_reply_config"]["mappers"][0]["body"]["inline_string"]
+    monitors = built["overload_manager"]["resource_monitors"]
+    assert monitors[1]["typed_config"]["max_active_downstream_connections"] == 77
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert any(r.get("route", {}).get("cluster") == GENERIC_CLUSTER for r in routes)
+    retried = [r["route"]["retry_policy"] for r in routes if "retry_policy" in r.get("route", {})]
+    assert retried and all(policy["retry_on"] == SAFE_RETRIES["retry_on"] for policy in retried)
+    clusters = {cluster["name"] for cluster in built["static_resources"]["clusters"]}
+    assert {GENERIC_CLUSTER, HEALTH_CLUSTER} <= clusters
+
+
+def test_the_rendered_config_command_prints_what_the_launcher_runs() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelserver.launcher.envoy_config",
+            "--port",
+            "3456",
+            "--max-connections",
+            "99",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_ROOT,
+    )
+    printed = yaml.safe_load(done.stdout)
+    [listener] = printed["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 3456
+    assert (
+        printed["overload_manager"]["resource_monitors"][1]["typed_config"][
+            "max_active_downstream_connections"
+        ]
+        == 99
+    )
 
 
 def test_readiness_names_what_is_not_ready() -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
-from modelserver.launcher.routes import GENERIC_CLUSTER, RouteTable, model_cluster
+from modelserver.launcher.routes import GENERIC_CLUSTER, LUA_FILTER, RouteTable, model_cluster
 from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties
 
 
@@ -83,10 +83,14 @@ def test_wrong_methods_on_public_paths_are_405() -> None:
         assert path in not_allowed["match"]["safe_regex"]["regex"]
 
 
-def test_body_selector_rules_and_lua_table() -> None:
+def test_body_selector_rules_and_the_field_each_route_names_for_lua() -> None:
     table = RouteTable(Catalogue.load(), {})
     assert [rule["selectors"][0]["key"] for rule in table.selector_rules()] == ["model", "model_name"]
-    assert table.lua_selectors() == '{["/astromech"] = "model", ["/predict"] = "model_name"}'
+    routes = table.routes()
+    for path, field in (("/astromech", "model"), ("/predict", "model_name")):
+        # The route a body that is not strict JSON lands on names the field Lua looks for.
+        assert find(routes, path)["metadata"]["filter_metadata"][LUA_FILTER] == {"select_by": field}
+    assert "metadata" not in find(routes, "/sklearn")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,316 @@
+"""Envoy's whole config as data, built from the launch settings, the catalogue's routes and
+TorchServe's inference key; dumped to YAML and checked with `envoy --mode validate`.
+
+    python -m modelserver.launcher.envoy_config [launcher options]
+
+prints the config the launcher would run with those options (the key shown as a placeholder).
+
+Request path: set Content-Type to JSON (clients like `curl -d` send a form type, which
+TorchServe would parse as a form) -> buffer with a 1 MiB limit (413) -> read the body field
+that picks a model into metadata (/astromech, /predict) -> Lua: the same field in bodies that
+are not strict JSON, and TorchServe's errors as ours -> route. Every limit is defined once here
+or in `routes` (retries, clusters, admission limits).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from modelserver.catalogue import PROJECT_ROOT, Catalogue, environment
+from modelserver.launcher.routes import (
+    BODY_FIELDS_FILTER,
+    GENERIC_CLUSTER,
+    LUA_FILTER,
+    SAFE_RETRIES,
+    RouteTable,
+    direct,
+    loopback_cluster,
+)
+from modelserver.launcher.settings import LaunchSettings
+
+LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
+PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
+HEALTH_CLUSTER = "health"  # the launcher's own server: health, documents, metrics
+BODY_LIMIT_BYTES = 1 << 20  # a request body (413 beyond), and what one connection buffers
+# Envoy's heap: from 90% it returns freed memory to the system, from 95% it refuses new
+# requests with 503 until the heap shrinks.
+HEAP_LIMIT_BYTES = 512 << 20
+SHRINK_HEAP_AT = 0.90
+REFUSE_REQUESTS_AT = 0.95
+# TorchServe's HTTP decoder refuses more than 8 KiB of headers (a 400 "Invalid HTTP message");
+# 7 KiB leaves room for what Envoy adds, and beyond it clients get a 431.
+MAX_REQUEST_HEADERS_KB = 7
+# Slow or stalled clients: headers within 10 s, the whole request (at most 1 MiB) also within
+# 10 s, a 408. Shorter than the routes' idle timeouts (15 s and more), so a client that stops
+# sending its body is a 408, never a 504 blamed on the model.
+REQUEST_HEADERS_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 10
+STREAM_IDLE_TIMEOUT_S = 30
+DOWNSTREAM_IDLE_S = 300
+GENERIC_IDLE_S = 60  # /predictions/<any other name>: TorchServe answers 404 for unknown models
+ADMIN_SOCKET_MODE = 0o600  # only the launcher's user: admin can stop Envoy and shows the key
+GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
+LAUNCHER_PAGES = r"^/(openapi\.json|docs|metrics)$"
+GET_PAGES = r"^/(healthcheck|openapi\.json|docs|metrics)$"
+# Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
+# Python worker per request (docs/BENCHMARKS.md, "Request headers").
+UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
+RETRY_AFTER_S = {"at capacity": "1", "short of memory": "1", "unreachable": "5"}
+
+
+def _typed(kind: str, **config: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{kind}", **config}
+
+
+def _method_is(method: str) -> list[dict[str, Any]]:
+    return [{"name": ":method", "string_match": {"exact": method}}]
+
+
+def _header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
+    """Envoy's own limits: the heap, and at most `max_connections` client connections (more
+    are closed at accept)."""
+    heap = "envoy.resource_monitors.fixed_heap"
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": _typed(
+                    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    max_heap_size_bytes=HEAP_LIMIT_BYTES,
+                ),
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": _typed(
+                    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    max_active_downstream_connections=settings.max_connections,
+                ),
+            },
+        ],
+        "actions": [
+            {
+                "name": "envoy.overload_actions.shrink_heap",
+                "triggers": [{"name": heap, "threshold": {"value": SHRINK_HEAP_AT}}],
+            },
+            {
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": [{"name": heap, "threshold": {"value": REFUSE_REQUESTS_AT}}],
+            },
+        ],
+    }
+
+
+def local_replies() -> dict[str, Any]:
+    """What Envoy answers itself, always `{"error", "code"}` JSON."""
+
+    def status_is(code: int) -> dict[str, Any]:
+        value = {"default_value": code, "runtime_key": f"reply.{code}"}
+        return {"status_code_filter": {"comparison": {"op": "EQ", "value": value}}}
+
+    def flags(*names: str) -> dict[str, Any]:
+        return {"response_flag_filter": {"flags": list(names)}}
+
+    def reply(match: dict[str, Any], message: str, status: int | None = None, retry_after: str = "") -> Any:
+        mapper: dict[str, Any] = {"filter": match, "body": {"inline_string": message}}
+        if status is not None:
+            mapper["status_code"] = status
+        if retry_after:
+            mapper["headers_to_add"] = [_header("retry-after", retry_after)]
+        return mapper
+
+    return {
+        "mappers": [
+            reply(status_is(413), f"the request body is larger than the {BODY_LIMIT_BYTES >> 20} MiB limit"),
+            # A model at its admission limit (its cluster's circuit breaker), or Envoy itself
+            # near its memory limit: refused at once, to be retried in a moment.
+            reply(flags("UO"), "the model is at capacity; retry shortly", 503, RETRY_AFTER_S["at capacity"]),
+            reply(
+                flags("OM"),
+                "the server is short of memory; retry shortly",
+                503,
+                RETRY_AFTER_S["short of memory"],
+            ),
+            reply(
+                flags("UF", "UH", "URX", "UC"),
+                "the model server is not reachable right now; retry shortly",
+                503,
+                RETRY_AFTER_S["unreachable"],
+            ),
+            reply(flags("UT", "SI"), "the model did not answer in time", 504),
+            reply(status_is(404), "no such route; see the README for the public API"),
+        ],
+        "body_format": {"json_format": {"error": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE%"}},
+    }
+
+
+def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
+    """JSON content type, the body buffered within its limit, the model-picking body field,
+    the Lua filter, the router."""
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                mutations={"request_mutations": [{"append": _header("content-type", "application/json")}]},
+            ),
+        },
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=BODY_LIMIT_BYTES
+            ),
+        },
+        {
+            "name": BODY_FIELDS_FILTER,
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+                request_rules={"rules": routes.selector_rules()},
+            ),
+        },
+        {
+            "name": LUA_FILTER,
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.lua.v3.Lua",
+                default_source_code={"inline_string": LUA_SOURCE.read_text(encoding="utf-8")},
+            ),
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True
+            ),
+        },
+    ]
+
+
+def fixed_routes_before() -> list[dict[str, Any]]:
+    """The launcher's pages, ahead of the catalogue's routes."""
+    health = {"cluster": HEALTH_CLUSTER, "timeout": "5s"}
+    return [
+        {"match": {"path": "/healthcheck", "headers": _method_is("GET")}, "route": health},
+        # The API's documents, generated from the request models at start, and /metrics
+        # (TorchServe's, Envoy's and the launcher's series in one scrape), from the launcher.
+        {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
+    ]
+
+
+def fixed_routes_after() -> list[dict[str, Any]]:
+    """The generic path for any other model name, then known paths with a wrong method, then 404."""
+    return [
+        {
+            "match": {"safe_regex": {"regex": GENERIC_PATH}, "headers": _method_is("POST")},
+            "route": {
+                "cluster": GENERIC_CLUSTER,
+                "timeout": "0s",
+                "idle_timeout": f"{GENERIC_IDLE_S}s",
+                "retry_policy": SAFE_RETRIES,
+            },
+        },
+        {
+            "match": {"safe_regex": {"regex": GENERIC_PATH}},
+            **direct(405, "method not allowed; use POST", allow="POST"),
+        },
+        {
+            "match": {"safe_regex": {"regex": GET_PAGES}},
+            **direct(405, "method not allowed; use GET", allow="GET"),
+        },
+        {"match": {"prefix": "/"}, **direct(404, "no such route")},
+    ]
+
+
+def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
+    """Every public route, with the headers Envoy drops, adds and hides."""
+    return {
+        "name": "api",
+        "domains": ["*"],
+        # TorchServe's own streaming marker stays inside.
+        "response_headers_to_remove": ["ts_stream_next"],
+        "request_headers_to_remove": UNREAD_HEADERS,
+        # TorchServe's inference key; clients never see or send it.
+        "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],
+        "routes": [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()],
+    }
+
+
+def public_listener(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
+    """The only listener reachable from other machines."""
+    manager = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix=PUBLIC_LISTENER,
+        codec_type="AUTO",
+        server_name="modelserver",
+        # No x-request-id: nothing downstream reads it, and TorchServe's Python worker parses
+        # every header of every request.
+        generate_request_id=False,
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action="REJECT_REQUEST",
+        request_headers_timeout=f"{REQUEST_HEADERS_TIMEOUT_S}s",
+        request_timeout=f"{REQUEST_TIMEOUT_S}s",
+        stream_idle_timeout=f"{STREAM_IDLE_TIMEOUT_S}s",
+        max_request_headers_kb=MAX_REQUEST_HEADERS_KB,
+        common_http_protocol_options={
+            "idle_timeout": f"{DOWNSTREAM_IDLE_S}s",
+            "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        local_reply_config=local_replies(),
+        http_filters=http_filters(routes),
+        route_config={"name": PUBLIC_LISTENER, "virtual_hosts": [virtual_host(routes, inference_token)]},
+    )
+    address = {"address": settings.listen_address, "port_value": settings.ports.public}
+    return {
+        "name": PUBLIC_LISTENER,
+        "address": {"socket_address": address},
+        "per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
+    """The config for this instance's ports, routes and TorchServe key."""
+    return {
+        # Admin on a unix socket only the launcher's user can open.
+        "admin": {"address": {"pipe": {"path": str(settings.envoy_admin_socket), "mode": ADMIN_SOCKET_MODE}}},
+        "overload_manager": overload_manager(settings),
+        "static_resources": {
+            "listeners": [public_listener(settings, inference_token, routes)],
+            # One cluster per catalogue model with its admission limits, and the generic one.
+            "clusters": [
+                *routes.clusters(settings.ports.inference),
+                loopback_cluster(HEALTH_CLUSTER, settings.ports.health),
+            ],
+        },
+    }
+
+
+def render_config(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> str:
+    """The config as the YAML file Envoy reads."""
+    return yaml.safe_dump(envoy_config(settings, inference_token, routes), sort_keys=False, width=1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the config the launcher would run with these options (the key redacted), every
+    catalogue model served (the launcher answers 503 on the routes of a model it skips)."""
+    # The launcher's own command line, imported here: it imports this module.
+    from modelserver.launcher.__main__ import (  # pylint: disable=import-outside-toplevel
+        settings_from_command_line,
+    )
+
+    settings = settings_from_command_line(argv, environment())
+    routes = RouteTable(Catalogue.load(settings.catalogue), {})
+    sys.stdout.write(render_config(settings, "<TorchServe inference key>", routes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
