@@ -52,12 +52,12 @@ clean:
 bench: install
 	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)
 
-## The soak test (issue 7): 10 minutes of steady mixed load on every public route; fails on any
+## The soak test: 10 minutes of steady mixed load on every public route; fails on any
 ## error or RSS growth >= 5% (results in load_tests/results/soak). make soak SOAK_ARGS="--duration 90"
 soak: install
 	$(PY) -m load_tests.soak $(SOAK_ARGS)
 
-## Overload (issue 7): fill-mask offered 4x what it sustains; excess refused at once, the rest
+## Overload: fill-mask offered 4x what it sustains; excess refused at once, the rest
 ## served with a bounded wait, /healthcheck answering (results in load_tests/results/overload).
 overload: install
 	$(PY) -m load_tests.overload $(OVERLOAD_ARGS)

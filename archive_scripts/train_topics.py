@@ -1,4 +1,4 @@
-"""Train, select and evaluate the newsgroup topic classifier; write the report (brief 002).
+"""Train, select and evaluate the newsgroup topic classifier; write the report.
 
     python -m archive_scripts.train_topics [--train F] [--test F] [--out-dir docs] [--model-out F]
 

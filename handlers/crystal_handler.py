@@ -1,4 +1,4 @@
-"""TorchServe handler for the crystal classifiers (scikit-learn or PyTorch, brief 003).
+"""TorchServe handler for the crystal classifiers (scikit-learn or PyTorch).
 
 All logic lives in `modelserver.kinds.crystal`; this file only tells TorchServe which
 model kind the archive holds.

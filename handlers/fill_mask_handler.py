@@ -1,4 +1,4 @@
-"""TorchServe handler for fill-mask models (bert-base-uncased, camembert-base, briefs 000/004).
+"""TorchServe handler for fill-mask models (bert-base-uncased, camembert-base).
 
 All logic lives in `modelserver.kinds.fill_mask`; this file only names the model kind.
 """

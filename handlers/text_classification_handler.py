@@ -1,4 +1,4 @@
-"""TorchServe handler for text classification (the sentiment model of brief 001).
+"""TorchServe handler for text classification (the sentiment model).
 
 All logic lives in `modelserver.kinds.text_classification`; this file only names the kind.
 """

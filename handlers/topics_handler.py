@@ -1,4 +1,4 @@
-"""TorchServe handler for the newsgroup topic classifier (brief 002, POST /prediction).
+"""TorchServe handler for the newsgroup topic classifier (POST /prediction).
 
 All logic lives in `modelserver.kinds.topics`; this file only names the model kind.
 """

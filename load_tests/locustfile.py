@@ -1,4 +1,4 @@
-"""Load on the public crystal routes (brief 003), through Envoy, as droids would send it.
+"""Load on the public crystal routes, through Envoy, as droids would send it.
 
     .venv/bin/locust -f load_tests/locustfile.py --headless -u 16 -r 16 -t 30s --host http://localhost:3000
 

@@ -1,4 +1,4 @@
-"""`make soak`: the real stack under a steady, moderate, mixed load for minutes (issue 7).
+"""`make soak`: the real stack under a steady, moderate, mixed load for minutes.
 
     python -m load_tests.soak [--duration 600] [--users 8] [--think 0.1] [--sample-every 10]
                               [--warmup 60] [--models NAME ...] [--out load_tests/results/soak]
@@ -164,7 +164,7 @@ def served_routes(models: Iterable[str]) -> list[Route]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
     """One finished request: seconds since the load started, route, latency, failure ("" = ok)."""
 
     at_s: float
@@ -207,7 +207,7 @@ def percentiles(latencies: Iterable[float]) -> tuple[float | None, float | None]
     return p50, p99
 
 
-def summarise(outcomes: Iterable[Outcome]) -> dict[str, Any]:
+def summarise(outcomes: Iterable[RequestOutcome]) -> dict[str, Any]:
     """Requests answered right, errors by reason, and latency percentiles of the right ones."""
     latencies, failures = [], Counter[str]()
     for outcome in outcomes:
@@ -225,7 +225,7 @@ def summarise(outcomes: Iterable[Outcome]) -> dict[str, Any]:
     }
 
 
-def intervals(outcomes: Sequence[Outcome], edges: Sequence[float]) -> list[dict[str, Any]]:
+def intervals(outcomes: Sequence[RequestOutcome], edges: Sequence[float]) -> list[dict[str, Any]]:
     """`summarise` for each interval (edges[i - 1], edges[i]]; the first edge opens the first."""
     ordered = sorted(outcomes, key=lambda o: o.at_s)
     rows, position = [], 0
@@ -341,13 +341,13 @@ class Load:
         self._routes = routes
         self._think_s = think_s
         self._encoded = {route.name: encode_requests(route.scenario, parts.netloc) for route in routes}
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[RequestOutcome] = []
         self.started = time.monotonic()
         self.stop = asyncio.Event()
 
     def _record(self, route: Route, sent: float, failure: str) -> None:
         now = time.monotonic()
-        self.outcomes.append(Outcome(now - self.started, route.name, (now - sent) * 1000, failure))
+        self.outcomes.append(RequestOutcome(now - self.started, route.name, (now - sent) * 1000, failure))
 
     async def user(self, seed: int) -> None:
         """One client until `stop`: send, check, think, again; reconnect after a failure."""
@@ -436,7 +436,10 @@ def growing_components(memory: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def report(
-    samples: list[dict[str, Any]], outcomes: list[Outcome], args: argparse.Namespace, meta: dict[str, Any]
+    samples: list[dict[str, Any]],
+    outcomes: list[RequestOutcome],
+    args: argparse.Namespace,
+    meta: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything the run measured, and whether it passed."""
     times = [s["t_s"] for s in samples]

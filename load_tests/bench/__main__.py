@@ -6,7 +6,7 @@
 Order: build the weights; start every server; for each round, each scenario, each concurrency
 level, drive each server in turn (interleaved, so drift on a shared machine hits all alike);
 then the raw model call; then cold starts. Medians over rounds go in the report
-(results.json, results.md, throughput.png under --out); the targets of issue 5 are checked.
+(results.json, results.md, throughput.png under --out); the performance targets are checked.
 """
 
 from __future__ import annotations

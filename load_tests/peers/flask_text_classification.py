@@ -1,4 +1,4 @@
-"""The briefs' approach to sentiment (brief 001): Flask calling a transformers pipeline, under gunicorn.
+"""The naive approach to sentiment: Flask calling a transformers pipeline, under gunicorn.
 
     PEER_MODEL=/path/to/distilbert-sst2 PEER_TORCH_THREADS=1 \
         gunicorn -w 2 -b 127.0.0.1:8000 'load_tests.peers.flask_text_classification:create_app()'

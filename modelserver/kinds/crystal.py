@@ -1,4 +1,4 @@
-"""Crystal colour classifiers (brief 003): a scikit-learn or a PyTorch model, same contract.
+"""Crystal colour classifiers: a scikit-learn or a PyTorch model, same contract.
 
 Rows of features in, one label and one score per label out. Labels come from a file beside
 the model, never from the model itself.

@@ -46,7 +46,7 @@ class TextModelSettings(BaseModel):
 
 
 class TextRequest(BaseModel):
-    """Fields every text request has: one text or a list, and brief 004's selectors."""
+    """Fields every text request has: one text or a list, and the model and task selectors."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

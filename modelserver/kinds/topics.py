@@ -1,4 +1,4 @@
-"""Newsgroup topics (brief 002): `{"text": str}` -> `{"label": str}`, exactly as its spec says.
+"""Newsgroup topics: `{"text": str}` -> `{"label": str}`, exactly as its spec says.
 
 The spec (`prediction-openapi.yaml`) documents 405 "Validation exception" for bad input, so
 validation failures here are `SpecValidationFailed` (405), not the usual 422.

@@ -1,4 +1,4 @@
-"""Newsgroup topic classifier (brief 002): train, select by cross-validation, evaluate, persist.
+"""Newsgroup topic classifier: train, select by cross-validation, evaluate, persist.
 
 The brief's baseline (counts -> tf-idf -> multinomial naive Bayes) and a few improved candidates
 are scored by 5-fold cross-validation on the training set only; the best improved one is fitted

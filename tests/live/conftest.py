@@ -18,6 +18,14 @@ from tests.helpers import Launcher, running, write_catalogue
 from tests.topics_corpus import write_corpus
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder starts the stack: `pytest -m "not live"` runs the rest."""
+    live = Path(__file__).parent
+    for item in items:
+        if live in item.path.parents:
+            item.add_marker(pytest.mark.live)
+
+
 def write_broken_model(path: Path) -> Path:
     """A fitted LogisticRegression whose coefficients no longer fit its inputs: predict raises."""
     rng = np.random.default_rng(0)

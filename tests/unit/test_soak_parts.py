@@ -8,7 +8,7 @@ import pytest
 
 from load_tests.soak import (
     ROUTES,
-    Outcome,
+    RequestOutcome,
     check,
     component_of,
     growing_components,
@@ -92,11 +92,11 @@ def test_one_component_growing_fails_even_when_the_total_hides_it() -> None:
 
 def test_intervals_count_each_request_once_with_its_percentiles_and_errors() -> None:
     outcomes = [
-        Outcome(0.5, "/sklearn", 10.0, ""),
-        Outcome(10.0, "/sklearn", 30.0, ""),  # on the edge: the interval it closes
-        Outcome(10.5, "/pytorch", 5.0, "/pytorch: HTTP 503"),
-        Outcome(12.0, "/pytorch", 50.0, ""),
-        Outcome(25.0, "/pytorch", 1.0, ""),  # after the last edge: in no interval
+        RequestOutcome(0.5, "/sklearn", 10.0, ""),
+        RequestOutcome(10.0, "/sklearn", 30.0, ""),  # on the edge: the interval it closes
+        RequestOutcome(10.5, "/pytorch", 5.0, "/pytorch: HTTP 503"),
+        RequestOutcome(12.0, "/pytorch", 50.0, ""),
+        RequestOutcome(25.0, "/pytorch", 1.0, ""),  # after the last edge: in no interval
     ]
     rows = intervals(outcomes, [0.0, 10.0, 20.0])
     assert [(r["from_s"], r["to_s"], r["requests"], r["errors"]) for r in rows] == [

@@ -1,4 +1,4 @@
-"""Generated bad input (issue 7): every model kind's request validation, property-based.
+"""Generated bad input: every model kind's request validation, property-based.
 
 For arbitrary bytes and arbitrary JSON-ish values, each kind (crystal scikit-learn and PyTorch,
 fill-mask on BERT and CamemBERT, sentiment, topics) either accepts a request, and the parsed
