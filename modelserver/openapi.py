@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
-from modelserver.catalogue import Catalogue
+from modelserver.catalogue import Catalogue, RouteSpec
 from modelserver.kinds.crystal import CrystalAnswer, CrystalRequest
 from modelserver.kinds.text_schemas import FillMaskRequest, TextRequest
 from modelserver.kinds.topics import TopicsAnswer, TopicsRequest
@@ -126,6 +126,22 @@ def _operation(kind: Kind, errors: dict[int, str], summary: str, example: dict[s
     }
 
 
+def _route_operation(route: RouteSpec, kind_of: dict[str, Any]) -> dict[str, Any]:
+    """A public route's operation: its model's kind, or the first it can pick by a body field."""
+    targets = sorted(set((route.choices or {}).values()) | ({route.model} if route.model else set()))
+    kind = kind_of[route.model or targets[0]]
+    errors = dict(kind.errors)
+    example = dict(kind.example)
+    summary = ", ".join(targets)
+    if route.select_by:
+        choices = f" ({', '.join(route.choices)})" if route.choices else ""
+        errors[400] = f"`{route.select_by}` names no served model{choices}"
+        summary += f"; `{route.select_by}` in the body picks the model"
+        if route.choices:
+            example[route.select_by] = next(iter(route.choices))
+    return _operation(kind, errors, summary, example)
+
+
 def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     """The whole public API, from the catalogue's routes and the kinds' pydantic models."""
     kind_of = {name: KINDS[entry.handler.rsplit("/", 1)[-1]] for name, entry in catalogue.models.items()}
@@ -155,18 +171,7 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
         },
     }
     for path, route in catalogue.routes.items():
-        targets = sorted(set((route.choices or {}).values()) | ({route.model} if route.model else set()))
-        kind = kind_of[route.model or targets[0]]
-        errors = dict(kind.errors)
-        example = dict(kind.example)
-        summary = ", ".join(targets)
-        if route.select_by:
-            choices = f" ({', '.join(route.choices)})" if route.choices else ""
-            errors[400] = f"`{route.select_by}` names no served model{choices}"
-            summary += f"; `{route.select_by}` in the body picks the model"
-            if route.choices:
-                example[route.select_by] = next(iter(route.choices))
-        paths[path] = {"post": _operation(kind, errors, summary, example)}
+        paths[path] = {"post": _route_operation(route, kind_of)}
     for name in sorted(catalogue.models):
         kind = kind_of[name]
         operation = _operation(
