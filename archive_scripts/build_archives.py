@@ -1,22 +1,59 @@
 """Build the TorchServe archives of the catalogue into a model store.
 
     python -m archive_scripts.build_archives [--model-store DIR] [--catalogue FILE] [NAME ...]
+                                             [--skip-unavailable] [--report FILE]
 
 Each model's source follows its catalogue entry: the variable it names (e.g.
 CRYSTAL_SKLEARN_MODEL=/path/to/sklearn.model) if set, else the project's default.
-An archive whose inputs did not change is reused.
+An archive whose inputs did not change is reused. The launcher runs this as a child process
+(`--skip-unavailable --report FILE`), so training and Hub downloads never load an ML framework
+into the supervising process; the report says what was built, each model's served names, what
+was skipped and why, or the configuration error that stopped the build.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from modelserver.archive import build_archive
 from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, Catalogue, environment
-from modelserver.errors import ConfigError
+from modelserver.errors import ConfigError, SourceUnavailable
+
+log = logging.getLogger("archive_scripts.build_archives")
+
+
+def build_all(  # pylint: disable=too-many-arguments
+    catalogue: Catalogue,
+    names: Sequence[str],
+    model_store: Path,
+    environ: Mapping[str, str],
+    skip_unavailable: bool,
+    report: dict[str, Any],
+) -> None:
+    """Build (or reuse) each named model's archive into `report`; a default source that
+    cannot be had now is skipped with the reason and the fix, when `skip_unavailable`."""
+    for name in names:
+        entry = catalogue.entry(name)
+        try:
+            result = build_archive(entry, model_store, environ)
+        except SourceUnavailable as error:
+            if not skip_unavailable:
+                raise
+            env = entry.source.env
+            hint = f"set {env} to a local folder or a reachable Hub id" if env else ""
+            report["skipped"][name] = f"{error}; {hint}".rstrip("; ")
+            log.warning("skipping %s: %s", name, report["skipped"][name])
+            continue
+        report["archives"][name] = str(result.archive)
+        report["names"][name] = list(result.names)
+        verb = "built" if result.rebuilt else "reused"
+        print(f"{verb:7} {result.archive}  <- {result.source}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="models to build (default: all)")
     parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
     parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser.add_argument(
+        "--skip-unavailable", action="store_true", help="skip models whose source is out of reach"
+    )
+    parser.add_argument("--report", type=Path, help="write what was built and skipped here, as JSON")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report: dict[str, Any] = {"archives": {}, "names": {}, "skipped": {}, "error": None}
+    code = 0
     try:
         catalogue = Catalogue.load(args.catalogue)
-        environ = environment()
-        for name in args.names or list(catalogue.models):
-            result = build_archive(catalogue.entry(name), args.model_store, environ)
-            verb = "built" if result.rebuilt else "reused"
-            print(f"{verb:7} {result.archive}  <- {result.source}")
+        names = args.names or list(catalogue.models)
+        build_all(catalogue, names, args.model_store, environment(), args.skip_unavailable, report)
     except ConfigError as error:
+        report["error"] = str(error)
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return code
 
 
 if __name__ == "__main__":

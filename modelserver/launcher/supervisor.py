@@ -16,15 +16,18 @@ import json
 import logging
 import math
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from modelserver.archive import archive_path, build_archive
-from modelserver.catalogue import Catalogue
-from modelserver.errors import ConfigError, SourceUnavailable
+from modelserver.archive import archive_path
+from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Pages, Readiness, static_pages
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -53,6 +56,9 @@ def exclusive(runtime_dir: Path) -> Iterator[None]:
 
 
 DOCS_PAGE = Path(__file__).with_name("docs.html")
+# The build CLI the launcher runs as a child process, and the report it writes for it.
+BUILD_MODULE = "archive_scripts.build_archives"
+BUILD_REPORT = "build-report.json"
 
 
 def api_documents(catalogue: Catalogue) -> dict[str, tuple[str, bytes]]:
@@ -96,6 +102,35 @@ class Served:
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+def run_build(settings: LaunchSettings, environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, Any]:
+    """Run the build CLI in a child process (its log lines go to ours) and read its report."""
+    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    report_file = settings.runtime_dir / BUILD_REPORT
+    report_file.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        BUILD_MODULE,
+        "--model-store",
+        str(settings.model_store),
+        "--catalogue",
+        str(settings.catalogue),
+        "--skip-unavailable",
+        "--report",
+        str(report_file),
+        *names,
+    ]
+    done = subprocess.run(command, env=dict(environ), cwd=PROJECT_ROOT, check=False)
+    try:
+        report: dict[str, Any] = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        problem = f"the archive build exited {done.returncode} without a report; see its log above"
+        raise RuntimeError(problem) from None
+    if report.get("error"):
+        raise ConfigError(report["error"])
+    return report
+
+
 def _alive(process: ManagedProcess | None) -> bool:
     return process is not None and process.alive()
 
@@ -123,29 +158,20 @@ class Supervisor:
         self._stop.set()
 
     def build(self) -> dict[str, Path]:
-        """Build (or reuse) the archive of every served model; skip defaults that cannot be had."""
+        """Build (or reuse) the archive of every served model; skip defaults that cannot be had.
+        The build runs in a child process (the build CLI): training a recipe or exporting a
+        graph loads ML frameworks, which must stay out of the supervising process."""
         catalogue = self._catalogue
-        archives = {}
         selected = self._settings.models or tuple(catalogue.models)
         for name in sorted(set(catalogue.models) - set(selected)):
             self._served.skipped[name] = "not selected for this server (--models)"
-        for name in selected:
-            entry = catalogue.entry(name)
-            if not self._settings.build:
-                archives[name] = archive_path(entry, self._settings.model_store)
-                continue
-            try:
-                built = build_archive(entry, self._settings.model_store, self._environ)
-                archives[name], self._served.names[name] = built.archive, built.names
-            except SourceUnavailable as error:
-                hint = (
-                    f"set {entry.source.env} to a local folder or a reachable Hub id"
-                    if entry.source.env
-                    else ""
-                )
-                self._served.skipped[name] = f"{error}; {hint}".rstrip("; ")
-                log.warning("skipping %s: %s", name, self._served.skipped[name])
-        return archives
+        if not self._settings.build:
+            store = self._settings.model_store
+            return {name: archive_path(catalogue.entry(name), store) for name in selected}
+        report = run_build(self._settings, self._environ, selected)
+        self._served.skipped.update(report["skipped"])
+        self._served.names.update({name: tuple(names) for name, names in report["names"].items()})
+        return {name: Path(report["archives"][name]) for name in selected if name in report["archives"]}
 
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""

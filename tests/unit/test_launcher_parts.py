@@ -242,3 +242,31 @@ def test_the_launcher_imports_no_ml_framework() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_archives_are_built_in_a_child_so_the_launcher_never_loads_a_framework(tmp_path: Path) -> None:
+    # Building trains the crystal recipes (scikit-learn and PyTorch); the supervisor that asked
+    # for it must hold neither, and still learn what was built and what each model answers to.
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from modelserver.catalogue import environment\n"
+        "from modelserver.launcher.settings import LaunchSettings\n"
+        "from modelserver.launcher.supervisor import Supervisor\n"
+        "root = Path(sys.argv[1])\n"
+        "settings = LaunchSettings(model_store=root / 'store', runtime_dir=root / 'run',\n"
+        "                          models=('crystal_sklearn', 'crystal_pytorch'))\n"
+        "archives = Supervisor(settings, environment()).build()\n"
+        "print(sorted(archives), all(path.exists() for path in archives.values()))\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'openvino') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_ROOT,
+    )
+    built, frameworks = done.stdout.strip().splitlines()[-2:]
+    assert built == "['crystal_pytorch', 'crystal_sklearn'] True"
+    assert frameworks == "[]"
