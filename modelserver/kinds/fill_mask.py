@@ -39,7 +39,7 @@ TASKS = ("fill-mask",)
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 # The masked-LM head of each architecture, applied to hidden states at mask positions only.
-HEADS: dict[str, Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]] = {
+HEADS: dict[str, Callable[[Any], Head]] = {
     "bert": lambda model: model.cls,
     "roberta": lambda model: model.lm_head,
     "camembert": lambda model: model.lm_head,

@@ -41,26 +41,29 @@ def validate_request(
     return request
 
 
+def _from_folder(files: ModelFiles, loader: Callable[[Any], Any]) -> Any:
+    """`loader(folder)` on the archive's model/ folder; a bad folder is a load-time ConfigError."""
+    folder = files.model_dir / MODEL_SUBDIR
+    try:
+        return loader(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
+
+
 def load_tokenizer_and_config(files: ModelFiles, settings: TextModelSettings) -> tuple[Any, Any]:
     """Tokenizer and model config from the archive's model/ folder (from_pretrained format):
     all a worker needs of transformers when a compiled graph runs the model."""
     from transformers import AutoConfig, AutoTokenizer  # pylint: disable=import-outside-toplevel
 
     torch.set_num_threads(settings.threads)
-    folder = files.model_dir / MODEL_SUBDIR
-    try:
-        return AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
+    return _from_folder(
+        files, lambda folder: (AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder))
+    )
 
 
 def load_model(files: ModelFiles, auto_class: Any) -> Any:
     """The PyTorch model itself, loaded only when PyTorch runs it (eager, or on a GPU)."""
-    folder = files.model_dir / MODEL_SUBDIR
-    try:
-        return auto_class.from_pretrained(folder).eval()
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
+    return _from_folder(files, lambda folder: auto_class.from_pretrained(folder).eval())
 
 
 def text_placement(files: ModelFiles, settings: TextModelSettings) -> Placement:
