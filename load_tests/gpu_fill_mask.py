@@ -23,11 +23,11 @@ from pathlib import Path
 import requests
 import torch
 
+from load_tests.kit.stack import Launcher, running
+from load_tests.kit.tiny_models import make_bert_fill_mask
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
 from modelserver.runtimes.export import FILL_MASK_PROBES, answers_differ
-from tests.helpers import Launcher, running
-from tests.tiny_models import make_bert_fill_mask
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
     .venv/bin/locust -f load_tests/locustfile.py --headless -u 16 -r 16 -t 30s --host http://localhost:3000
 
-Every answer is checked, not only its status: a 200 with the wrong shape counts as a failure.
+Every answer is checked, not only its status (the kit's crystal check): a 200 with the wrong
+shape counts as a failure. Run from the project's root, so that `load_tests` imports.
 """
 
 from __future__ import annotations
@@ -12,18 +13,7 @@ from typing import Any
 
 from locust import FastHttpUser, constant, task
 
-ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
-LABELS = {"blue", "green", "yellow"}
-
-
-def well_formed(answer: Any, rows: int) -> bool:
-    """The brief's shape: one label and one score per label for every row."""
-    return (
-        isinstance(answer, dict)
-        and len(answer.get("prediction", [])) == rows
-        and len(answer.get("scores", [])) == rows
-        and set(answer["prediction"]) <= LABELS
-    )
+from load_tests.kit.routes import BRIEF_ROWS, answer_failure, crystal_answer_is_right
 
 
 class Droid(FastHttpUser):
@@ -32,25 +22,23 @@ class Droid(FastHttpUser):
     wait_time = constant(0)
 
     def _post(self, path: str, body: dict[str, Any], name: str) -> None:
-        rows = len(body["crystalData"])
         with self.client.post(path, json=body, name=name, catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}")
-            elif not well_formed(response.json(), rows):
-                response.failure("malformed answer")
+            failure = answer_failure(crystal_answer_is_right, body, response.status_code, response.content)
+            if failure:
+                response.failure(failure)
 
     @task(4)
     def sklearn_one_row(self) -> None:
         """The common case: one sample per request."""
-        self._post("/sklearn", {"crystalData": [random.choice(ROWS)]}, "/sklearn")
+        self._post("/sklearn", {"crystalData": [random.choice(BRIEF_ROWS)]}, "/sklearn")
 
     @task(4)
     def pytorch_one_row(self) -> None:
         """The same on the PyTorch model."""
-        self._post("/pytorch", {"crystalData": [random.choice(ROWS)]}, "/pytorch")
+        self._post("/pytorch", {"crystalData": [random.choice(BRIEF_ROWS)]}, "/pytorch")
 
     @task(2)
     def astromech_batch(self) -> None:
         """An astromech sending a batch and choosing its model."""
-        body = {"crystalData": ROWS, "model": random.choice(["sklearn", "pytorch"])}
+        body = {"crystalData": BRIEF_ROWS, "model": random.choice(["sklearn", "pytorch"])}
         self._post("/astromech", body, "/astromech")

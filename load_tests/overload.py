@@ -25,22 +25,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import psutil
 import uvloop
 
-from load_tests.bench.client import encode_requests, read_response
 from load_tests.bench.scenarios import SCENARIOS
 from load_tests.bench.servers import tree_rss
 from load_tests.bench.timing_model import build_timing_model
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
-from tests.helpers import Launcher
+from load_tests.kit.http import ClientPool, PreparedRequest, Reply, prepare_requests
+from load_tests.kit.routes import answer_failure
+from load_tests.kit.stack import Launcher, running
+from load_tests.kit.stats import percentile
+from modelserver.catalogue import Catalogue
+from modelserver.project import PROJECT_ROOT
 
 TIMEOUT_S = 60.0
 SCENARIO = SCENARIOS["fill_mask"]
@@ -67,10 +68,6 @@ class Phase:
 
     def summary(self) -> dict[str, Any]:
         """The phase's figures, latencies as p50/p99 in ms, rates over the phase's whole span."""
-
-        def pct(values: list[float], q: float) -> float | None:
-            return float(np.percentile(values, q)) if values else None
-
         return {
             "phase": self.name,
             "offered_rps": self.rate,
@@ -80,10 +77,10 @@ class Phase:
             "refused": len(self.refused_ms),
             "errors": sum(self.errors.values()),
             "error_reasons": self.errors,
-            "answered_p50_ms": pct(self.answered_ms, 50),
-            "answered_p99_ms": pct(self.answered_ms, 99),
-            "refused_p50_ms": pct(self.refused_ms, 50),
-            "refused_p99_ms": pct(self.refused_ms, 99),
+            "answered_p50_ms": percentile(self.answered_ms, 50),
+            "answered_p99_ms": percentile(self.answered_ms, 99),
+            "refused_p50_ms": percentile(self.refused_ms, 50),
+            "refused_p99_ms": percentile(self.refused_ms, 99),
             "health_max_ms": max(self.health_ms, default=None),
             "health_failures": self.health_failures,
             "rss_max_mb": max(self.rss_mb, default=None),
@@ -94,46 +91,22 @@ class Phase:
         }
 
 
-class Pool:
-    """Keep-alive connections to the server, opened as the offered load needs them."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self._host, self._port = parts.hostname, parts.port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """An idle connection, or a new one."""
-        if self._idle:
-            return self._idle.pop()
-        return await asyncio.open_connection(self._host, self._port)
-
-    def give_back(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        """Keep a connection whose last answer was whole, for the next request."""
-        self._idle.append(connection)
-
-
-async def exchange(pool: Pool, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send one request and read its whole answer."""
-    reader, writer = await pool.take()
-    writer.write(request)
+def is_refusal(reply: Reply) -> bool:
+    """A proper refusal: 503, Retry-After, and a JSON error saying the model is at capacity."""
+    if reply.status != 503 or not reply.headers.get("retry-after"):
+        return False
     try:
-        status, headers, body, closes = await read_response(reader)
-    except OSError:
-        writer.close()
-        raise
-    if closes:
-        writer.close()
-    else:
-        pool.give_back((reader, writer))
-    return status, headers, body
+        answer = json.loads(reply.body)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and "capacity" in str(answer.get("error", ""))
 
 
-async def one(pool: Pool, request: bytes, phase: Phase, offset_s: float) -> None:
+async def one(pool: ClientPool, request: PreparedRequest, phase: Phase, offset_s: float) -> None:
     """One request of the open loop (sent `offset_s` into the phase), classified."""
     start = time.perf_counter()
     try:
-        status, headers, body = await asyncio.wait_for(exchange(pool, request), TIMEOUT_S)
+        reply = await asyncio.wait_for(pool.exchange(request.wire), TIMEOUT_S)
     except TimeoutError:
         phase.error("no answer in 60 s")
         return
@@ -141,24 +114,20 @@ async def one(pool: Pool, request: bytes, phase: Phase, offset_s: float) -> None
         phase.error(f"connection: {type(error).__name__}")
         return
     took_ms = (time.perf_counter() - start) * 1000
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        phase.error(f"HTTP {status}, not JSON")
-        return
-    if status == 200 and SCENARIO.answer_ok(answer):
+    failure = answer_failure(SCENARIO.answer_is_right, request.body, reply.status, reply.body)
+    if not failure:
         phase.answered_ms.append(took_ms)
         phase.answered_sent_s.append(offset_s)
-    elif status == 503 and headers.get("retry-after") and "capacity" in answer.get("error", ""):
+    elif is_refusal(reply):
         phase.refused_ms.append(took_ms)
     else:
-        phase.error(f"HTTP {status}")
+        phase.error(failure)
 
 
 async def offer(url: str, phase: Phase, seconds: float) -> None:
     """Start requests at `phase.rate` per second for `seconds`, never waiting for answers."""
-    pool = Pool(url)
-    requests = encode_requests(SCENARIO, urlsplit(url).netloc)
+    pool = ClientPool(url)
+    requests = prepare_requests(SCENARIO.path, SCENARIO.body, urlsplit(url).netloc)
     tasks = []
     start = time.perf_counter()
     for sent in range(int(phase.rate * seconds)):
@@ -257,16 +226,11 @@ def verdicts(summaries: list[dict[str, Any]], admitted: int, capacity_rps: float
     ]
 
 
-@contextlib.contextmanager
-def stack(work: Path, model: Path | None) -> Iterator[Launcher]:
+def stack(work: Path, model: Path | None) -> contextlib.AbstractContextManager[Launcher]:
     """The real stack serving fill_mask on bert-base's shapes."""
     weights = model or build_timing_model(work / "bert")
     launcher = Launcher(work / "stack", env={"FILL_MASK_MODEL": str(weights)}, models=("fill_mask",))
-    launcher.start()
-    try:
-        yield launcher.wait_healthy(timeout_s=600)
-    finally:
-        launcher.stop()
+    return running(launcher, timeout_s=600)
 
 
 def table(summaries: list[dict[str, Any]]) -> str:

@@ -4,13 +4,14 @@
                               [--warmup 60] [--models NAME ...] [--out load_tests/results/soak]
 
 Starts the stack the way the benchmark does (the launcher `make run` runs, on free loopback
-ports, through `tests.helpers.Launcher`), the language models from tiny local checkpoints
-(`tests/tiny_models.py`: the Hub is unreachable here) unless their variables name real ones.
-N closed-loop clients with a short, jittered think time each send requests to every served
-public route in turn at random; every answer is checked (status 200 and the route's JSON shape),
-anything else is an error, by reason. Every `--sample-every` seconds the resident memory of the
-stack's process tree is sampled per component (launcher, TorchServe's CLI and Java frontend,
-each model's worker, Envoy), with the requests and latency percentiles of the interval.
+ports, through the kit's `load_tests.kit.stack.Launcher`), the language models from tiny local
+checkpoints (`load_tests/kit/tiny_models.py`: the Hub is unreachable here) unless their
+variables name real ones. N closed-loop clients with a short, jittered think time each send
+requests to every served public route in turn at random; every answer is checked by the kit's
+check of its route (status 200 and the route's JSON shape), anything else is an error, by
+reason. Every `--sample-every` seconds the resident memory of the stack's process tree is
+sampled per component (launcher, TorchServe's CLI and Java frontend, each model's worker,
+Envoy), with the requests and latency percentiles of the interval.
 
 RSS growth = median of the last 10% of the samples / median of as many samples just after the
 warm-up - 1, per component and in total, so start-up allocation does not count as growth.
@@ -43,18 +44,28 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 
-from load_tests.bench.client import TIMEOUT_S, encode_requests, read_response
+from load_tests.bench.client import TIMEOUT_S
 from load_tests.bench.scenarios import SCENARIOS, Scenario
-from modelserver.catalogue import PROJECT_ROOT, Catalogue, SourceUnavailable, environment, resolve_source
-from modelserver.launcher.manage import Management, ManagementError
-from tests.helpers import Launcher
-from tests.tiny_models import (
+from load_tests.kit.http import KeepAliveClient, PreparedRequest, prepare_requests
+from load_tests.kit.routes import (
+    answer_failure,
+    crystal_answer_is_right,
+    fill_mask_answer_is_right,
+    sentiment_answer_is_right,
+    topics_answer_is_right,
+)
+from load_tests.kit.stack import Launcher, running
+from load_tests.kit.stats import percentile
+from load_tests.kit.tiny_models import (
     ENGLISH,
     make_bert_fill_mask,
     make_camembert_fill_mask,
     make_distilbert_sentiment,
 )
-from tests.topics_corpus import TOPIC_WORDS, write_corpus
+from load_tests.kit.topics_corpus import write_corpus
+from modelserver.catalogue import Catalogue, SourceUnavailable, resolve_source
+from modelserver.launcher.manage import Management, ManagementError
+from modelserver.project import PROJECT_ROOT, environment
 
 MAX_GROWTH = 0.05
 # One component leaking is not hidden by the total (5% of ~2.9 GB is twice Envoy's whole RSS):
@@ -103,20 +114,8 @@ def _sentiment_body() -> dict[str, Any]:
     return {"text": random.choice(ENGLISH)}
 
 
-def _sentiment_ok(answer: Any) -> bool:
-    return (
-        isinstance(answer, dict)
-        and answer.get("label") in {"POSITIVE", "NEGATIVE"}
-        and isinstance(answer.get("score"), float)
-    )
-
-
 def _topics_body() -> dict[str, Any]:
     return {"text": random.choice(TOPIC_TEXTS)}
-
-
-def _topics_ok(answer: Any) -> bool:
-    return isinstance(answer, dict) and set(answer) == {"label"} and answer["label"] in TOPIC_WORDS
 
 
 @dataclass(frozen=True)
@@ -134,23 +133,25 @@ class Route:
 
 _CRYSTAL, _FILL_MASK = SCENARIOS["crystal"], SCENARIOS["fill_mask"]
 ROUTES = [
-    Route(Scenario("/sklearn", "/sklearn", _CRYSTAL.body, _CRYSTAL.answer_ok), ("crystal_sklearn",)),
-    Route(Scenario("/pytorch", "/pytorch", _CRYSTAL.body, _CRYSTAL.answer_ok), ("crystal_pytorch",)),
+    Route(Scenario("/sklearn", "/sklearn", _CRYSTAL.body, crystal_answer_is_right), ("crystal_sklearn",)),
+    Route(Scenario("/pytorch", "/pytorch", _CRYSTAL.body, crystal_answer_is_right), ("crystal_pytorch",)),
     Route(
-        Scenario("/astromech", "/astromech", _astromech_body, _CRYSTAL.answer_ok),
+        Scenario("/astromech", "/astromech", _astromech_body, crystal_answer_is_right),
         ("crystal_sklearn", "crystal_pytorch"),
     ),
-    Route(Scenario("/inference", "/inference", _FILL_MASK.body, _FILL_MASK.answer_ok), ("fill_mask",)),
-    Route(Scenario("/predict", "/predict", _sentiment_body, _sentiment_ok), ("sentiment",)),
+    Route(Scenario("/inference", "/inference", _FILL_MASK.body, fill_mask_answer_is_right), ("fill_mask",)),
+    Route(Scenario("/predict", "/predict", _sentiment_body, sentiment_answer_is_right), ("sentiment",)),
     Route(
-        Scenario("/predict model_name", "/predict", _model_name_body, _FILL_MASK.answer_ok),
+        Scenario("/predict model_name", "/predict", _model_name_body, fill_mask_answer_is_right),
         ("sentiment", "camembert"),
     ),
     Route(
-        Scenario("/predictions/camembert", "/predictions/camembert", _camembert_body, _FILL_MASK.answer_ok),
+        Scenario(
+            "/predictions/camembert", "/predictions/camembert", _camembert_body, fill_mask_answer_is_right
+        ),
         ("camembert",),
     ),
-    Route(Scenario("/prediction", "/prediction", _topics_body, _topics_ok), ("topics",)),
+    Route(Scenario("/prediction", "/prediction", _topics_body, topics_answer_is_right), ("topics",)),
 ]
 
 
@@ -198,15 +199,6 @@ def growth(times: Sequence[float], values: Sequence[float | None], warmup_s: flo
     return Growth(statistics.median(after[:count]), statistics.median([v for _, v in present[-count:]]))
 
 
-def percentiles(latencies: Iterable[float]) -> tuple[float | None, float | None]:
-    """(p50, p99) in ms, or (None, None) without any latency."""
-    values = np.fromiter(latencies, dtype=float)
-    if values.size == 0:
-        return None, None
-    p50, p99 = np.percentile(values, [50, 99]).tolist()
-    return p50, p99
-
-
 def summarise(outcomes: Iterable[RequestOutcome]) -> dict[str, Any]:
     """Requests answered right, errors by reason, and latency percentiles of the right ones."""
     latencies, failures = [], Counter[str]()
@@ -215,13 +207,12 @@ def summarise(outcomes: Iterable[RequestOutcome]) -> dict[str, Any]:
             failures[outcome.failure] += 1
         else:
             latencies.append(outcome.latency_ms)
-    p50, p99 = percentiles(latencies)
     return {
         "requests": len(latencies),
         "errors": sum(failures.values()),
         "error_reasons": dict(failures.most_common()),
-        "p50_ms": p50,
-        "p99_ms": p99,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
     }
 
 
@@ -304,7 +295,9 @@ def model_sources(models: Sequence[str], work: Path) -> tuple[dict[str, str], di
         variable = catalogue.entry(name).source.env
         if name in TINY_MODELS and variable and not environ.get(variable):
             env[variable] = str(TINY_MODELS[name](work / "tiny" / name))
-            described[name] = f"tiny local checkpoint (tests/tiny_models.py, random weights) via {variable}"
+            described[name] = (
+                f"tiny local checkpoint (load_tests/kit/tiny_models.py, random weights) via {variable}"
+            )
     if "topics" in models:
         try:
             resolve_source(catalogue.entry("topics"), environ)
@@ -322,14 +315,15 @@ def model_sources(models: Sequence[str], work: Path) -> tuple[dict[str, str], di
 # The load.
 
 
-def check(route: Route, status: int, body: bytes) -> str:
-    """The failure reason of one answer, "" when it is right."""
+def failure_reason(route: Route, request: dict[str, Any], status: int, body: bytes) -> str:
+    """Why one answer to `request` is not right, named by its route (with the start of the body
+    of an error answer), or "" when it is right."""
+    failure = answer_failure(route.scenario.answer_is_right, request, status, body)
+    if not failure:
+        return ""
     if status != 200:
-        return f"{route.name}: HTTP {status} {body[:120].decode(errors='replace')}"
-    try:
-        return "" if route.scenario.answer_ok(json.loads(body)) else f"{route.name}: malformed answer"
-    except ValueError:
-        return f"{route.name}: answer is not JSON"
+        failure += f" {body[:120].decode(errors='replace')}"
+    return f"{route.name}: {failure}"
 
 
 class Load:
@@ -340,7 +334,10 @@ class Load:
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
         self._routes = routes
         self._think_s = think_s
-        self._encoded = {route.name: encode_requests(route.scenario, parts.netloc) for route in routes}
+        self._prepared: dict[str, list[PreparedRequest]] = {
+            route.name: prepare_requests(route.scenario.path, route.scenario.body, parts.netloc)
+            for route in routes
+        }
         self.outcomes: list[RequestOutcome] = []
         self.started = time.monotonic()
         self.stop = asyncio.Event()
@@ -352,26 +349,19 @@ class Load:
     async def user(self, seed: int) -> None:
         """One client until `stop`: send, check, think, again; reconnect after a failure."""
         rng = random.Random(seed)
-        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        client = KeepAliveClient(self._host, self._port)
         while not self.stop.is_set():
             route = rng.choice(self._routes)
+            request = rng.choice(self._prepared[route.name])
             sent = time.monotonic()
             try:
-                if streams is None:
-                    streams = await asyncio.open_connection(self._host, self._port)
-                streams[1].write(rng.choice(self._encoded[route.name]))
-                status, _, body, closes = await asyncio.wait_for(read_response(streams[0]), TIMEOUT_S)
-                self._record(route, sent, check(route, status, body))
-            except (OSError, TimeoutError) as error:
+                reply = await asyncio.wait_for(client.exchange(request.wire), TIMEOUT_S)
+                self._record(route, sent, failure_reason(route, request.body, reply.status, reply.body))
+            except (OSError, TimeoutError) as error:  # the client reconnects for the next request
                 self._record(route, sent, f"{route.name}: {type(error).__name__} {error}"[:160])
-                closes = True
-            if closes and streams is not None:
-                streams[1].close()
-                streams = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self._think_s * rng.uniform(0.5, 1.5))
-        if streams is not None:
-            streams[1].close()
+        client.close()
 
 
 async def soak(load: Load, memory: StackMemory, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -569,14 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on a kill too
     launcher = Launcher(work, env=env, models=tuple(args.models))
     began, tree = datetime.datetime.now(datetime.UTC), source_tree()  # what the stack starts from
-    try:
-        launcher.start().wait_healthy(timeout_s=900)
+    with running(launcher, timeout_s=900):
         print(f"stack ready at {launcher.url} (runtime {launcher.runtime_dir}); soaking", flush=True)
         memory = StackMemory(launcher, args.models)
         load = Load(launcher.url, routes, args.think)
         samples = asyncio.run(soak(load, memory, args))
-    finally:
-        launcher.stop()
     meta = {
         "date": began.isoformat(timespec="seconds"),
         "command": " ".join(["python -m load_tests.soak", *(argv if argv is not None else sys.argv[1:])]),

@@ -18,21 +18,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import get_args
 
 import yaml
 
-from modelserver.catalogue import PROJECT_ROOT, ModelEntry, Source, resolve_source
+from modelserver.catalogue import ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
 from modelserver.hub import fetch_from_hub
 from modelserver.kinds import MODEL_SUBDIR
-from modelserver.runtimes import (
-    COMPILABLE_HANDLERS,
-    COMPILED_SUBDIR,
-    DEFAULT_RUNTIME,
-    PARITY_REPORT,
-    RuntimeName,
-)
+from modelserver.project import PROJECT_ROOT
+from modelserver.runtimes import COMPILED_SUBDIR, DEFAULT_RUNTIME, PARITY_REPORT
 from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
@@ -40,6 +34,8 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = "4"
 LARGE_FILE_BYTES = 32 << 20
 RECORDS_DIR = ".builds"
+# Every archive's handler: it reads the kind from model-config.yaml and asks the kind registry.
+HANDLER = PROJECT_ROOT / "handlers" / "model_handler.py"
 RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
 # An exported graph depends on the code that exports and checks it, and on the model code.
 EXPORT_INPUTS = (PROJECT_ROOT / "modelserver" / "runtimes", PROJECT_ROOT / "modelserver" / "kinds")
@@ -88,7 +84,7 @@ def _hash_path(digest: hashlib._Hash, path: Path) -> None:  # pylint: disable=pr
 def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) -> str:
     """A digest of everything that ends up in the archive."""
     digest = hashlib.sha256(f"{BUILDER_VERSION}\n{entry.model_dump_json()}".encode())
-    for path in [root / entry.handler, *(root / f for f in entry.extra_files)]:
+    for path in [HANDLER, *(root / f for f in entry.extra_files)]:
         _hash_path(digest, path)
     if source.recipe:
         # A recipe's output depends on its module and what it imports (data, architectures).
@@ -116,39 +112,24 @@ def _installed_version(package: str) -> str:
 
 
 def requested_runtime(entry: ModelEntry) -> str:
-    """The runtime the entry's handler settings ask for ('' for kinds without one); a name
-    that is not a runtime fails the build, naming the model."""
-    if Path(entry.handler).name not in COMPILABLE_HANDLERS:
+    """The runtime the entry's handler settings ask for ('' for kinds without one; the
+    catalogue checked the name against the kind's settings)."""
+    if entry.export_task is None:
         return ""
-    runtime = str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
-    if runtime not in get_args(RuntimeName):
-        raise ConfigError(f"{entry.name}: runtime {runtime!r} is not one of {list(get_args(RuntimeName))}")
-    return runtime
+    return str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
 
 
 def export_task(entry: ModelEntry) -> str | None:
     """The export task for an entry whose forward pass is compiled at build, else None."""
     if requested_runtime(entry) in ("", "torch"):
         return None
-    return COMPILABLE_HANDLERS[Path(entry.handler).name]
+    return entry.export_task
 
 
 def archive_path(entry: ModelEntry, model_store: Path) -> Path:
     """Where the archive of `entry` lives in the model store."""
     suffix = "" if entry.archive_format == "no-archive" else ".mar"
     return model_store / f"{entry.name}{suffix}"
-
-
-def served_names(entry: ModelEntry, source: Source) -> list[str]:
-    """Names a request may use for this model: its served name, then the Hub ids of what it
-    holds. A Hub id brought through the variable is a different model: only that id names it.
-    A local folder is taken to be a copy of the catalogue's model (an offline mirror), so the
-    catalogue's aliases and Hub id still apply."""
-    if source.hub_id and source.hub_id != entry.source.hub:
-        return [entry.name, source.hub_id]
-    return list(
-        dict.fromkeys([entry.name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])])
-    )
 
 
 @dataclass(frozen=True)
@@ -169,10 +150,14 @@ class RuntimeChoice:
 
 def model_config(entry: ModelEntry, source: Source, choice: RuntimeChoice | None = None) -> dict[str, object]:
     """The archive's model-config.yaml: TorchServe settings, the `handler:` section (with the
-    runtime the build settled on), and the names a request may use for this model."""
-    names = served_names(entry, source)
+    runtime the build settled on), the model's kind, and the names a request may use for it."""
     handler = {**entry.handler_config, **(choice.settings() if choice else {})}
-    return {**entry.torchserve.model_dump(), "served_names": names, "handler": handler}
+    return {
+        **entry.torchserve.model_dump(),
+        "kind": entry.kind,
+        "served_names": entry.served_names(source.hub_id),
+        "handler": handler,
+    }
 
 
 def _record_path(entry: ModelEntry, model_store: Path) -> Path:
@@ -201,7 +186,7 @@ def build_archive(
         source = replace(source, path=fetch_from_hub(source.hub_id, environ))
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
-    names = tuple(served_names(entry, source))
+    names = tuple(entry.served_names(source.hub_id))
     if _is_current(entry, model_store, digest):
         choice = _recorded_choice(entry, model_store)
         log.info("%s: archive is current (%s)", entry.name, source.describe())
@@ -341,7 +326,7 @@ def _run_archiver(
     options = {
         "--model-name": entry.name,
         "--version": "1.0",
-        "--handler": root / entry.handler,
+        "--handler": HANDLER,
         "--config-file": config_file,
         "--export-path": model_store,
         "--archive-format": entry.archive_format,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,10 +12,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelserver.errors import ConfigError, SourceUnavailable
+from modelserver.kinds.registry import KINDS
+from modelserver.project import PROJECT_ROOT
 from modelserver.training import RECIPES
 from modelserver.validation import first_problem
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 
 
@@ -95,7 +95,7 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    handler: str
+    kind: str  # a name in the kind registry: how the model is loaded and what it answers
     source: SourceSpec
     extra_files: list[str] = Field(default_factory=list)
     handler_config: dict[str, Any] = Field(default_factory=dict)
@@ -103,6 +103,34 @@ class ModelEntry(BaseModel):
     archive_format: Literal["default", "no-archive"] = "default"
     aliases: list[str] = Field(default_factory=list)  # other names a request may use (Hub ids)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+
+    @model_validator(mode="after")
+    def _settings_fit_the_kind(self) -> ModelEntry:
+        """A typo in `handler_config` fails here, when the catalogue loads, naming the field;
+        not later inside a model worker."""
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {sorted(KINDS)}")
+        try:
+            KINDS[self.kind].settings.model_validate(self.handler_config)
+        except ValidationError as error:
+            raise ValueError(f"handler_config.{first_problem(error)}") from None
+        return self
+
+    @property
+    def export_task(self) -> str | None:
+        """The export task of a kind whose forward pass can be compiled at build, else None."""
+        return KINDS[self.kind].export_task
+
+    def served_names(self, hub_id: str | None = None) -> list[str]:
+        """Names a request may use for this model: its served name, then the Hub ids of what
+        it holds. A Hub id brought through the variable (`hub_id`) is a different model: only
+        that id names it. A local folder is taken to be a copy of the catalogue's model (an
+        offline mirror), so the catalogue's aliases and Hub id still apply."""
+        if hub_id and hub_id != self.source.hub:
+            return [self.name, hub_id]
+        return list(
+            dict.fromkeys([self.name, *self.aliases, *([self.source.hub] if self.source.hub else [])])
+        )
 
     @model_validator(mode="after")
     def _admission_defaults(self) -> ModelEntry:
@@ -233,8 +261,3 @@ class Catalogue(BaseModel):
         if name not in self.models:
             raise ConfigError(f"no model {name!r} in the catalogue; known: {sorted(self.models)}")
         return self.models[name]
-
-
-def environment() -> dict[str, str]:
-    """A snapshot of the process environment, read once by the CLI entry points."""
-    return dict(os.environ)

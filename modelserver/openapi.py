@@ -4,15 +4,13 @@ validate with: no hand-written copy that can drift. Routes come from the catalog
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from modelserver.catalogue import Catalogue, RouteSpec
-from modelserver.kinds.crystal import CrystalAnswer, CrystalRequest
-from modelserver.kinds.text_schemas import FillMaskRequest, TextRequest
-from modelserver.kinds.topics import TopicsAnswer, TopicsRequest
+from modelserver.kinds.registry import KINDS, Kind
 
 REF = "#/components/schemas/{model}"
 DESCRIPTION = 'Trained models behind TorchServe and Envoy. Every error is JSON: `{"error", "code"}`.'
@@ -25,30 +23,6 @@ class ErrorBody(BaseModel):
     code: int = Field(examples=[422])
 
 
-class Candidate(BaseModel):
-    """One fill-mask candidate, as transformers' pipeline returns it."""
-
-    score: float
-    token: int
-    token_str: str
-    sequence: str
-
-
-class FillMaskAnswer(RootModel[list[Candidate] | list[list[Candidate]] | list[list[list[Candidate]]]]):
-    """Top-k candidates; a list per mask for several masks; a list per text for a list of texts."""
-
-
-class SentimentLabel(BaseModel):
-    """The top label and its probability."""
-
-    label: str = Field(examples=["POSITIVE"])
-    score: float = Field(examples=[0.9998])
-
-
-class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
-    """One label for a text, a list for a list of texts."""
-
-
 class Health(BaseModel):
     """/healthcheck: every served model's state; skipped models listed apart."""
 
@@ -57,41 +31,6 @@ class Health(BaseModel):
     skipped: list[str] | None = None
 
 
-class Kind(NamedTuple):
-    """What the document says about one model kind (found by its handler file)."""
-
-    request: type[BaseModel]
-    answer: type[BaseModel]
-    errors: dict[int, str]
-    example: dict[str, Any]
-
-
-KINDS: dict[str, Kind] = {
-    "crystal_handler.py": Kind(
-        CrystalRequest,
-        CrystalAnswer,
-        {400: "`model`/`model_name` names another model", 422: "anomalous data", 500: "the model failed"},
-        {"crystalData": [[0.92, 0.12, 0.31, 0.09]]},
-    ),
-    "fill_mask_handler.py": Kind(
-        FillMaskRequest,
-        FillMaskAnswer,
-        {400: "`model_name` or `task` is not this model's", 422: "invalid text, top_k, or over a budget"},
-        {"text": "Hello I'm a [MASK] model.", "top_k": 5},
-    ),
-    "text_classification_handler.py": Kind(
-        TextRequest,
-        SentimentAnswer,
-        {400: "`model_name` or `task` is not this model's", 422: "invalid text or over a budget"},
-        {"text": "I love this movie, it is great."},
-    ),
-    "topics_handler.py": Kind(
-        TopicsRequest,
-        TopicsAnswer,
-        {405: "Validation exception (as brief 002's spec documents)"},
-        {"text": "The goalie stopped the puck in overtime."},
-    ),
-}
 COMMON_ERRORS = {
     413: "body over 1 MiB",
     503: "the model is not ready, was not provided (skipped), or the server is unreachable; see Retry-After",
@@ -126,7 +65,7 @@ def _operation(kind: Kind, errors: dict[int, str], summary: str, example: dict[s
     }
 
 
-def _route_operation(route: RouteSpec, kind_of: dict[str, Any]) -> dict[str, Any]:
+def _route_operation(route: RouteSpec, kind_of: dict[str, Kind]) -> dict[str, Any]:
     """A public route's operation: its model's kind, or the first it can pick by a body field."""
     targets = sorted(set((route.choices or {}).values()) | ({route.model} if route.model else set()))
     kind = kind_of[route.model or targets[0]]
@@ -144,7 +83,7 @@ def _route_operation(route: RouteSpec, kind_of: dict[str, Any]) -> dict[str, Any
 
 def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     """The whole public API, from the catalogue's routes and the kinds' pydantic models."""
-    kind_of = {name: KINDS[entry.handler.rsplit("/", 1)[-1]] for name, entry in catalogue.models.items()}
+    kind_of = {name: KINDS[entry.kind] for name, entry in catalogue.models.items()}
     paths: dict[str, Any] = {
         "/healthcheck": {
             "get": {

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from modelserver.catalogue import PROJECT_ROOT
+from load_tests.kit.tiny_models import (
+    make_bert_fill_mask,
+    make_camembert_fill_mask,
+    make_distilbert_sentiment,
+)
+from modelserver.project import PROJECT_ROOT
 from modelserver.runtimes.export import export
 from modelserver.training import run_recipe
-from tests.tiny_models import make_bert_fill_mask, make_camembert_fill_mask, make_distilbert_sentiment
 
 TINY_TASKS = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
-LABELS_FILE = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
+LABELS_FILE = PROJECT_ROOT / "modelserver" / "kinds" / "crystal_labels.json"
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,10 @@ from load_tests.bench.timing_model import (
     build_sentiment_timing_model,
     build_timing_model,
 )
-from modelserver.catalogue import PROJECT_ROOT
+from load_tests.kit.stack import Launcher
+from load_tests.kit.tiny_models import make_bert_fill_mask, make_distilbert_sentiment
+from modelserver.project import PROJECT_ROOT
 from modelserver.training.crystal_sklearn_iris import train as train_crystal
-from tests.helpers import Launcher
-from tests.tiny_models import make_bert_fill_mask, make_distilbert_sentiment
 
 DRIVE = [sys.executable, "-m", "load_tests.bench.drive"]
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from load_tests.bench.client import run_clients
 from load_tests.bench.scenarios import SCENARIOS, Scenario
+from load_tests.kit.routes import answer_failure
+from load_tests.kit.stats import percentile
 
 
 class Recorder:
@@ -59,20 +61,14 @@ class Recorder:
         """Throughput, latency percentiles and errors of the requests finished in the window."""
         start, end = self.window_start, self.window_end
         inside = [i for i, t in enumerate(self.finished) if start <= t < end]
-        latencies = np.array([self.latency_ms[i] for i in inside if not self.failure[i]], dtype=float)
+        latencies = [self.latency_ms[i] for i in inside if not self.failure[i]]
         failures = Counter(self.failure[i] for i in inside if self.failure[i])
-        names = ("p50_ms", "p95_ms", "p99_ms")
-        percentiles = (
-            dict(zip(names, np.percentile(latencies, [50, 95, 99]).tolist(), strict=True))
-            if len(latencies)
-            else dict.fromkeys(names)
-        )
         errors = sum(failures.values())
         return {
             "requests": len(inside) - errors,
             "throughput_rps": (len(inside) - errors) / (end - start),
-            **percentiles,
-            "mean_ms": float(latencies.mean()) if len(latencies) else None,
+            **{f"p{q}_ms": percentile(latencies, q) for q in (50, 95, 99)},
+            "mean_ms": float(np.mean(latencies)) if latencies else None,
             "errors": errors,
             "error_reasons": dict(failures.most_common(5)),
             "errors_outside_window": sum(1 for f in self.failure if f) - errors,
@@ -112,14 +108,16 @@ def run_locust(host: str, scenario: Scenario, users: int, warmup_s: float, durat
 
         @task
         def send(self) -> None:
-            """One request; anything but a well-formed 200 counts as a failure."""
+            """One request; anything but a right answer (the kit's check) counts as a failure."""
+            body = scenario.body()
             with self.client.post(
-                scenario.path, json=scenario.body(), name=scenario.name, catch_response=True
+                scenario.path, json=body, name=scenario.name, catch_response=True
             ) as response:
-                if response.status_code != 200:
-                    response.failure(f"HTTP {response.status_code}")
-                elif not scenario.answer_ok(response.json()):
-                    response.failure("malformed answer")
+                failure = answer_failure(
+                    scenario.answer_is_right, body, response.status_code, response.content
+                )
+                if failure:
+                    response.failure(failure)
 
     def on_request(response_time: float, exception: Any = None, **_: Any) -> None:
         recorder.record(float(response_time), "" if exception is None else str(exception)[:80])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,9 @@ import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from load_tests.bench.scenarios import CRYSTAL_ROWS, SENTENCES
+from load_tests.bench.scenarios import SENTENCES
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stats import percentile
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
 from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRuntime, load_fill_mask_runtime
 from modelserver.runtimes.export import export
@@ -70,18 +71,17 @@ def bert_throughput(runtime: FillMaskRuntime, batches: list[int], seconds: float
     return rates
 
 
-def crystal_latency(path: Path, repeats: int = 2000) -> dict[str, float]:
+def crystal_latency(path: Path, repeats: int = 2000) -> dict[str, float | None]:
     """Median and p99 microseconds of one `predict_proba` call on one row."""
     threadpool_limits(1)
     model = joblib.load(path)
-    rows = [np.asarray([row], dtype=np.float64) for row in CRYSTAL_ROWS]
+    rows = [np.asarray([row], dtype=np.float64) for row in BRIEF_ROWS]
     timings = []
     for i in range(repeats):
         start = time.perf_counter()
         model.predict_proba(rows[i % len(rows)])
         timings.append((time.perf_counter() - start) * 1e6)
-    timings.sort()
-    return {"p50_us": statistics.median(timings), "p99_us": timings[int(len(timings) * 0.99)]}
+    return {"p50_us": percentile(timings, 50), "p99_us": percentile(timings, 99)}
 
 
 def main() -> None:

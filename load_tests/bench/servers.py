@@ -21,11 +21,11 @@ import psutil
 import yaml
 
 from load_tests.bench.scenarios import SCENARIOS
-from modelserver.catalogue import PROJECT_ROOT
-from tests.helpers import Launcher, free_ports, write_catalogue
+from load_tests.kit.stack import Launcher, free_ports, write_catalogue
+from modelserver.project import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
-LABELS = PROJECT_ROOT / "archive_scripts" / "labels" / "crystal_labels.json"
+LABELS = PROJECT_ROOT / "modelserver" / "kinds" / "crystal_labels.json"
 
 
 @dataclass(frozen=True)

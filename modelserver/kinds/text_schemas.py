@@ -1,4 +1,4 @@
-"""The settings and request schemas of the Hugging Face text kinds.
+"""The settings, request and answer schemas of the Hugging Face text kinds.
 
 Framework-free: the launcher (OpenAPI document) and the catalogue read them without importing
 torch or transformers; the serving code is in `text_models`, `fill_mask`, `text_classification`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
 
@@ -65,3 +65,27 @@ class FillMaskRequest(TextRequest):
     """Texts with one or more `[MASK]` (or the model's own mask token)."""
 
     top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
+
+
+class Candidate(BaseModel):
+    """One fill-mask candidate, as transformers' pipeline returns it."""
+
+    score: float
+    token: int
+    token_str: str
+    sequence: str
+
+
+class FillMaskAnswer(RootModel[list[Candidate] | list[list[Candidate]] | list[list[list[Candidate]]]]):
+    """Top-k candidates; a list per mask for several masks; a list per text for a list of texts."""
+
+
+class SentimentLabel(BaseModel):
+    """The top label and its probability."""
+
+    label: str = Field(examples=["POSITIVE"])
+    score: float = Field(examples=[0.9998])
+
+
+class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
+    """One label for a text, a list for a list of texts."""

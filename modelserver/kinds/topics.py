@@ -7,14 +7,31 @@ validation failures here are `SpecValidationFailed` (405), not the usual 422.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from threadpoolctl import threadpool_limits
 
-from modelserver.errors import SpecValidationFailed
+from modelserver.errors import ConfigError, SpecValidationFailed
 from modelserver.kinds import ModelFiles
 from modelserver.validation import parse_settings, validate_body
+
+# What a saved topics model may contain; anything else makes the load fail.
+TRUSTED_TYPES = [
+    "sklearn.feature_extraction.text.CountVectorizer",
+    "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.feature_extraction.text.TfidfVectorizer",
+    "sklearn.naive_bayes.MultinomialNB",
+    "sklearn.naive_bayes.ComplementNB",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.pipeline.Pipeline",
+    "builtins.dict",
+    "numpy.float64",
+    "numpy.int64",
+    "scipy.sparse._csr.csr_matrix",
+    "scipy.sparse._csr.csr_array",
+]
 
 
 class TopicsSettings(BaseModel):
@@ -64,11 +81,24 @@ class TopicsRuntime:
         return [{"label": str(label)} for label in labels]
 
 
+def load_pipeline(path: Path) -> Any:
+    """Load a skops file, refusing any type outside `TRUSTED_TYPES`. skops (and through it
+    scikit-learn) is imported here, in the worker only: the launcher reads this module's schemas."""
+    import skops.io  # pylint: disable=import-outside-toplevel
+
+    try:
+        untrusted = set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
+        if untrusted:
+            raise ConfigError(f"{path.name} holds types that are not trusted: {sorted(untrusted)}")
+        return skops.io.load(path, trusted=TRUSTED_TYPES)
+    except ConfigError:
+        raise
+    except Exception as error:  # a corrupt or foreign file: fail the load with its reason
+        raise ConfigError(f"cannot load {path.name} with skops: {error}") from None
+
+
 def load_topics_runtime(files: ModelFiles) -> TopicsRuntime:
     """Load the skops model the archive holds (allowlisted types only)."""
-    # scikit-learn and skops load in the worker only: the launcher reads this module's schemas.
-    from modelserver.training.topics import load_model  # pylint: disable=import-outside-toplevel
-
     settings = parse_settings(TopicsSettings, files.settings)
     threadpool_limits(settings.threads)
-    return TopicsRuntime(load_model(files.model_dir / files.model_file), settings)
+    return TopicsRuntime(load_pipeline(files.model_dir / files.model_file), settings)

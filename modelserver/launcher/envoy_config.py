@@ -1,7 +1,7 @@
 """Envoy's whole config as data, built from the launch settings, the catalogue's routes and
 TorchServe's inference key; dumped to YAML and checked with `envoy --mode validate`.
 
-    python -m modelserver.launcher.envoy_config [launcher options]
+    python -m modelserver envoy-config [launcher options]
 
 prints the config the launcher would run with those options (the key shown as a placeholder).
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from modelserver.catalogue import PROJECT_ROOT, Catalogue, environment
+from modelserver.catalogue import Catalogue
 from modelserver.launcher.routes import (
     BODY_FIELDS_FILTER,
     GENERIC_CLUSTER,
@@ -29,7 +29,8 @@ from modelserver.launcher.routes import (
     direct,
     loopback_cluster,
 )
-from modelserver.launcher.settings import LaunchSettings
+from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
+from modelserver.project import PROJECT_ROOT, environment
 
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
 PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
@@ -58,6 +59,9 @@ GET_PAGES = r"^/(healthcheck|openapi\.json|docs|metrics)$"
 # Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
 # Python worker per request (docs/BENCHMARKS.md, "Request headers").
 UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
+CONNECTIONS_MONITOR_TYPE = (
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
 RETRY_AFTER_S = {"at capacity": "1", "short of memory": "1", "unreachable": "5"}
 
 
@@ -90,8 +94,7 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
             {
                 "name": "envoy.resource_monitors.global_downstream_max_connections",
                 "typed_config": _typed(
-                    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                    max_active_downstream_connections=settings.max_connections,
+                    CONNECTIONS_MONITOR_TYPE, max_active_downstream_connections=settings.max_connections
                 ),
             },
         ],
@@ -301,11 +304,6 @@ def render_config(settings: LaunchSettings, inference_token: str, routes: RouteT
 def main(argv: list[str] | None = None) -> int:
     """Print the config the launcher would run with these options (the key redacted), every
     catalogue model served (the launcher answers 503 on the routes of a model it skips)."""
-    # The launcher's own command line, imported here: it imports this module.
-    from modelserver.launcher.__main__ import (  # pylint: disable=import-outside-toplevel
-        settings_from_command_line,
-    )
-
     settings = settings_from_command_line(argv, environment())
     routes = RouteTable(Catalogue.load(settings.catalogue), {})
     sys.stdout.write(render_config(settings, "<TorchServe inference key>", routes))

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelserver.catalogue import PROJECT_ROOT
 from modelserver.launcher.torchserve import (
-    KEY_FILE,
     call_management,
+    read_key_file,
     read_properties,
     record_scaled_workers,
     scale_path,
 )
+from modelserver.project import PROJECT_ROOT
 
 
 class ManagementError(RuntimeError):
@@ -38,7 +38,7 @@ class Management:
         folder = runtime_dir / "torchserve"
         try:
             config = read_properties((folder / "config.properties").read_text(encoding="utf-8"))
-            key = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))["management"]["key"]
+            key = read_key_file(folder).management
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ManagementError(
                 f"no running stack in {runtime_dir} ({type(error).__name__}); start it with `make run`"

@@ -106,7 +106,8 @@ class RouteTable:
     ) -> None:
         self._catalogue = catalogue
         self._skipped = dict(skipped)
-        self._names = dict(names or {})  # what each built archive answers to (served_names)
+        # What each built archive answers to (the build's report); the catalogue's names else.
+        self._names = dict(names or {})
 
     def _to_model(self, name: str, timeout_s: float) -> dict[str, Any]:
         if name in self._skipped:
@@ -140,8 +141,7 @@ class RouteTable:
             return dict(spec.choices)
         found = {}
         for name, entry in self._catalogue.models.items():
-            catalogue_names = [name, *entry.aliases, *([entry.source.hub] if entry.source.hub else [])]
-            for alias in self._names.get(name, catalogue_names):
+            for alias in self._names.get(name) or entry.served_names():
                 found.setdefault(alias, name)
         return found
 

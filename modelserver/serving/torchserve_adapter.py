@@ -1,6 +1,8 @@
-"""The TorchServe side of every handler: context and bytes in, per-request statuses out.
+"""The TorchServe side of every model: context and bytes in, per-request statuses out.
 
-It reads only duck-typed attributes of TorchServe's `Context`, so nothing here imports `ts`.
+One handler serves every kind: the archive's model-config.yaml names the kind, and the kind
+registry loads its runtime. It reads only duck-typed attributes of TorchServe's `Context`, so
+nothing here imports `ts`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from typing import Any, ClassVar
 
 from modelserver.errors import ConfigError, ModelFailure
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.registry import kind_named
 from modelserver.payload import request_body
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime
 from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.ts_socket import install_read_ahead
 
 log = logging.getLogger(__name__)
-
-RuntimeLoader = Callable[[ModelFiles], Runtime[Any]]
 
 
 def handler_settings(context: Any) -> dict[str, Any]:
@@ -72,9 +73,8 @@ def stream_emitter(context: Any) -> Emit:
 
 
 class TorchServeAdapter:
-    """Base of every handler: subclasses only name the loader of their model kind."""
+    """Every archive's handler: loads the archive's kind and answers its batches."""
 
-    load_runtime: ClassVar[RuntimeLoader]
     # How a streamed chunk leaves the worker (a test's handler watches the chunks instead).
     make_emitter: ClassVar[Callable[[Any], Emit]] = staticmethod(stream_emitter)
 
@@ -92,7 +92,7 @@ class TorchServeAdapter:
             names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
             gpu_id=gpu_of(context),
         )
-        runtime = type(self).load_runtime(files)
+        runtime: Runtime[Any] = kind_named(config.get("kind")).load(files)
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)

@@ -45,22 +45,6 @@ CANDIDATES: dict[str, Callable[[], Pipeline]] = {
         [("tfidf", TfidfVectorizer(sublinear_tf=True, min_df=2)), ("model", ComplementNB(alpha=0.3))]
     ),
 }
-# What a saved topics model may contain; anything else makes the load fail.
-TRUSTED_TYPES = [
-    "sklearn.feature_extraction.text.CountVectorizer",
-    "sklearn.feature_extraction.text.TfidfTransformer",
-    "sklearn.feature_extraction.text.TfidfVectorizer",
-    "sklearn.naive_bayes.MultinomialNB",
-    "sklearn.naive_bayes.ComplementNB",
-    "sklearn.svm._classes.LinearSVC",
-    "sklearn.pipeline.Pipeline",
-    "builtins.dict",
-    "numpy.float64",
-    "numpy.int64",
-    "scipy.sparse._csr.csr_matrix",
-    "scipy.sparse._csr.csr_array",
-]
-
 Dataset = tuple[list[str], list[str]]
 
 
@@ -119,21 +103,6 @@ def save_model(model: Pipeline, path: Path) -> None:
     import skops.io  # pylint: disable=import-outside-toplevel
 
     skops.io.dump(model, path)
-
-
-def load_model(path: Path) -> Pipeline:
-    """Load a skops file, refusing any type outside `TRUSTED_TYPES`."""
-    import skops.io  # pylint: disable=import-outside-toplevel
-
-    try:
-        untrusted = set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
-        if untrusted:
-            raise ConfigError(f"{path.name} holds types that are not trusted: {sorted(untrusted)}")
-        return skops.io.load(path, trusted=TRUSTED_TYPES)
-    except ConfigError:
-        raise
-    except Exception as error:  # a corrupt or foreign file: fail the load with its reason
-        raise ConfigError(f"cannot load {path.name} with skops: {error}") from None
 
 
 def train(output: Path, inputs: dict[str, Path] | None = None) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.helpers import Launcher, running, write_catalogue
-from tests.topics_corpus import write_corpus
+from load_tests.kit.stack import Launcher, running, write_catalogue
+from load_tests.kit.topics_corpus import write_corpus
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,9 +42,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Pa
     workdir = tmp_path_factory.mktemp("stack")
     broken = {
         "crystal_broken": {
-            "handler": "handlers/crystal_handler.py",
+            "kind": "crystal",
             "source": {"default": str(write_broken_model(workdir / "broken.model"))},
-            "extra_files": ["archive_scripts/labels/crystal_labels.json"],
+            "extra_files": ["modelserver/kinds/crystal_labels.json"],
             "handler_config": {"framework": "sklearn", "labels_file": "crystal_labels.json"},
             "torchserve": {"batchSize": 4, "maxBatchDelay": 5},
         }

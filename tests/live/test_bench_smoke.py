@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from modelserver.catalogue import PROJECT_ROOT
-from tests.helpers import Launcher
+from load_tests.kit.stack import Launcher
+from modelserver.project import PROJECT_ROOT
 
 pytestmark = pytest.mark.timeout(900)
 

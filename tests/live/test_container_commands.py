@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import Launcher, free_ports
+from load_tests.kit.stack import Launcher, free_ports
 from tests.unit.test_deploy_files import healthcheck_command
 
 

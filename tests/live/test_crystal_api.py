@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import requests
 
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher
 from modelserver.kinds.crystal import load_classifier
-from tests.helpers import BRIEF_ROWS, Launcher, answers_close
+from tests.helpers import answers_close
 
 ROUTES = {"/sklearn": "sklearn", "/pytorch": "pytorch"}
 

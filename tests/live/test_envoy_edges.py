@@ -16,12 +16,13 @@ from typing import Any, ClassVar
 import pytest
 import requests
 
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import envoy_binary
 from modelserver.launcher.envoy_config import render_config
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
-from tests.helpers import BRIEF_ROWS, Launcher, free_ports
 
 
 def check_json_error(response: requests.Response, status: int) -> dict[str, object]:

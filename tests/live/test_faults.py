@@ -12,7 +12,9 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import BRIEF_ROWS, Launcher, answers_close, make_scale, running
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher, running
+from tests.helpers import answers_close, make_scale
 
 ROUTES = {
     "/sklearn": {"crystalData": BRIEF_ROWS},

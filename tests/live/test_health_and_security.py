@@ -15,7 +15,8 @@ from typing import Any
 import psutil
 import requests
 
-from tests.helpers import BRIEF_ROWS, Launcher
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher
 
 
 def health(stack: Launcher) -> tuple[int, dict[str, Any]]:

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import BRIEF_ROWS, Launcher, answers_close
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher
+from tests.helpers import answers_close
 from tests.unit.test_validation_properties import assert_close
 
 # Per test, not counting the session's stack start (a minute or two, under the global timeout).

@@ -27,8 +27,10 @@ import pytest
 import requests
 import yaml
 
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import stack_ports
 from modelserver.archive import build_archive
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from modelserver.catalogue import Catalogue
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.launcher.torchserve import (
@@ -37,7 +39,7 @@ from modelserver.launcher.torchserve import (
     read_properties,
     runtime_properties,
 )
-from tests.helpers import BRIEF_ROWS, stack_ports
+from modelserver.project import PROJECT_ROOT
 from tests.live.test_crystal_api import check_answer
 
 # The whole module: an archive build, a TorchServe start (about 10 s here) and the requests.

@@ -15,7 +15,7 @@ import pytest
 import requests
 from transformers import pipeline
 
-from tests.helpers import Launcher
+from load_tests.kit.stack import Launcher
 from tests.unit.test_text_models import same_answer
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.helpers import BRIEF_ROWS, Launcher
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher
 
 
 def first_health_answer(launcher: Launcher, timeout_s: float = 120.0) -> requests.Response:

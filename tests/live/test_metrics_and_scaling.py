@@ -11,7 +11,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BRIEF_ROWS, Launcher, answers_close, make_scale
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher
+from tests.helpers import answers_close, make_scale
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -13,7 +13,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BRIEF_ROWS, Launcher, answers_close, running, write_catalogue
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher, running, write_catalogue
+from tests.helpers import answers_close
 
 CONCURRENCY, QUEUE = 2, 2
 CLIENTS = 24

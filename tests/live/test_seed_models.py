@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import requests
 
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.stack import Launcher, running
 from modelserver.kinds.crystal import load_classifier
-from tests.helpers import BRIEF_ROWS, SEED_CRYSTAL, Launcher, running
+from tests.helpers import SEED_CRYSTAL
 
 pytestmark = pytest.mark.skipif(
     not SEED_CRYSTAL.exists(), reason="../shared/seed_data/crystal is absent (fresh clone): nothing to bring"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import Launcher
+from load_tests.kit.stack import Launcher
 
 
 def test_prediction_answers_one_label(stack: Launcher) -> None:

@@ -44,9 +44,11 @@ def test_build_bring_your_own_reuse_and_rebuild(
         names = set(archive.namelist())
         config = yaml.safe_load(archive.read("model-config.yaml"))
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    assert {"crystal_handler.py", "crystal_labels.json", "mine.model"} <= names
+    assert {"model_handler.py", "crystal_labels.json", "mine.model"} <= names
     assert manifest["model"]["serializedFile"] == "mine.model"
+    assert manifest["model"]["handler"] == "model_handler.py"
     assert config["handler"] == entry.handler_config and config["batchSize"] == entry.torchserve.batchSize
+    assert config["kind"] == "crystal" and config["served_names"] == ["crystal_sklearn"]
 
     assert not build_archive(entry, store, environ).rebuilt, "unchanged source is reused"
     model_file.write_bytes(model_file.read_bytes() + b"\n")
@@ -63,17 +65,37 @@ def test_a_missing_source_is_a_clear_error(catalogue: Catalogue, tmp_path: Path)
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        ({"handler": "h.py", "source": {}}, "exactly one of"),
-        ({"handler": "h.py", "source": {"recipe": "nope"}}, "unknown recipe"),
+        ({"kind": "topics", "source": {}}, "exactly one of"),
+        ({"kind": "topics", "source": {"recipe": "nope"}}, "unknown recipe"),
         (
-            {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"minWorkers": 2, "maxWorkers": 1}},
+            {"kind": "topics", "source": {"default": "x"}, "torchserve": {"minWorkers": 2, "maxWorkers": 1}},
             "maxWorkers must be >= minWorkers",
         ),
         (
-            {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"maxBatchDelay": 0}},
+            {"kind": "topics", "source": {"default": "x"}, "torchserve": {"maxBatchDelay": 0}},
             "maxBatchDelay",
         ),
-        ({"handler": "h.py", "source": {"default": "x"}, "colour": "red"}, "colour"),
+        ({"kind": "topics", "source": {"default": "x"}, "colour": "red"}, "colour"),
+        (
+            {"kind": "topicz", "source": {"default": "x"}},
+            r"models\.m: .*kind 'topicz' is not one of \['crystal',",
+        ),
+        (
+            {
+                "kind": "crystal",
+                "source": {"default": "x"},
+                "handler_config": {"framework": "sklearn", "labels": "l"},
+            },
+            r"models\.m: .*handler_config\.labels: is not a known field",
+        ),
+        (
+            {"kind": "crystal", "source": {"default": "x"}, "handler_config": {"labels_file": "l.json"}},
+            r"models\.m: .*handler_config\.framework: is required",
+        ),
+        (
+            {"kind": "text_classification", "source": {"hub": "x"}, "handler_config": {"runtime": "onnx"}},
+            r"models\.m: .*handler_config\.runtime: Input should be 'torch' or 'openvino'",
+        ),
     ],
 )
 def test_bad_catalogues_fail_with_the_problem(tmp_path: Path, entry: dict[str, object], problem: str) -> None:
@@ -89,19 +111,16 @@ def test_unknown_model_names_list_the_known_ones(catalogue: Catalogue) -> None:
 
 
 def test_entries_are_typed() -> None:
-    entry = ModelEntry.model_validate({"name": "m", "handler": "h.py", "source": {"default": "x"}})
+    entry = ModelEntry.model_validate({"name": "m", "kind": "topics", "source": {"default": "x"}})
     assert entry.torchserve.minWorkers == 1 and entry.archive_format == "default"
 
 
 def test_served_names_follow_what_the_archive_holds(catalogue: Catalogue) -> None:
-    from modelserver.archive import served_names  # pylint: disable=import-outside-toplevel
-    from modelserver.catalogue import Source  # pylint: disable=import-outside-toplevel
-
     entry = catalogue.entry("camembert")
-    default = served_names(entry, Source(hub_id="camembert-base"))
+    default = entry.served_names("camembert-base")
     assert default == ["camembert", "camembert/camembert-base", "camembert-base"]
-    assert served_names(entry, Source(path=Path("/mirror/camembert-base"))) == default
-    assert served_names(entry, Source(hub_id="almanach/camembert-large")) == [
+    assert entry.served_names(None) == default, "a local folder is a mirror of the catalogue's model"
+    assert entry.served_names("almanach/camembert-large") == [
         "camembert",
         "almanach/camembert-large",
     ]

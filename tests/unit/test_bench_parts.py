@@ -1,39 +1,37 @@
-"""The benchmark's own parts: the client's response parser, the measured window, the targets."""
+"""The benchmark's own parts: its scenarios' requests and checks, the measured window, the targets."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from load_tests.bench.client import ResponseParser, encode_requests
 from load_tests.bench.drive import Recorder
 from load_tests.bench.report import check_targets, summarise
 from load_tests.bench.scenarios import SCENARIOS
+from load_tests.kit.http import prepare_requests
 
 
-def test_parser_reads_length_delimited_and_chunked_answers_in_pieces() -> None:
-    parser = ResponseParser()
-    raw = b'HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{"a":1}HTTP/1.1 422 Unprocessable\r\n'
-    assert parser.feed(raw[:20]) is None
-    assert parser.feed(raw[20:]) == (200, b'{"a":1}')
-    assert parser.feed(b'Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\n{"e\r\n') is None
-    assert parser.feed(b'4\r\n":1}\r\n0\r\n\r\n') == (422, b'{"e":1}')
-    assert parser.closes
-
-
-def test_requests_are_encoded_once_with_their_length() -> None:
-    request = encode_requests(SCENARIOS["crystal"], "localhost:3000", count=1)[0]
-    head, body = request.split(b"\r\n\r\n")
+def test_requests_are_encoded_once_with_their_length_and_body() -> None:
+    crystal = SCENARIOS["crystal"]
+    [request] = prepare_requests(crystal.path, crystal.body, "localhost:3000", count=1)
+    head, body = request.wire.split(b"\r\n\r\n")
     assert head.startswith(b"POST /sklearn HTTP/1.1\r\n")
     assert f"Content-Length: {len(body)}".encode() in head
+    assert json.loads(body) == request.body
 
 
 def test_answer_checks_reject_wrong_shapes() -> None:
     crystal, fill_mask = SCENARIOS["crystal"], SCENARIOS["fill_mask"]
-    assert crystal.answer_ok({"prediction": ["blue"], "scores": [{"blue": 1.0}]})
-    assert not crystal.answer_ok({"prediction": ["red"], "scores": [{}]})
+    one_row = crystal.body()
+    assert crystal.answer_is_right(one_row, {"prediction": ["blue"], "scores": [{"blue": 1.0}]})
+    assert not crystal.answer_is_right(one_row, {"prediction": ["red"], "scores": [{}]})
     candidate = {"score": 0.1, "token": 1, "token_str": "a", "sequence": "a"}
-    assert fill_mask.answer_ok([candidate] * 5)
-    assert not fill_mask.answer_ok([candidate] * 4)
+    text = fill_mask.body()
+    assert fill_mask.answer_is_right(text, [candidate] * 5)
+    assert not fill_mask.answer_is_right(text, [candidate] * 4)
+    sentiment = SCENARIOS["sentiment"]
+    assert sentiment.answer_is_right(sentiment.body(), {"label": "POSITIVE", "score": 0.9})
+    assert not sentiment.answer_is_right(sentiment.body(), {"label": "POSITIVE", "score": 1.5})
 
 
 def test_only_requests_finished_inside_the_window_count() -> None:

@@ -8,22 +8,24 @@ from typing import Any
 
 import pytest
 
-from handlers.crystal_handler import CrystalHandler
+from handlers.model_handler import ModelHandler
+from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.kinds import crystal
-from tests.helpers import BRIEF_ROWS, FakeContext, answers_close
+from tests.helpers import FakeContext, answers_close
 
 GOOD = json.dumps({"crystalData": BRIEF_ROWS[:1]}).encode()
 
 
-def handler_for(model_dir: Path, framework: str) -> tuple[CrystalHandler, FakeContext]:
+def handler_for(model_dir: Path, framework: str) -> tuple[ModelHandler, FakeContext]:
     """An initialised handler and the context TorchServe would pass it."""
     context = FakeContext(
         model_dir,
+        "crystal",
         {"framework": framework, "labels_file": "crystal_labels.json"},
         serialized_file=f"{framework}.model",
         model_name=f"crystal_{framework}",
     )
-    handler = CrystalHandler()
+    handler = ModelHandler()
     handler.initialize(context)
     return handler, context
 
@@ -104,25 +106,26 @@ def test_a_poison_request_fails_alone(
 def test_a_bad_archive_fails_initialize(crystal_model_dirs: dict[str, Path]) -> None:
     context = FakeContext(
         crystal_model_dirs["sklearn"],
+        "crystal",
         {"framework": "sklearn", "labels_file": "nope.json"},
         serialized_file="sklearn.model",
     )
     with pytest.raises(ValueError, match=r"nope\.json"):
-        CrystalHandler().initialize(context)
+        ModelHandler().initialize(context)
 
 
 def test_the_handler_module_defines_exactly_one_class() -> None:
     """TorchServe refuses a handler module with more than one class of its own."""
     import inspect  # pylint: disable=import-outside-toplevel
 
-    from handlers import crystal_handler  # pylint: disable=import-outside-toplevel
+    from handlers import model_handler  # pylint: disable=import-outside-toplevel
 
     own = [
         c
-        for _, c in inspect.getmembers(crystal_handler, inspect.isclass)
-        if c.__module__ == crystal_handler.__name__
+        for _, c in inspect.getmembers(model_handler, inspect.isclass)
+        if c.__module__ == model_handler.__name__
     ]
-    assert own == [CrystalHandler]
+    assert own == [ModelHandler]
 
 
 def test_a_validation_bug_costs_only_its_own_request(

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.crystal import CrystalRuntime, CrystalSettings, load_classifier, load_crystal_runtime
 from modelserver.kinds.crystal_torch import CrystalNet
-from tests.helpers import BRIEF_ROWS, SEED_CRYSTAL, answers_close
+from tests.helpers import SEED_CRYSTAL, answers_close
 
 FRAMEWORKS = ("sklearn", "pytorch")
 SETTINGS = {"labels_file": "crystal_labels.json"}

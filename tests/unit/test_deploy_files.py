@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from archive_scripts.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
-from modelserver.launcher.__main__ import settings_from_command_line
+from modelserver.catalogue import Catalogue
+from modelserver.launcher.settings import settings_from_command_line
 from modelserver.launcher.torchserve import read_properties
+from modelserver.project import PROJECT_ROOT
+from modelserver.tools.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 K8S = PROJECT_ROOT / "deploy" / "k8s"
@@ -348,7 +349,7 @@ def test_configmap_is_mounted_over_each_config_file() -> None:
 
 def test_configmap_is_fresh() -> None:
     stale = [str(p.relative_to(PROJECT_ROOT)) for p in stale_files()]
-    assert not stale, f"stale {stale}: run `python -m archive_scripts.k8s_configmap`"
+    assert not stale, f"stale {stale}: run `python -m modelserver configmap`"
     data = yaml.safe_load(CONFIGMAP.read_text(encoding="utf-8"))["data"]
     assert data == read_sources()
 

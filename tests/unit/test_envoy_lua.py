@@ -14,13 +14,15 @@ from modelserver.launcher.envoy_config import LUA_SOURCE
 
 @pytest.fixture(name="runtime")
 def fixture_runtime() -> Any:
-    runtime = luajit.LuaRuntime(unpack_returned_tuples=True)
+    """A fresh LuaJIT state holding the filter's source, as Envoy loads it."""
+    runtime = luajit.LuaRuntime(unpack_returned_tuples=True)  # pylint: disable=c-extension-no-member
     runtime.execute(LUA_SOURCE.read_text(encoding="utf-8"))
     return runtime
 
 
 @pytest.fixture(name="lua")
 def fixture_lua(runtime: Any) -> Any:
+    """The filter's globals: its functions, callable from Python."""
     return runtime.globals()
 
 

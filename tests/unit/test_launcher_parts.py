@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
-from modelserver.launcher.__main__ import settings_from_command_line
+from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import validate
 from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.health import Readiness
 from modelserver.launcher.routes import GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
-from modelserver.launcher.settings import LaunchSettings, Ports
+from modelserver.launcher.settings import LaunchSettings, Ports, settings_from_command_line
 from modelserver.launcher.supervisor import Backoff, Supervisor
 from modelserver.launcher.torchserve import (
     CONFIG_TEMPLATE,
@@ -26,6 +25,7 @@ from modelserver.launcher.torchserve import (
     record_scaled_workers,
     runtime_properties,
 )
+from modelserver.project import PROJECT_ROOT
 
 
 def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
@@ -94,11 +94,13 @@ def test_every_limit_is_written_once_into_the_envoy_config() -> None:
 
 
 def test_the_rendered_config_command_prints_what_the_launcher_runs() -> None:
+    # The operators' command: `python -m modelserver envoy-config [launcher options]`.
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "modelserver.launcher.envoy_config",
+            "modelserver",
+            "envoy-config",
             "--port",
             "3456",
             "--max-connections",
@@ -230,11 +232,19 @@ def test_scaled_workers_are_remembered_per_model_and_a_bad_file_is_none(tmp_path
     assert read_scaled_workers(tmp_path) == {"ok": 1}
 
 
-def test_the_launcher_imports_no_ml_framework() -> None:
+@pytest.mark.parametrize(
+    "modules",
+    [
+        "modelserver.launcher.__main__",
+        # What the launcher reads of the kinds: the registry, the catalogue, the API document.
+        "modelserver.kinds.registry, modelserver.catalogue, modelserver.openapi",
+    ],
+)
+def test_the_launcher_imports_no_ml_framework(modules: str) -> None:
     # The supervising process stays small and starts at once: only model workers (and the
     # archive build's export child) load torch, transformers, scikit-learn or OpenVINO.
     probe = (
-        "import sys, modelserver.launcher.__main__\n"
+        f"import sys, {modules}\n"
         "print(sorted(m for m in ('torch', 'transformers', 'sklearn', 'scipy', 'openvino', 'skops')"
         " if m in sys.modules))"
     )
@@ -250,13 +260,13 @@ def test_archives_are_built_in_a_child_so_the_launcher_never_loads_a_framework(t
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from modelserver.catalogue import environment\n"
+        "from modelserver.project import environment\n"
         "from modelserver.launcher.settings import LaunchSettings\n"
         "from modelserver.launcher.supervisor import Supervisor\n"
         "root = Path(sys.argv[1])\n"
         "settings = LaunchSettings(model_store=root / 'store', runtime_dir=root / 'run',\n"
         "                          models=('crystal_sklearn', 'crystal_pytorch'))\n"
-        "archives = Supervisor(settings, environment()).build()\n"
+        "archives = Supervisor(settings, environment()).build().archives\n"
         "print(sorted(archives), all(path.exists() for path in archives.values()))\n"
         "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'openvino') if m in sys.modules))\n"
     )
@@ -270,3 +280,19 @@ def test_archives_are_built_in_a_child_so_the_launcher_never_loads_a_framework(t
     built, frameworks = done.stdout.strip().splitlines()[-2:]
     assert built == "['crystal_pytorch', 'crystal_sklearn'] True"
     assert frameworks == "[]"
+
+
+def test_the_project_command_line_lists_its_commands_and_refuses_others() -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "modelserver"], capture_output=True, text=True, check=False, cwd=PROJECT_ROOT
+    )
+    assert listed.returncode == 2
+    assert all(command in listed.stderr for command in ("configmap", "api-samples", "envoy-config"))
+    checked = subprocess.run(
+        [sys.executable, "-m", "modelserver", "configmap", "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
+    assert checked.returncode == 0, checked.stdout

@@ -46,10 +46,10 @@ def test_the_docs_page_needs_nothing_from_outside() -> None:
 
 
 def test_the_committed_http_samples_are_generated_from_the_document() -> None:
-    from archive_scripts.api_samples import DEFAULT_OUT, http_samples  # pylint: disable=import-outside-toplevel
+    from modelserver.tools.api_samples import DEFAULT_OUT, http_samples  # pylint: disable=import-outside-toplevel
 
     expected = http_samples(build_openapi(Catalogue.load()), "http://localhost:3000")
-    assert DEFAULT_OUT.read_text(encoding="utf-8") == expected, "run: python -m archive_scripts.api_samples"
+    assert DEFAULT_OUT.read_text(encoding="utf-8") == expected, "run: python -m modelserver api-samples"
     assert expected.count("\nPOST ") == sum(
         1 for item in build_openapi(Catalogue.load())["paths"].values() if "post" in item
     )

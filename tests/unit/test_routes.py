@@ -103,7 +103,7 @@ def test_body_selector_rules_and_the_field_each_route_names_for_lua() -> None:
 )
 def test_bad_routes_fail_the_catalogue(tmp_path: Path, routes: dict[str, Any], problem: str) -> None:
     path = tmp_path / "models.yaml"
-    model = {"handler": "h.py", "source": {"default": "x"}}
+    model = {"kind": "topics", "source": {"default": "x"}}
     path.write_text(yaml.safe_dump({"models": {"m": model}, "routes": routes}))
     with pytest.raises(ConfigError, match=problem):
         Catalogue.load(path)
@@ -157,7 +157,7 @@ def test_admission_defaults_follow_batches_and_stay_within_torchserves_queue(tmp
     assert int(properties["job_queue_size"]) == TORCHSERVE_JOB_QUEUE
 
     path = tmp_path / "models.yaml"
-    big = {"handler": "h.py", "source": {"default": "x"}, "torchserve": {"batchSize": 64, "maxWorkers": 4}}
+    big = {"kind": "topics", "source": {"default": "x"}, "torchserve": {"batchSize": 64, "maxWorkers": 4}}
     path.write_text(yaml.safe_dump({"models": {"m": big}}))
     assert Catalogue.load(path).entry("m").admission.concurrency == TORCHSERVE_JOB_QUEUE
     big["admission"] = {"concurrency": TORCHSERVE_JOB_QUEUE + 1}

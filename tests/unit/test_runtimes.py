@@ -14,13 +14,15 @@ import pytest
 import torch
 import yaml
 
+from load_tests.kit.stack import write_catalogue
 from modelserver import archive
 from modelserver.archive import build_archive
-from modelserver.catalogue import PROJECT_ROOT, Catalogue
+from modelserver.catalogue import Catalogue, ModelEntry
 from modelserver.errors import ConfigError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
 from modelserver.kinds.text_classification import load_text_classification_runtime
+from modelserver.project import PROJECT_ROOT
 from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT, place
 from modelserver.runtimes.export import (
     SCORE_TOLERANCE,
@@ -56,7 +58,7 @@ def test_a_worker_runs_where_torchserve_placed_it(
 
 
 def test_the_adapter_reads_the_gpu_torchserve_assigns(tmp_path: Path) -> None:
-    context = FakeContext(tmp_path, {})
+    context = FakeContext(tmp_path, "fill_mask", {})
     assert gpu_of(context) is None
     context.gpu_id = "2"
     assert gpu_of(context) == 2
@@ -220,7 +222,7 @@ def text_entry(runtime: str | None) -> Any:
     settings = {**entry.handler_config, "threads": 1}
     if runtime:
         settings["runtime"] = runtime
-    return entry.model_copy(update={"handler_config": settings})
+    return ModelEntry.model_validate({**entry.model_dump(), "handler_config": settings})
 
 
 def test_the_build_exports_and_carries_the_graph(tiny_hf_models: dict[str, Path], tmp_path: Path) -> None:
@@ -276,9 +278,12 @@ def test_a_failed_int8_export_serves_eager_fp32(
     assert record["fell_back"] and "no_such_exporter" in record["runtime_note"]
 
 
-def test_a_runtime_name_that_is_not_one_fails_the_build(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"sentiment: runtime 'onnx' is not one of \['torch', 'openvino'\]"):
-        build_archive(text_entry("onnx"), tmp_path / "store", {"SENTIMENT_MODEL": str(tmp_path)})
+def test_a_runtime_name_that_is_not_one_fails_the_catalogue(tmp_path: Path) -> None:
+    """Before any build starts: the catalogue names the model, the field and the choices."""
+    path = write_catalogue(tmp_path / "models.yaml", handler_config={"sentiment": {"runtime": "onnx"}})
+    problem = r"models\.sentiment: .*handler_config\.runtime: Input should be 'torch' or 'openvino'"
+    with pytest.raises(ConfigError, match=problem):
+        Catalogue.load(path)
 
 
 def test_the_graph_is_rebuilt_when_the_runtime_changes(

@@ -9,8 +9,8 @@ import pytest
 from load_tests.soak import (
     ROUTES,
     RequestOutcome,
-    check,
     component_of,
+    failure_reason,
     growing_components,
     growth,
     intervals,
@@ -135,14 +135,20 @@ def test_served_routes_need_every_model_they_use() -> None:
 
 def test_every_answer_is_checked_and_a_failure_names_its_route_and_reason() -> None:
     routes = {route.name: route for route in ROUTES}
+
+    def check(name: str, status: int, body: bytes) -> str:
+        """The verdict on one answer to one of the route's own requests."""
+        route = routes[name]
+        return failure_reason(route, route.scenario.body(), status, body)
+
     crystal = {"prediction": ["green"], "scores": [{"blue": 0.1, "green": 0.8, "yellow": 0.1}]}
-    assert check(routes["/astromech"], 200, json.dumps(crystal).encode()) == ""
-    assert check(routes["/predict"], 200, b'{"label": "POSITIVE", "score": 0.5}') == ""
-    assert check(routes["/predict"], 200, b'{"label": "POSITIVE"}') == "/predict: malformed answer"
-    assert check(routes["/prediction"], 200, b'{"label": "hockey"}') == ""
-    assert check(routes["/prediction"], 200, b'{"label": "cooking"}') == "/prediction: malformed answer"
-    assert check(routes["/sklearn"], 200, b"<html>") == "/sklearn: answer is not JSON"
-    busy = check(routes["/inference"], 503, b'{"error": "busy"}')
+    assert check("/astromech", 200, json.dumps(crystal).encode()) == ""
+    assert check("/predict", 200, b'{"label": "POSITIVE", "score": 0.5}') == ""
+    assert check("/predict", 200, b'{"label": "POSITIVE"}') == "/predict: malformed answer"
+    assert check("/prediction", 200, b'{"label": "hockey"}') == ""
+    assert check("/prediction", 200, b'{"label": "cooking"}') == "/prediction: malformed answer"
+    assert check("/sklearn", 200, b"<html>") == "/sklearn: answer is not JSON"
+    busy = check("/inference", 503, b'{"error": "busy"}')
     assert busy == '/inference: HTTP 503 {"error": "busy"}'
     for route in ROUTES:  # each route's own requests are well-formed JSON bodies for its path
         body = route.scenario.body()

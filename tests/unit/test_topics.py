@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import skops.io
 
+from load_tests.kit.topics_corpus import write_corpus
 from modelserver.catalogue import Catalogue, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable, SpecValidationFailed
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.topics import TopicsRuntime, load_topics_runtime
+from modelserver.kinds.topics import TopicsRuntime, load_pipeline, load_topics_runtime
 from modelserver.training import topics
 from modelserver.training.topics_report import write_report
-from tests.topics_corpus import write_corpus
 
 
 @pytest.fixture(scope="module", name="corpus")
@@ -75,7 +75,7 @@ def test_saved_model_round_trips_to_identical_predictions(
         topics.choose_improved(topics.cross_validate(topics.read_dataset(corpus[0])))
     ]()
     trained.fit(*topics.read_dataset(corpus[0]))
-    assert list(topics.load_model(saved_model).predict(texts)) == list(trained.predict(texts))
+    assert list(load_pipeline(saved_model).predict(texts)) == list(trained.predict(texts))
 
 
 class NotAllowed:
@@ -85,10 +85,10 @@ class NotAllowed:
 def test_loading_refuses_types_outside_the_allowlist(tmp_path: Path) -> None:
     skops.io.dump({"model": NotAllowed()}, tmp_path / "evil.model")
     with pytest.raises(ConfigError, match="not trusted"):
-        topics.load_model(tmp_path / "evil.model")
+        load_pipeline(tmp_path / "evil.model")
     (tmp_path / "garbage.model").write_bytes(b"not a skops file")
     with pytest.raises(ConfigError, match="cannot load"):
-        topics.load_model(tmp_path / "garbage.model")
+        load_pipeline(tmp_path / "garbage.model")
 
 
 @pytest.fixture(scope="module", name="runtime")

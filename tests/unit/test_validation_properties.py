@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +25,23 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from handlers.crystal_handler import CrystalHandler
-from handlers.fill_mask_handler import FillMaskHandler
-from handlers.text_classification_handler import TextClassificationHandler
-from handlers.topics_handler import TopicsHandler
+from handlers.model_handler import ModelHandler
+from load_tests.kit.routes import BRIEF_ROWS
+from load_tests.kit.topics_corpus import TOPIC_WORDS, write_corpus
+from modelserver.catalogue import Catalogue
 from modelserver.errors import InvalidInput, ServingError, error_response
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.crystal import CrystalRequest, load_crystal_runtime
+from modelserver.kinds.crystal import CrystalRequest
 from modelserver.kinds.crystal_torch import CrystalNet
-from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRequest, load_fill_mask_runtime
-from modelserver.kinds.text_classification import load_text_classification_runtime
+from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRequest
+from modelserver.kinds.registry import KINDS as REGISTRY
 from modelserver.kinds.text_schemas import TextRequest
-from modelserver.kinds.topics import TopicsRequest, load_topics_runtime
+from modelserver.kinds.topics import TopicsRequest
 from modelserver.payload import decode_json_body
 from modelserver.serving.batch import BatchAnswerer, Outcome
-from modelserver.serving.torchserve_adapter import TorchServeAdapter
 from modelserver.training import run_recipe, topics
 from tests.conftest import LABELS_FILE
-from tests.helpers import BRIEF_ROWS, FakeContext
-from tests.topics_corpus import TOPIC_WORDS, write_corpus
+from tests.helpers import FakeContext
 
 # Sized for 2 cores: the whole file runs in well under a minute. No example database: the
 # tests must not write a .hypothesis/ folder into the working tree.
@@ -123,39 +121,25 @@ def contexts(
     crystal_dir: Path, topics_model: Path, tiny_hf_models: dict[str, Path]
 ) -> dict[str, FakeContext]:
     """The TorchServe context each kind's archive would give its handler."""
+    kind_of = {name: entry.kind for name, entry in Catalogue.load().models.items()}
     found = {}
     for framework in ("sklearn", "pytorch"):
         found[f"crystal_{framework}"] = FakeContext(
             crystal_dir,
+            kind_of[f"crystal_{framework}"],
             {"framework": framework, "labels_file": "crystal_labels.json"},
             serialized_file=f"{framework}.model",
             model_name=f"crystal_{framework}",
         )
     for name in ("fill_mask", "camembert", "sentiment"):
         # One streamed chunk per request at most: the fake context cannot send intermediate ones.
-        found[name] = FakeContext(tiny_hf_models[name].parent, {"stream_chunk": 64}, model_name=name)
+        found[name] = FakeContext(
+            tiny_hf_models[name].parent, kind_of[name], {"stream_chunk": 64}, model_name=name
+        )
     found["topics"] = FakeContext(
-        topics_model.parent, {}, serialized_file=topics_model.name, model_name="topics"
+        topics_model.parent, kind_of["topics"], {}, serialized_file=topics_model.name, model_name="topics"
     )
     return found
-
-
-LOADERS: dict[str, Callable[[ModelFiles], Any]] = {
-    "crystal_sklearn": load_crystal_runtime,
-    "crystal_pytorch": load_crystal_runtime,
-    "fill_mask": load_fill_mask_runtime,
-    "camembert": load_fill_mask_runtime,
-    "sentiment": load_text_classification_runtime,
-    "topics": load_topics_runtime,
-}
-HANDLERS: dict[str, type[TorchServeAdapter]] = {
-    "crystal_sklearn": CrystalHandler,
-    "crystal_pytorch": CrystalHandler,
-    "fill_mask": FillMaskHandler,
-    "camembert": FillMaskHandler,
-    "sentiment": TextClassificationHandler,
-    "topics": TopicsHandler,
-}
 
 
 @pytest.fixture(scope="module", name="fake_contexts")
@@ -170,7 +154,7 @@ def fixture_fake_contexts(
 def fixture_runtimes(fake_contexts: dict[str, FakeContext]) -> dict[str, Any]:
     """Every kind's runtime, loaded as its handler loads it (same files, settings and names)."""
     return {
-        name: LOADERS[name](
+        name: REGISTRY[context.kind].load(
             ModelFiles(context.model_dir, context.serialized_file, dict(context.handler_config), (name,))
         )
         for name, context in fake_contexts.items()
@@ -178,11 +162,11 @@ def fixture_runtimes(fake_contexts: dict[str, FakeContext]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", name="handlers")
-def fixture_handlers(fake_contexts: dict[str, FakeContext]) -> dict[str, TorchServeAdapter]:
-    """Every kind's TorchServe handler, initialised with its fake context."""
+def fixture_handlers(fake_contexts: dict[str, FakeContext]) -> dict[str, ModelHandler]:
+    """Every kind's TorchServe handler (the one every archive has), initialised with its fake context."""
     found = {}
     for name, context in fake_contexts.items():
-        handler = HANDLERS[name]()
+        handler = ModelHandler()
         handler.initialize(context)
         found[name] = handler
     return found
@@ -681,7 +665,7 @@ def torchserve_row(raw: bytes, data: st.DataObject) -> dict[str, Any]:
 @SLOW
 @given(data=st.data())
 def test_a_batch_of_bad_bodies_and_a_good_one_answers_each_on_its_own(
-    handlers: dict[str, TorchServeAdapter],
+    handlers: dict[str, ModelHandler],
     fake_contexts: dict[str, FakeContext],
     runtimes: dict[str, Any],
     name: str,

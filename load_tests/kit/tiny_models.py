@@ -1,13 +1,15 @@
 """Tiny Hugging Face checkpoints built on the spot: real tokenizers, random small weights.
 
-The Hub is unreachable here, so tests build these in a temporary folder and serve them with
-the very same handlers. Output biases are spread out so that candidates are never near-ties
-(a near-tie could swap order between the server's padded batch and the pipeline's single text).
+The Hub is unreachable here, so the tests and the load tools build these in a temporary folder
+and serve them with the very same handlers. Output biases are spread out so that candidates are
+never near-ties (a near-tie could swap order between the server's padded batch and the
+pipeline's single text).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -68,12 +70,18 @@ def _spread(bias: torch.Tensor, seed: int) -> None:
         bias.copy_(torch.randn(bias.shape, generator=generator) * 4)
 
 
-def make_bert_fill_mask(folder: Path, max_positions: int = 64) -> Path:
-    """A 2-layer BERT masked LM with a WordPiece tokenizer and `[MASK]`."""
-    tokenizer = BertTokenizerFast(
+def _save_wordpiece(folder: Path, tokenizer_class: Any, max_positions: int) -> Any:
+    """The English WordPiece tokenizer as `tokenizer_class` (BERT's or DistilBERT's), saved."""
+    tokenizer = tokenizer_class(
         tokenizer_object=wordpiece_tokenizer(ENGLISH), do_lower_case=True, model_max_length=max_positions
     )
     tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_bert_fill_mask(folder: Path, max_positions: int = 64) -> Path:
+    """A 2-layer BERT masked LM with a WordPiece tokenizer and `[MASK]`."""
+    tokenizer = _save_wordpiece(folder, BertTokenizerFast, max_positions)
     config = BertConfig.from_dict(
         {
             "vocab_size": len(tokenizer),
@@ -140,10 +148,7 @@ def make_camembert_fill_mask(folder: Path, max_positions: int = 66) -> Path:
 
 def make_distilbert_sentiment(folder: Path, max_positions: int = 64) -> Path:
     """A 2-layer DistilBERT classifier with NEGATIVE/POSITIVE labels, like the SST-2 model."""
-    tokenizer = DistilBertTokenizerFast(
-        tokenizer_object=wordpiece_tokenizer(ENGLISH), do_lower_case=True, model_max_length=max_positions
-    )
-    tokenizer.save_pretrained(folder)
+    tokenizer = _save_wordpiece(folder, DistilBertTokenizerFast, max_positions)
     config = DistilBertConfig.from_dict(
         {
             "vocab_size": len(tokenizer),

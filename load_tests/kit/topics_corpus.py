@@ -1,7 +1,7 @@
-"""A small newsgroup-like corpus written for the tests: six topics, each with its own words.
+"""A small newsgroup-like corpus written on the spot: six topics, each with its own words.
 
 Real data (`../shared/seed_data/topics`) is used when present; this corpus keeps the topics
-tests running everywhere, fast.
+tests and the soak run going everywhere, fast.
 """
 
 from __future__ import annotations

@@ -1,0 +1,33 @@
+"""`python -m modelserver COMMAND`: the project's generators, in one command line.
+
+    python -m modelserver configmap [--check]        # deploy/k8s/configmap.yaml and its hash
+    python -m modelserver api-samples [--out FILE]   # docs/api.http, from the OpenAPI document
+    python -m modelserver envoy-config [OPTIONS]     # Envoy's config for the launcher's OPTIONS
+
+Serving is `python -m modelserver.launcher`; building archives `python -m archive_scripts.build_archives`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Command -> the module whose `main(argv)` runs it (imported only when chosen).
+COMMANDS = {
+    "configmap": "modelserver.tools.k8s_configmap",
+    "api-samples": "modelserver.tools.api_samples",
+    "envoy-config": "modelserver.launcher.envoy_config",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command with the rest of the arguments; list the commands otherwise."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    return int(importlib.import_module(COMMANDS[args[0]]).main(args[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
