@@ -106,7 +106,7 @@ def _camembert_body() -> dict[str, Any]:
 
 
 def _model_name_body() -> dict[str, Any]:
-    """Brief 004's form: the model chosen by name in the body, through /predict."""
+    """The model chosen by name in the body, through /predict."""
     return {"model_name": "camembert-base", "task": "fill-mask", "text": random.choice(FRENCH_MASKED)}
 
 

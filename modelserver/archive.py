@@ -31,7 +31,7 @@ from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 LARGE_FILE_BYTES = 32 << 20
 RECORDS_DIR = ".builds"
 # Every archive's handler: it reads the kind from model-config.yaml and asks the kind registry.
@@ -112,8 +112,8 @@ def _installed_version(package: str) -> str:
 
 
 def requested_runtime(entry: ModelEntry) -> str:
-    """The runtime the entry's handler settings ask for ('' for kinds without one; the
-    catalogue checked the name against the kind's settings)."""
+    """The runtime the entry's handler settings ask for ('' for kinds without one). Entries
+    come from `Catalogue.load` (or `ModelEntry.model_validate`), which checked the name."""
     if entry.export_task is None:
         return ""
     return str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
@@ -210,7 +210,7 @@ def build_archive(
         config = model_config(entry, source, choice)
         config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         _run_archiver(entry, staged, config_file, workdir, model_store, root, environ)
-    _write_record(entry, model_store, digest, source, choice)
+    _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
     return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
 
@@ -289,13 +289,28 @@ def _recorded_choice(entry: ModelEntry, model_store: Path) -> RuntimeChoice:
     )
 
 
-def _write_record(
-    entry: ModelEntry, model_store: Path, digest: str, source: Source, choice: RuntimeChoice
+def recorded_names(entry: ModelEntry, model_store: Path) -> tuple[str, ...]:
+    """The names the archive in `model_store` answers to, as its build recorded them (empty if
+    it has no record): what a launcher serving the store as it is (`--no-build`) routes by."""
+    try:
+        names = json.loads(_record_path(entry, model_store).read_text(encoding="utf-8")).get("served_names")
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(str(name) for name in names) if isinstance(names, list) else ()
+
+
+def _write_record(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    entry: ModelEntry,
+    model_store: Path,
+    digest: str,
+    source: Source,
+    choice: RuntimeChoice,
+    names: tuple[str, ...],
 ) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
     fields = {"fingerprint": digest, "source": source.describe(), "runtime": choice.runtime}
-    fields.update(runtime_note=choice.note, fell_back=choice.fell_back)
+    fields.update(runtime_note=choice.note, fell_back=choice.fell_back, served_names=list(names))
     record.write_text(json.dumps(fields, indent=2), encoding="utf-8")
 
 

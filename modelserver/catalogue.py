@@ -251,6 +251,11 @@ class Catalogue(BaseModel):
             for name, entry in raw["models"].items():
                 if isinstance(entry, dict):
                     entry.setdefault("name", name)
+                    if "handler" in entry and "kind" not in entry:
+                        raise ConfigError(
+                            f"{path}: models.{name}: 'handler' is now 'kind', one of {sorted(KINDS)};"
+                            " every archive gets handlers/model_handler.py"
+                        )
         try:
             return cls.model_validate(raw)
         except ValidationError as error:

@@ -304,7 +304,7 @@ def render_config(settings: LaunchSettings, inference_token: str, routes: RouteT
 def main(argv: list[str] | None = None) -> int:
     """Print the config the launcher would run with these options (the key redacted), every
     catalogue model served (the launcher answers 503 on the routes of a model it skips)."""
-    settings = settings_from_command_line(argv, environment())
+    settings = settings_from_command_line(argv, environment(), prog="python -m modelserver envoy-config")
     routes = RouteTable(Catalogue.load(settings.catalogue), {})
     sys.stdout.write(render_config(settings, "<TorchServe inference key>", routes))
     return 0

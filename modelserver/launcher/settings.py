@@ -66,11 +66,13 @@ LAUNCHER_HELP = (
 PORT_OPTIONS = tuple(name for name in Ports().model_dump() if name != "public")
 
 
-def settings_from_command_line(argv: list[str] | None, environ: Mapping[str, str]) -> LaunchSettings:
+def settings_from_command_line(
+    argv: list[str] | None, environ: Mapping[str, str], prog: str = "python -m modelserver.launcher"
+) -> LaunchSettings:
     """Command line and `PORT` -> typed settings (the only place the launcher reads them); every
     default is `LaunchSettings`'s own."""
     defaults = LaunchSettings()
-    parser = argparse.ArgumentParser(prog="python -m modelserver.launcher", description=LAUNCHER_HELP)
+    parser = argparse.ArgumentParser(prog=prog, description=LAUNCHER_HELP)
     parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.ports.public)))
     for name in PORT_OPTIONS:
         parser.add_argument(

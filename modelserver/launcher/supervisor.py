@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelserver.archive import archive_path
+from modelserver.archive import archive_path, recorded_names
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import Envoy
@@ -171,7 +171,12 @@ class Supervisor:
         }
         if not self._settings.build:
             store = self._settings.model_store
-            return Served({name: archive_path(catalogue.entry(name), store) for name in selected}, unselected)
+            recorded = {name: recorded_names(catalogue.entry(name), store) for name in selected}
+            return Served(
+                archives={name: archive_path(catalogue.entry(name), store) for name in selected},
+                skipped=unselected,
+                names={name: names for name, names in recorded.items() if names},
+            )
         report = run_build(self._settings, self._environ, selected)
         return Served(
             archives={

@@ -92,7 +92,11 @@ class TorchServeAdapter:
             names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
             gpu_id=gpu_of(context),
         )
-        runtime: Runtime[Any] = kind_named(config.get("kind")).load(files)
+        if "kind" not in config:
+            raise ConfigError(
+                "this archive names no model kind: it was built by an older builder; rebuild it"
+            )
+        runtime: Runtime[Any] = kind_named(config["kind"]).load(files)
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)

@@ -77,7 +77,12 @@ def load_echo_runtime(files: ModelFiles) -> EchoRuntime:
 
 
 ECHO = Kind(
-    f"{__name__}:load_echo_runtime", EchoSettings, EchoRequest, EchoAnswer, {422: "no text"}, {"text": "hi"}
+    loader=f"{__name__}:load_echo_runtime",
+    settings=EchoSettings,
+    request=EchoRequest,
+    answer=EchoAnswer,
+    errors={422: "no text"},
+    example={"text": "hi"},
 )
 
 
@@ -147,6 +152,26 @@ def test_an_unknown_kind_fails_the_catalogue_and_the_worker(tmp_path: Path) -> N
         ModelHandler().initialize(FakeContext(tmp_path, "echo", {}))
     with pytest.raises(ConfigError, match="unknown model kind None"):
         kind_named(None)
+
+
+def test_an_archive_from_before_kinds_and_a_catalogue_with_handler_paths_say_what_to_do(
+    tmp_path: Path,
+) -> None:
+    class OlderArchive(FakeContext):
+        """What the builder wrote before model kinds: a `handler:` section and no `kind`."""
+
+        @property
+        def model_yaml_config(self) -> dict[str, Any]:
+            return {"minWorkers": 1, "handler": self.handler_config}
+
+    with pytest.raises(ConfigError, match="older builder; rebuild"):
+        ModelHandler().initialize(OlderArchive(tmp_path, "crystal", {}))
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        yaml.safe_dump({"models": {"m": {"handler": "handlers/crystal_handler.py", "source": {}}}})
+    )
+    with pytest.raises(ConfigError, match=r"models\.m: 'handler' is now 'kind', one of \['crystal'"):
+        Catalogue.load(path)
 
 
 def test_every_catalogue_entry_names_a_registered_kind_with_a_loader() -> None:

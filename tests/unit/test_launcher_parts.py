@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelserver.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import validate
 from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
@@ -296,3 +297,33 @@ def test_the_project_command_line_lists_its_commands_and_refuses_others() -> Non
         cwd=PROJECT_ROOT,
     )
     assert checked.returncode == 0, checked.stdout
+
+
+def test_a_store_served_as_it_is_routes_by_the_names_its_build_recorded(
+    tmp_path: Path, crystal_model_dirs: dict[str, Path]
+) -> None:
+    # `--no-build` serves archives built earlier: a body's `model_name` must be routed by the
+    # names the archive's worker accepts (its build's), not by what models.yaml says today.
+    store = tmp_path / "store"
+    model_file = crystal_model_dirs["sklearn"] / "sklearn.model"
+    built = build_archive(
+        Catalogue.load().entry("crystal_sklearn"), store, {"CRYSTAL_SKLEARN_MODEL": str(model_file)}
+    )
+    assert (
+        recorded_names(Catalogue.load().entry("crystal_sklearn"), store)
+        == built.names
+        == ("crystal_sklearn",)
+    )
+    catalogue = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text(encoding="utf-8"))
+    catalogue["models"]["crystal_sklearn"]["aliases"] = ["iris-classifier"]
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(catalogue), encoding="utf-8")
+    settings = LaunchSettings(
+        catalogue=tmp_path / "models.yaml", model_store=store, runtime_dir=tmp_path / "run", build=False
+    )
+    served = Supervisor(settings, {}).build()
+    assert served.names == {"crystal_sklearn": ("crystal_sklearn",)}, "only the built archive has a record"
+    assert served.archives["crystal_sklearn"] == built.archive and not served.skipped
+    routes = RouteTable(Catalogue.load(settings.catalogue), served.skipped, served.names)
+    choices = routes.choices(Catalogue.load(settings.catalogue).routes["/predict"])
+    assert "iris-classifier" not in choices and choices["crystal_sklearn"] == "crystal_sklearn"
+    assert choices["camembert-base"] == "camembert", "an unbuilt model keeps the catalogue's names"

@@ -78,6 +78,21 @@ def test_saved_model_round_trips_to_identical_predictions(
     assert list(load_pipeline(saved_model).predict(texts)) == list(trained.predict(texts))
 
 
+@pytest.mark.parametrize("candidate", sorted(topics.CANDIDATES))
+def test_every_candidate_the_recipe_may_choose_loads_under_the_allowlist(
+    corpus: tuple[Path, Path], tmp_path: Path, candidate: str
+) -> None:
+    # The allowlist lives with the serving kind, the candidates with the training recipe:
+    # whichever the recipe picks, the worker must be able to load it.
+    model = topics.CANDIDATES[candidate]()
+    model.fit(*topics.read_dataset(corpus[0]))
+    topics.save_model(model, tmp_path / "candidate.model")
+    texts, _ = topics.read_dataset(corpus[1])
+    assert list(load_pipeline(tmp_path / "candidate.model").predict(texts[:5])) == list(
+        model.predict(texts[:5])
+    )
+
+
 class NotAllowed:
     """A type a topics model never holds."""
 
