@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -184,6 +184,12 @@ def build_archive(
     source = resolve_source(entry, environ, root)
     if source.hub_id:
         source = replace(source, path=fetch_from_hub(source.hub_id, environ))
+    if source.path is not None and source.path.is_dir():
+        # A Hub snapshot's files link into its cache's blobs/; anything else stays in the folder.
+        within = [source.path.parents[1]] if source.hub_id else []
+        if leaving := links_leaving(source.path, within):
+            shown = ", ".join(str(link.relative_to(source.path)) for link in leaving[:5])
+            raise ConfigError(f"{entry.name}: the model folder has links that point outside it: {shown}")
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
     names = tuple(entry.served_names(source.hub_id))
@@ -213,6 +219,20 @@ def build_archive(
     _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
     return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
+
+
+def links_leaving(folder: Path, within: Sequence[Path] = ()) -> list[Path]:
+    """Symbolic links under `folder` whose targets are outside it (and outside `within`): the
+    archiver copies what a link points to, so such a link would pack a file from elsewhere on
+    the build machine into the archive."""
+    roots = [root.resolve() for root in (folder, *within)]
+    leaving = []
+    for path in sorted(folder.rglob("*")):  # does not descend into linked folders
+        if path.is_symlink():
+            target = path.resolve()
+            if not any(target == root or root in target.parents for root in roots):
+                leaving.append(path)
+    return leaving
 
 
 def _stage_folder(model_folder: Path, workdir: Path) -> Path:

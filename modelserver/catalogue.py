@@ -105,6 +105,14 @@ class ModelEntry(BaseModel):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @model_validator(mode="after")
+    def _extra_files_stay_put(self) -> ModelEntry:
+        """An extra file is named where it is: `..` could reach any file of the build machine."""
+        for name in self.extra_files:
+            if ".." in Path(name).parts:
+                raise ValueError(f"extra file {name!r} has a '..' part; name the file where it is")
+        return self
+
+    @model_validator(mode="after")
     def _settings_fit_the_kind(self) -> ModelEntry:
         """A typo in `handler_config` fails here, when the catalogue loads, naming the field;
         not later inside a model worker."""

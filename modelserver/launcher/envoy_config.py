@@ -52,6 +52,12 @@ REQUEST_TIMEOUT_S = 10
 STREAM_IDLE_TIMEOUT_S = 30
 DOWNSTREAM_IDLE_S = 300
 GENERIC_IDLE_S = 60  # /predictions/<any other name>: TorchServe answers 404 for unknown models
+# HTTP/2 (cleartext, with prior knowledge, or via upgrade): every stream may buffer a whole body,
+# so one connection may hold streams x BODY_LIMIT_BYTES = 16 MiB, not Envoy's default 2^31
+# streams. The windows keep a client from pushing more than a body ahead of what Envoy reads.
+H2_MAX_CONCURRENT_STREAMS = 16
+H2_STREAM_WINDOW_BYTES = 64 << 10  # HTTP/2's own initial window (the least Envoy accepts)
+H2_CONNECTION_WINDOW_BYTES = BODY_LIMIT_BYTES
 ADMIN_SOCKET_MODE = 0o600  # only the launcher's user: admin can stop Envoy and shows the key
 GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
 LAUNCHER_PAGES = r"^/(openapi\.json|docs|metrics)$"
@@ -263,6 +269,14 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
         common_http_protocol_options={
             "idle_timeout": f"{DOWNSTREAM_IDLE_S}s",
             "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        # HTTP/1.0 clients (ab, old firmware) are served; a 1.0 connection stays open only when
+        # the request asks for keep-alive, as 1.0 says.
+        http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "modelserver"},
+        http2_protocol_options={
+            "max_concurrent_streams": H2_MAX_CONCURRENT_STREAMS,
+            "initial_stream_window_size": H2_STREAM_WINDOW_BYTES,
+            "initial_connection_window_size": H2_CONNECTION_WINDOW_BYTES,
         },
         local_reply_config=local_replies(),
         http_filters=http_filters(routes),

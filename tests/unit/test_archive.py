@@ -145,3 +145,44 @@ def test_python_caches_are_not_inputs(tmp_path: Path) -> None:
     assert digest() == before
     (tmp_path / "kind.py").write_text("ANSWER = 43\n")
     assert digest() != before
+
+
+def test_a_model_folder_linking_outside_itself_is_refused(catalogue: Catalogue, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (tmp_path / "secret.txt").write_text("not a model file")
+    (folder / "tokenizer.json").symlink_to(tmp_path / "secret.txt")
+    (folder / "vocab.txt").symlink_to(folder / "config.json")  # inside: fine
+    with pytest.raises(
+        ConfigError, match=r"sentiment: the model folder has links that point outside it: tokenizer\.json$"
+    ):
+        build_archive(catalogue.entry("sentiment"), tmp_path / "store", {"SENTIMENT_MODEL": str(folder)})
+    assert not (tmp_path / "store").exists(), "refused before anything was built"
+
+
+def test_links_are_checked_against_the_folder_and_a_hub_cache() -> None:
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    from modelserver.archive import links_leaving  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as work:
+        repo = Path(work) / "models--org--name"
+        snapshot = repo / "snapshots" / "abc123"
+        (repo / "blobs").mkdir(parents=True)
+        snapshot.mkdir(parents=True)
+        (repo / "blobs" / "f00d").write_text("{}")
+        (snapshot / "config.json").symlink_to("../../blobs/f00d")
+        (snapshot / "sub").symlink_to(Path(work), target_is_directory=True)  # a linked folder
+        assert links_leaving(snapshot, [repo]) == [snapshot / "sub"]
+        assert links_leaving(snapshot) == [snapshot / "config.json", snapshot / "sub"]
+
+
+def test_extra_files_may_not_climb_out(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    entry = {"kind": "topics", "source": {"default": "x"}, "extra_files": ["labels/../../../etc/passwd"]}
+    path.write_text(yaml.safe_dump({"models": {"m": entry}}))
+    with pytest.raises(
+        ConfigError, match=r"models\.m: .*extra file 'labels/\.\./\.\./\.\./etc/passwd' has a '\.\.' part"
+    ):
+        Catalogue.load(path)
