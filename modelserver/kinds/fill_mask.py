@@ -6,7 +6,8 @@ the vocabulary-sized head runs only at the mask positions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,13 @@ from modelserver.runtimes.forward import (
 from modelserver.validation import parse_settings
 
 TASKS = ("fill-mask",)
+
+# Bytes of one candidate's JSON besides its token_str and sequence: keys and punctuation (45),
+# the longest float (24), a token id (10), the list's comma, the space a filled token may add
+# to the sequence and the few a filled token may keep the decoder's clean-up from removing.
+CANDIDATE_BYTES = 96
+MASK_BYTES = 4  # the brackets and comma of one mask's list
+TEXT_BYTES = 32  # a text's place in a list, or its NDJSON line's `{"index": i, "result": ...}`
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 # The masked-LM head of each architecture, applied to hidden states at mask positions only.
@@ -69,6 +77,8 @@ class FillMaskRuntime(TextRuntime):
         if tokenizer.mask_token is None:
             raise ConfigError("the tokenizer has no mask token")
         self.head = head
+        # The longest token as JSON: a bound on token_str, and on what filling it adds to sequence.
+        self._token_bytes = max((json_size(token) for token in tokenizer.get_vocab()), default=0)
 
     def parse(self, payload: Any) -> FillMaskRequest:
         """Validate one body: types, top_k, a mask in every text, a bounded answer size."""
@@ -93,6 +103,7 @@ class FillMaskRuntime(TextRuntime):
         texts, owners = flatten(requests)
         mask = self._tokenizer.mask_token
         encoded, errors = self._encode_and_check([text.replace(PUBLIC_MASK, mask) for text in texts], owners)
+        errors.update(self._size_errors(requests, encoded, owners, errors))
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
         ids = [encoded[i] for i in kept]
         top_ks = [requests[owners[i]].top_k for i in kept]
@@ -100,6 +111,40 @@ class FillMaskRuntime(TextRuntime):
             ids, lambda group: self._fill([ids[i] for i in group], [top_ks[i] for i in group])
         )
         return regroup(requests, [owners[i] for i in kept], answers, errors)
+
+    def answer_bound(self, ids: Sequence[int], top_k: int) -> int:
+        """An upper bound on the bytes of one text's answer, known before any candidate is
+        decoded: every candidate repeats the whole text (decoded once here, as its sequence
+        will be) with one token in place of a mask."""
+        masks = ids.count(self._tokenizer.mask_token_id)
+        pad = self._tokenizer.pad_token_id
+        text = self._tokenizer.decode([t for t in ids if t != pad], skip_special_tokens=masks == 1)
+        candidate = CANDIDATE_BYTES + 2 * self._token_bytes + json_size(text)
+        return TEXT_BYTES + masks * (MASK_BYTES + top_k * candidate)
+
+    def _size_errors(
+        self,
+        requests: Sequence[FillMaskRequest],
+        encoded: Sequence[Sequence[int]],
+        owners: Sequence[int],
+        errors: Mapping[int, InvalidInput],
+    ) -> dict[int, InvalidInput]:
+        """A 422 for each request (not refused yet) whose answer could be longer than one
+        response may be; decoding its candidates would be wasted work."""
+        totals: dict[int, int] = {}
+        for index, owner in enumerate(owners):
+            if owner not in errors:
+                bound = self.answer_bound(encoded[index], requests[owner].top_k)
+                totals[owner] = totals.get(owner, 0) + bound
+        cap = self._settings.max_answer_bytes
+        return {
+            owner: InvalidInput(
+                f"the answer could be {total} bytes long; at most {cap} bytes per answer: "
+                "ask for a smaller top_k, or fewer masks or texts"
+            )
+            for owner, total in totals.items()
+            if total > cap
+        }
 
     def _fill(self, encoded: list[list[int]], top_ks: list[int]) -> list[Any]:
         """Run the model over the encoded texts (padded together); format like the pipeline."""
@@ -143,6 +188,11 @@ class FillMaskRuntime(TextRuntime):
                 }
             )
         return candidates
+
+
+def json_size(text: str) -> int:
+    """Bytes of `text` as a JSON string, escapes included, as the answer is encoded."""
+    return len(json.dumps(text))
 
 
 def encoder_graph(model: Any) -> Graph:

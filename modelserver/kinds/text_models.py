@@ -12,7 +12,12 @@ from pydantic import BaseModel
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.kinds.text_schemas import TextModelSettings, TextRequest
+from modelserver.kinds.text_schemas import (
+    REQUEST_CHARS_PER_TOKEN,
+    TEXT_CHARS_PER_TOKEN,
+    TextModelSettings,
+    TextRequest,
+)
 from modelserver.runtimes import Placement, place
 from modelserver.runtimes.forward import Forward
 from modelserver.validation import quoted, validate_body
@@ -99,6 +104,28 @@ def flatten(requests: Sequence[TextRequest]) -> tuple[list[str], list[int]]:
     return texts, owners
 
 
+def char_errors(
+    owners: Sequence[int], texts: Sequence[str], text_cap: int, request_cap: int
+) -> dict[int, InvalidInput]:
+    """A 422 for each request holding a text of more characters than one text may have, or
+    more characters in all than one request may: found before any tokenizer work."""
+    errors: dict[int, InvalidInput] = {}
+    totals: dict[int, int] = {}
+    for owner, text in zip(owners, texts, strict=True):
+        totals[owner] = totals.get(owner, 0) + len(text)
+        if len(text) > text_cap:
+            errors.setdefault(
+                owner,
+                InvalidInput(f"a text is {len(text)} characters long; at most {text_cap} per text"),
+            )
+    for owner, total in totals.items():
+        if total > request_cap and owner not in errors:
+            errors[owner] = InvalidInput(
+                f"the texts hold {total} characters in all; at most {request_cap} per request"
+            )
+    return errors
+
+
 def length_errors(
     owners: Sequence[int], lengths: Sequence[int], limit: int, request_budget: int
 ) -> dict[int, InvalidInput]:
@@ -171,6 +198,10 @@ class TextRuntime:
         self._settings = settings
         self._names = list(names)
         self._limit = max_tokens(tokenizer, config)
+        self._text_chars = settings.max_text_chars or TEXT_CHARS_PER_TOKEN * self._limit
+        self._request_chars = settings.max_request_chars or (
+            REQUEST_CHARS_PER_TOKEN * settings.max_request_tokens
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -186,13 +217,43 @@ class TextRuntime:
         """The longest text, in tokens, the model accepts."""
         return self._limit
 
+    @property
+    def max_text_chars(self) -> int:
+        """The most characters one text may have before the tokenizer sees it."""
+        return self._text_chars
+
+    @property
+    def max_request_chars(self) -> int:
+        """The most characters one request (or one streamed chunk) may hold in all."""
+        return self._request_chars
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The most bytes one encoded answer (or streamed chunk) may have."""
+        return self._settings.max_answer_bytes
+
     def _encode_and_check(
         self, texts: list[str], owners: list[int]
     ) -> tuple[list[list[int]], dict[int, InvalidInput]]:
-        """Tokenise every text of the batch once; find the requests over a length budget."""
-        encoded = self._tokenizer(texts)["input_ids"] if texts else []
-        lengths = [len(ids) for ids in encoded]
-        return encoded, length_errors(owners, lengths, self._limit, self._settings.max_request_tokens)
+        """Tokenise every text of the batch once, except those of requests over a character
+        cap (the tokenizer never sees them); find the requests over a length budget. A refused
+        request's texts are left empty."""
+        errors = char_errors(owners, texts, self._text_chars, self._request_chars)
+        todo = [index for index, owner in enumerate(owners) if owner not in errors]
+        encoded: list[list[int]] = [[] for _ in texts]
+        if todo:
+            tokenised = self._tokenizer([texts[index] for index in todo])["input_ids"]
+            for index, ids in zip(todo, tokenised, strict=True):
+                encoded[index] = ids
+        errors.update(
+            length_errors(
+                [owners[index] for index in todo],
+                [len(encoded[index]) for index in todo],
+                self._limit,
+                self._settings.max_request_tokens,
+            )
+        )
+        return encoded, errors
 
     def _in_groups(
         self, encoded: Sequence[Sequence[int]], run: Callable[[list[int]], list[Any]]

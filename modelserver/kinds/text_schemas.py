@@ -16,6 +16,18 @@ PUBLIC_MASK = "[MASK]"  # what a fill-mask text writes for the word to fill, wha
 
 Text = Annotated[str, StringConstraints(min_length=1, strict=True)]
 
+# A wordpiece of ordinary prose is 4-5 characters. A text may hold 32 characters per token the
+# model accepts (16,384 for a 512-token BERT): generous to whitespace and long words, and still
+# a bound on the tokenizer's work. A request may hold 8 per token of its budget (16,384 for
+# 2,048 tokens): past that it could fit its token budget only with far longer words or far
+# more whitespace than prose has.
+TEXT_CHARS_PER_TOKEN = 32
+REQUEST_CHARS_PER_TOKEN = 8
+# Half of TorchServe's 16 MiB max_response_size: the answer estimate's margin for what it does
+# not model, and far more than any sensible answer needs (2,000 candidates over 512-token texts
+# of English is about 5 MB).
+MAX_ANSWER_BYTES = 8 * 2**20
+
 
 class TextModelSettings(BaseModel):
     """The `handler:` section of a Hugging Face text model."""
@@ -33,6 +45,14 @@ class TextModelSettings(BaseModel):
     max_texts: int = Field(default=64, ge=1)
     max_request_tokens: int = Field(default=2048, ge=1)
     max_candidates: int = Field(default=2000, ge=1)  # fill-mask: masks x top_k per request
+    # Characters, counted before the tokenizer sees a text (its cost grows with characters,
+    # which a token count cannot bound: whitespace makes no tokens). None derives the cap from
+    # the token budgets (`TEXT_CHARS_PER_TOKEN`, `REQUEST_CHARS_PER_TOKEN`).
+    max_text_chars: int | None = Field(default=None, ge=1)
+    max_request_chars: int | None = Field(default=None, ge=1)
+    # Bytes of one response (an answer, or one NDJSON chunk of a stream): well below
+    # TorchServe's max_response_size (16 MiB in config.properties), so a frame never fails.
+    max_answer_bytes: int = Field(default=MAX_ANSWER_BYTES, ge=1024)
     # Texts of a batch go through the model in length-sorted groups of at most this many
     # (padded) tokens, so one long text does not pad every short one to its length.
     forward_tokens: int = Field(default=4096, ge=64)

@@ -14,11 +14,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelserver.errors import ConfigError, ModelFailure
+from modelserver.errors import ConfigError, InvalidInput, ModelFailure, error_response
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.registry import kind_named
 from modelserver.payload import request_body
-from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime
+from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
 from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.ts_socket import install_read_ahead
 
@@ -46,16 +46,48 @@ def gpu_of(context: Any) -> int | None:
     return None if gpu_id is None or gpu_id == "" else int(gpu_id)
 
 
-def encode(outcome: Outcome) -> Outcome:
-    """Serialise one answer to bytes; an answer that is not valid JSON (NaN) becomes a 500."""
+# The most bytes of one response for a kind whose settings name no cap: half of TorchServe's
+# max_response_size (16 MiB in config.properties), far above any such kind's answer.
+MAX_ANSWER_BYTES = 8 * 2**20
+
+
+def too_large(size: int, limit: int) -> InvalidInput:
+    """The error an answer over the response-size cap becomes: TorchServe would fail the
+    response rather than send it."""
+    return InvalidInput(
+        f"the answer is {size} bytes long; at most {limit} bytes per answer: ask for less per request"
+    )
+
+
+def encode(outcome: Outcome, limit: int = MAX_ANSWER_BYTES) -> Outcome:
+    """Serialise one answer to bytes; an answer that is not valid JSON (NaN) becomes a 500,
+    one longer than `limit` bytes (JSON, or a stream's NDJSON chunk) a 422."""
     if isinstance(outcome.body, bytes):
-        return outcome
-    try:
-        body = json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as error:
-        log.error("an answer could not be serialised: %s", type(error).__name__)
-        return encode(Outcome.of_error(ModelFailure("the model produced an answer that is not valid JSON")))
+        body = outcome.body
+    else:
+        try:
+            body = json.dumps(outcome.body, allow_nan=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as error:
+            log.error("an answer could not be serialised: %s", type(error).__name__)
+            failure = ModelFailure("the model produced an answer that is not valid JSON")
+            return encode(Outcome.of_error(failure), limit)
+    if len(body) > limit:
+        log.warning("an answer of %d bytes was over the %d-byte cap", len(body), limit)
+        return encode(Outcome.of_error(too_large(len(body), limit)), limit)
     return Outcome(outcome.status, body, outcome.content_type)
+
+
+def capped_emitter(emit: Emit, limit: int) -> Emit:
+    """`emit`, with a streamed chunk longer than `limit` bytes sent as one NDJSON error line
+    instead (TorchServe sends each chunk as its own response, under the same size limit)."""
+
+    def send(index: int, chunk: bytes) -> None:
+        if len(chunk) > limit:
+            log.warning("a streamed chunk of %d bytes was over the %d-byte cap", len(chunk), limit)
+            chunk = ndjson([error_response(too_large(len(chunk), limit))[1]])
+        emit(index, chunk)
+
+    return send
 
 
 def stream_emitter(context: Any) -> Emit:
@@ -81,6 +113,7 @@ class TorchServeAdapter:
     def __init__(self) -> None:
         self.initialized = False
         self._answerer: BatchAnswerer[Any] | None = None
+        self._answer_limit = MAX_ANSWER_BYTES
 
     def initialize(self, context: Any) -> None:
         """Load the model once per worker; a bad archive fails the load with its reason."""
@@ -100,6 +133,7 @@ class TorchServeAdapter:
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
+        self._answer_limit = int(getattr(runtime, "max_answer_bytes", MAX_ANSWER_BYTES))
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[bytes]:
@@ -109,9 +143,10 @@ class TorchServeAdapter:
         times = BatchTimes()
         with times.phase("preprocess"):
             bodies = [request_body(row) for row in data]
-        answers = self._answerer.answer(bodies, type(self).make_emitter(context), times)
+        emit = capped_emitter(type(self).make_emitter(context), self._answer_limit)
+        answers = self._answerer.answer(bodies, emit, times)
         with times.phase("postprocess"):
-            outcomes = [encode(answer) for answer in answers]
+            outcomes = [encode(answer, self._answer_limit) for answer in answers]
             for index, outcome in enumerate(outcomes):
                 context.set_response_content_type(index, outcome.content_type)
                 if outcome.status != HTTPStatus.OK:

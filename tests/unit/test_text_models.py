@@ -9,12 +9,17 @@ from typing import Any
 import pytest
 from transformers import pipeline
 
+from handlers.model_handler import ModelHandler
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
 from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime
+from modelserver.kinds.text_schemas import TextModelSettings
 from modelserver.runtimes.export import export
-from modelserver.serving.batch import BatchAnswerer
+from modelserver.serving import torchserve_adapter
+from modelserver.serving.batch import BatchAnswerer, Outcome
+from modelserver.serving.torchserve_adapter import encode
+from tests.helpers import FakeContext
 
 SCORE_TOLERANCE = 1e-5
 
@@ -281,3 +286,196 @@ def test_int8_keeps_the_top_candidate(int8_fill_mask: FillMaskRuntime, fill_mask
         for a, b in zip(answer(int8, *top), answer(fill_mask, *top), strict=True)
     ]
     assert all(agree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost caps: characters before the tokenizer, bytes of an answer before and after encoding.
+
+
+class RecordingTokenizer:
+    """A tokenizer that records every text it is asked to encode, and is otherwise the real one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str], *args: Any, **kwargs: Any) -> Any:
+        self.seen.extend(texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def bert_with(tiny_hf_models: dict[str, Path], **settings: Any) -> FillMaskRuntime:
+    """The tiny BERT with these handler settings."""
+    return load_fill_mask_runtime(ModelFiles(tiny_hf_models["fill_mask"].parent, settings=settings))
+
+
+def test_character_caps_default_to_the_token_budgets(fill_mask: FillMaskRuntime) -> None:
+    assert fill_mask.max_text_chars == 32 * fill_mask.max_tokens == 2048
+    assert fill_mask.max_request_chars == 8 * 2048
+    assert fill_mask.max_answer_bytes == 8 * 2**20
+
+
+def test_a_text_over_the_character_cap_never_reaches_the_tokenizer_and_fails_alone(
+    tiny_hf_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = bert_with(tiny_hf_models, max_text_chars=40)
+    alone = answer(runtime, {"text": "a [MASK] day"}, {"text": "paris is the [MASK]"})
+    recorder = RecordingTokenizer(runtime.tokenizer)
+    monkeypatch.setattr(runtime, "_tokenizer", recorder)
+    long_text = "the [MASK] " + "x" * 30  # 41 characters, only 3 tokens: the tokens alone would pass
+    good, too_long, other = answer(
+        runtime,
+        {"text": "a [MASK] day"},
+        {"text": ["fine [MASK]", long_text]},
+        {"text": "paris is the [MASK]"},
+    )
+    assert isinstance(too_long, InvalidInput) and too_long.status == 422
+    assert too_long.message == "a text is 41 characters long; at most 40 per text"
+    assert recorder.seen == ["a [MASK] day", "paris is the [MASK]"]  # nothing of the refused request
+    same_answer(good, alone[0])
+    same_answer(other, alone[1])
+
+
+def test_a_request_over_its_character_cap_is_refused_before_tokenization(
+    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = load_text_classification_runtime(
+        ModelFiles(tiny_hf_models["sentiment"].parent, settings={"max_request_chars": 30})
+    )
+    recorder = RecordingTokenizer(runtime.tokenizer)
+    monkeypatch.setattr(runtime, "_tokenizer", recorder)
+    at_cap = ["a" * 10, "b" * 20]
+    over, fine = answer(runtime, {"text": ["I love it", "x" * 22]}, {"text": at_cap})
+    assert isinstance(over, InvalidInput)
+    assert over.message == "the texts hold 31 characters in all; at most 30 per request"
+    assert recorder.seen == at_cap
+    same_answer(fine, answer(sentiment, {"text": at_cap})[0])
+
+
+def test_a_streamed_text_over_the_character_cap_gets_its_own_error_line(
+    tiny_hf_models: dict[str, Path],
+) -> None:
+    runtime = bert_with(tiny_hf_models, max_text_chars=40)
+    texts = ["a [MASK] day", "[MASK] " + "y" * 40, "paris is the [MASK]"]
+    sent: list[bytes] = []
+    [outcome] = BatchAnswerer(runtime).answer(
+        [json.dumps({"text": texts, "stream": True, "top_k": 2})], emit=lambda _, chunk: sent.append(chunk)
+    )
+    assert outcome.status == 200 and not sent  # three texts: one chunk
+    lines = [json.loads(line) for line in outcome.body.splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert lines[1] == {"index": 1, "error": "a text is 47 characters long; at most 40 per text"}
+    [expected] = answer(runtime, {"text": [texts[0], texts[2]], "top_k": 2})
+    same_answer([lines[0]["result"], lines[2]["result"]], expected)
+
+
+def answer_bound(runtime: FillMaskRuntime, texts: list[str], top_k: int) -> int:
+    """The runtime's own bound on a request's answer, summed over its texts."""
+    encoded = runtime.tokenizer(texts)["input_ids"]
+    return sum(runtime.answer_bound(ids, top_k) for ids in encoded)
+
+
+def test_the_answer_size_cap_refuses_what_could_exceed_it_and_accepts_just_under(
+    tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime
+) -> None:
+    texts = ["the [MASK] sat on the [MASK] today.", "hello i'm a [MASK] model."]
+    bound = answer_bound(fill_mask, texts, 10)
+    body = {"text": texts, "top_k": 10}
+    [expected] = answer(fill_mask, body)
+    encoded_size = len(json.dumps(expected, separators=(",", ":")))
+    assert bound >= encoded_size  # a true upper bound
+    assert bound - encoded_size < bound / 2  # and not a wild one
+    [accepted] = answer(bert_with(tiny_hf_models, max_answer_bytes=bound), body)
+    same_answer(accepted, expected)
+    tight = bert_with(tiny_hf_models, max_answer_bytes=bound - 1)
+    refused, neighbour = answer(tight, body, {"text": "a [MASK] day", "top_k": 2})
+    assert isinstance(refused, InvalidInput) and refused.status == 422
+    assert refused.message == (
+        f"the answer could be {bound} bytes long; at most {bound - 1} bytes per answer: "
+        "ask for a smaller top_k, or fewer masks or texts"
+    )
+    same_answer(neighbour, answer(fill_mask, {"text": "a [MASK] day", "top_k": 2})[0])
+
+
+def test_a_stream_keeps_each_chunk_under_the_answer_cap(tiny_hf_models: dict[str, Path]) -> None:
+    """The cap holds per response: a stream's answer may be larger in all, each chunk never."""
+    texts = [f"the number {i} sat on the [MASK]." for i in range(8)]
+    top_k = 20
+    plain = bert_with(tiny_hf_models)
+    chunk_bound = max(answer_bound(plain, texts[i : i + 4], top_k) for i in (0, 4))
+    assert answer_bound(plain, texts, top_k) > chunk_bound
+    runtime = bert_with(tiny_hf_models, max_answer_bytes=chunk_bound)
+    [whole] = answer(runtime, {"text": texts, "top_k": top_k})
+    assert isinstance(whole, InvalidInput)  # not streamed: one response over the cap
+    sent: list[bytes] = []
+    [outcome] = BatchAnswerer(runtime).answer(
+        [json.dumps({"text": texts, "stream": True, "top_k": top_k})],
+        emit=lambda _, chunk: sent.append(chunk),
+    )
+    chunks = [*sent, outcome.body]
+    assert len(chunks) == 2 and all(len(chunk) <= chunk_bound for chunk in chunks)
+    lines = [json.loads(line) for chunk in chunks for line in chunk.splitlines()]
+    assert [line["index"] for line in lines] == list(range(8))
+    [expected] = answer(plain, {"text": texts, "top_k": top_k})
+    same_answer([line["result"] for line in lines], expected)
+
+
+def test_an_encoded_answer_over_the_cap_becomes_a_json_error() -> None:
+    big = [{"token_str": "x" * 100}] * 20
+    size = len(json.dumps(big, separators=(",", ":")))
+    fits = encode(Outcome(200, big), limit=size)
+    assert fits.status == 200 and json.loads(fits.body) == big
+    over = encode(Outcome(200, big), limit=size - 1)
+    assert over.status == 422 and over.content_type == "application/json"
+    assert json.loads(over.body) == {
+        "error": f"the answer is {size} bytes long; at most {size - 1} bytes per answer: "
+        "ask for less per request",
+        "code": 422,
+    }
+    chunk = b'{"index":0,"result":1}\n' * 100
+    streamed = encode(Outcome(200, chunk, "application/x-ndjson"), limit=len(chunk) - 1)
+    assert streamed.status == 422 and json.loads(streamed.body)["code"] == 422
+    sent: list[tuple[int, bytes]] = []
+    emit = torchserve_adapter.capped_emitter(lambda i, c: sent.append((i, c)), limit=len(chunk))
+    emit(3, chunk)
+    emit(3, chunk + b"\n")
+    assert sent[0] == (3, chunk)
+    assert sent[1][1].endswith(b"\n") and json.loads(sent[1][1]) == {
+        "error": f"the answer is {len(chunk) + 1} bytes long; at most {len(chunk)} bytes per answer: "
+        "ask for less per request",
+        "code": 422,
+    }
+
+
+def test_the_handler_turns_an_answer_over_the_cap_into_that_requests_422(
+    tiny_hf_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even when the estimate misses, no answer over the cap reaches TorchServe."""
+    context = FakeContext(tiny_hf_models["fill_mask"].parent, "fill_mask", {"max_answer_bytes": 2048})
+    handler = ModelHandler()
+    handler.initialize(context)
+    monkeypatch.setattr(FillMaskRuntime, "answer_bound", lambda *_: 0)  # an estimate that misses
+    small, big = handler.handle(
+        [
+            {"body": b'{"text": "a [MASK] day", "top_k": 1}'},
+            {"body": b'{"text": "a [MASK] day", "top_k": 50}'},
+        ],
+        context,
+    )
+    assert context.status_of(0) == 200 and json.loads(small)[0]["token_str"]
+    assert context.status_of(1) == 422 and context.content_types[1] == "application/json"
+    error = json.loads(big)
+    assert error["code"] == 422 and "at most 2048 bytes per answer" in error["error"]
+
+
+def test_the_answer_cap_is_well_below_torchserves_response_limit() -> None:
+    properties = (Path(__file__).parents[2] / "config.properties").read_text().splitlines()
+    [limit] = [int(line.split("=", 1)[1]) for line in properties if line.startswith("max_response_size=")]
+    headroom = 2**20  # TorchServe's frame around a body, and what the answer estimate does not model
+    for cap in (TextModelSettings().max_answer_bytes, torchserve_adapter.MAX_ANSWER_BYTES):
+        assert cap <= limit - headroom
+    with pytest.raises(ValueError, match="max_answer_bytes"):
+        TextModelSettings(max_answer_bytes=10)
