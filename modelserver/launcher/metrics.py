@@ -6,11 +6,15 @@ Concatenates TorchServe's metrics (frontend, and the per-model handler metrics o
 own series. Their names never collide: Envoy's start with `envoy_`, the launcher's with
 `modelserver_`. A source that cannot be read is left out and reported by
 `modelserver_scrape_up{source}` = 0, so a scrape never fails because one part is down.
+
+A reading is shared for about a second (`CachedScrape`): a crowd of scrapers costs one reading
+of each source per second, never one per request.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -24,6 +28,8 @@ Source = Callable[[], str]  # returns exposition text; raises OSError when unrea
 ModelStatuses = Callable[[], Mapping[str, str]]  # model -> "ready" or why not
 # Everything /metrics reports is read within this; Envoy's route to it allows 5 s.
 SCRAPE_DEADLINE_S = 3.0
+# Scrapes within this share one reading (Prometheus scrapes every 15 s or so: none sees a change).
+SHARED_FOR_S = 1.0
 
 
 def http_source(url: str, timeout_s: float = SCRAPE_DEADLINE_S) -> Source:
@@ -88,3 +94,45 @@ class MetricsScraper:
             )
         )
         return "".join(parts).encode("utf-8")
+
+
+class CachedScrape:
+    """One reading shared by every scrape for `shared_for_s`, and one scrape at a time reading
+    anew: while one does, the others get the previous reading, or wait for the new one if there
+    is none yet. A burst of scrapes thus reads TorchServe and Envoy once."""
+
+    def __init__(
+        self,
+        scrape: Callable[[], bytes],
+        shared_for_s: float = SHARED_FOR_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scrape = scrape
+        self._shared_for_s = shared_for_s
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._reading: bytes | None = None
+        self._taken_at = -float("inf")
+        self._refreshing = False
+
+    def __call__(self) -> bytes:
+        """The shared reading, read anew if it is older than `shared_for_s`."""
+        with self._changed:
+            while True:
+                if self._reading is not None and self._clock() - self._taken_at < self._shared_for_s:
+                    return self._reading
+                if not self._refreshing:
+                    self._refreshing = True
+                    break
+                if self._reading is not None:
+                    return self._reading
+                self._changed.wait(timeout=SCRAPE_DEADLINE_S)
+        try:
+            reading = self._scrape()
+            with self._changed:
+                self._reading, self._taken_at = reading, self._clock()
+            return reading
+        finally:
+            with self._changed:
+                self._refreshing = False
+                self._changed.notify_all()

@@ -5,13 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# Files a child creates (TorchServe's key file, Envoy's sockets and logs) are its user's alone
+# from the moment they exist, rather than made private after they were written.
+PRIVATE_UMASK = 0o077
+# Every child runs under the guard, which kills the child's whole process group if the
+# launcher dies: no TorchServe or Envoy is left serving unsupervised.
+GUARD = Path(__file__).with_name("guard.py")
 
 
 class ManagedProcess:
@@ -35,13 +44,14 @@ class ManagedProcess:
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         with self._log_file.open("ab") as output:
             self._process = subprocess.Popen(  # pylint: disable=consider-using-with
-                self._command,
+                [sys.executable, str(GUARD), str(os.getpid()), *self._command],
                 cwd=self._cwd,
                 env=self._env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,
             )
         log.info("started %s (pid %d), log: %s", self.name, self._process.pid, self._log_file)
 
@@ -88,3 +98,14 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files (children inherit it) towards `wanted`, as
+    far as the hard limit allows; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    granted = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (granted, hard))
+    return granted

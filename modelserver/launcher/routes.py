@@ -66,15 +66,21 @@ def model_cluster(name: str) -> str:
     return f"model_{name}"
 
 
-def loopback_cluster(name: str, port: int) -> dict[str, Any]:
-    """A cluster of one endpoint on this machine's loopback (TorchServe, the health server)."""
+def loopback_cluster(name: str, port: int, limits: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A cluster of one endpoint on this machine's loopback (TorchServe, the health server);
+    with `limits`, a circuit breaker holding them (beyond them Envoy refuses at once, flag UO)."""
     endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}]},
     }
+    if limits:
+        cluster["circuit_breakers"] = {
+            "thresholds": [{"priority": "DEFAULT", **limits, "track_remaining": True}]
+        }
+    return cluster
 
 
 def torchserve_cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[str, Any]:

@@ -47,7 +47,9 @@ class LaunchSettings(BaseModel):
     drain_timeout_s: float = Field(default=15.0, ge=0)
     # Client connections Envoy holds at once; more are closed as they arrive (each may buffer a
     # 1 MiB body, so this also bounds Envoy's memory).
-    max_connections: int = Field(default=1024, ge=16, le=100_000)
+    # ~8 KB of Envoy's heap per idle connection, ~30 KB once it has served a request: 8192 fit
+    # the 512 MiB heap, and are more than one client's usual limit of open files (1024).
+    max_connections: int = Field(default=8192, ge=16, le=100_000)
     # Envoy's worker threads. Its default is one per hardware thread, which in a container is the
     # node's, not the pod's CPU limit; two carry ~4,000 requests/s here (docs/BENCHMARKS.md).
     envoy_workers: int = Field(default=2, ge=1, le=64)

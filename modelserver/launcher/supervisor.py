@@ -29,9 +29,10 @@ from modelserver.archive import archive_path, recorded_names
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import Envoy
-from modelserver.launcher.health import HealthServer, Pages, Readiness, static_pages
+from modelserver.launcher.envoy_config import METRICS_READERS
+from modelserver.launcher.health import HealthServer, Pages, Readiness, limited, static_pages
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelserver.launcher.metrics import MetricsScraper, http_source
+from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def exclusive(runtime_dir: Path) -> Iterator[None]:
-    """Hold the runtime folder for this launcher; a second one on the same folder is refused."""
-    runtime_dir.mkdir(parents=True, exist_ok=True)
+    """Hold the runtime folder for this launcher; a second one on the same folder is refused.
+    The folder is the launcher's user's alone: it holds TorchServe's keys and Envoy's sockets."""
+    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    runtime_dir.chmod(0o700)
     with (runtime_dir / "launcher.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -300,7 +303,8 @@ class Supervisor:
 
     def _pages(self, readiness: Readiness) -> Pages:
         """What the loopback health server answers besides /healthcheck: the API's documents
-        and /metrics (TorchServe's, Envoy's and the launcher's series in one scrape)."""
+        and /metrics (TorchServe's, Envoy's and the launcher's series in one scrape, shared for
+        about a second, and made for at most METRICS_READERS requests at once)."""
         scraper = MetricsScraper(
             sources={
                 "torchserve": http_source(f"http://127.0.0.1:{self._settings.ports.metrics}/metrics"),
@@ -308,9 +312,10 @@ class Supervisor:
             },
             model_statuses=readiness.statuses,
         )
+        shared = CachedScrape(scraper.scrape)
         return {
             **static_pages(api_documents(self._catalogue)),
-            "/metrics": lambda: (METRICS_CONTENT_TYPE, scraper.scrape()),
+            "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
         }
 
     def _envoy_stats(self) -> str:

@@ -126,9 +126,11 @@ def test_the_rendered_config_command_prints_what_the_launcher_runs() -> None:
 def test_readiness_names_what_is_not_ready() -> None:
     statuses = {"a": "ready", "b": "no workers (scaled to zero)"}
     readiness = Readiness(["a", "b"], statuses.__getitem__)
+    readiness.refresh()
     code, body = readiness.report()
     assert code == 503 and "b: no workers" in body["error"] and body["models"]["a"] == "ready"
     statuses["b"] = "ready"
+    readiness.refresh()
     assert readiness.report() == (200, {"status": "Healthy", "models": {"a": "ready", "b": "ready"}})
     readiness.set_phase("stopping")
     code, body = readiness.report()
@@ -137,6 +139,7 @@ def test_readiness_names_what_is_not_ready() -> None:
 
 def test_readiness_never_returns_from_stopping() -> None:
     readiness = Readiness(["a"], lambda _name: "ready")
+    readiness.refresh()
     readiness.set_phase("serving")
     readiness.set_phase("stopping")
     readiness.set_phase("serving")
@@ -327,3 +330,36 @@ def test_a_store_served_as_it_is_routes_by_the_names_its_build_recorded(
     choices = routes.choices(Catalogue.load(settings.catalogue).routes["/predict"])
     assert "iris-classifier" not in choices and choices["crystal_sklearn"] == "crystal_sklearn"
     assert choices["camembert-base"] == "camembert", "an unbuilt model keeps the catalogue's names"
+
+
+def test_envoy_gets_the_open_files_its_connection_limit_needs() -> None:
+    # In a child: the soft limit is lowered to the common 1024 first, as on many machines.
+    probe = (
+        "import resource\n"
+        "from modelserver.launcher.envoy import FILES_BESIDES_CLIENTS, allow_open_files\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))\n"
+        "wanted = 4096 + FILES_BESIDES_CLIENTS\n"
+        "granted = allow_open_files(4096)\n"
+        "expected = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)\n"
+        "print(granted == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    )
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def test_idle_and_silent_connections_are_bounded_under_pressure() -> None:
+    config = envoy_config(LaunchSettings(max_connections=500), "token", RouteTable(Catalogue.load(), {}))
+    [listener] = config["static_resources"]["listeners"]
+    assert (
+        listener["listener_filters_timeout"] == "5s"
+        and listener["continue_on_listener_filters_timeout"] is False
+    )
+    [action] = [a for a in config["overload_manager"]["actions"] if a["name"].endswith("reduce_timeouts")]
+    [trigger] = action["triggers"]
+    assert trigger["name"].endswith("global_downstream_max_connections")
+    assert 0 < trigger["scaled"]["scaling_threshold"] < trigger["scaled"]["saturation_threshold"] <= 1
+    [timer] = action["typed_config"]["timer_scale_factors"]
+    assert timer == {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "2s"}
