@@ -184,12 +184,7 @@ def build_archive(
     source = resolve_source(entry, environ, root)
     if source.hub_id:
         source = replace(source, path=fetch_from_hub(source.hub_id, environ))
-    if source.path is not None and source.path.is_dir():
-        # A Hub snapshot's files link into its cache's blobs/; anything else stays in the folder.
-        within = [source.path.parents[1]] if source.hub_id else []
-        if leaving := links_leaving(source.path, within):
-            shown = ", ".join(str(link.relative_to(source.path)) for link in leaving[:5])
-            raise ConfigError(f"{entry.name}: the model folder has links that point outside it: {shown}")
+    _refuse_links_out(entry, source)
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
     names = tuple(entry.served_names(source.hub_id))
@@ -219,6 +214,17 @@ def build_archive(
     _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
     return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
+
+
+def _refuse_links_out(entry: ModelEntry, source: Source) -> None:
+    """A model folder may not link outside itself; a Hub snapshot's files link into its
+    cache's blobs/, which is allowed."""
+    if source.path is None or not source.path.is_dir():
+        return
+    within = [source.path.parents[1]] if source.hub_id else []
+    if leaving := links_leaving(source.path, within):
+        shown = ", ".join(str(link.relative_to(source.path)) for link in leaving[:5])
+        raise ConfigError(f"{entry.name}: the model folder has links that point outside it: {shown}")
 
 
 def links_leaving(folder: Path, within: Sequence[Path] = ()) -> list[Path]:

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         logging.getLogger("modelserver.launcher").error("%s", error)
         return 2
+    except OSError as error:  # before serving began: a full or unwritable disk, a taken port
+        logging.getLogger("modelserver.launcher").error("cannot start: %s", error)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelserver.launcher.envoy_config import PUBLIC_LISTENER, render_config
-from modelserver.launcher.processes import ManagedProcess, raise_open_files_limit
+from modelserver.launcher.envoy_config import ACCESS_LOG_NAME, PUBLIC_LISTENER, render_config
+from modelserver.launcher.processes import ManagedProcess, raise_open_files_limit, shift_rotated
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.unix_http import unix_request
@@ -28,6 +29,51 @@ HOT_RESTART_SOCKET_MODE = "600"  # octal, as Envoy reads it
 # Open files Envoy needs besides client connections: upstream connections (every model's
 # admission limit), its listeners, logs and sockets.
 FILES_BESIDES_CLIENTS = 2048
+# Envoy writes its access log itself (flushing every ACCESS_LOG_FLUSH_MS): the launcher looks at
+# its size this often (a stat call), renames it past `log_file_bytes` and asks Envoy to reopen
+# it, so a file passes the limit by about a second of requests.
+ACCESS_LOG_CHECK_S = 0.25
+ACCESS_LOG_FLUSH_MS = 1000  # Envoy writes its buffered access log lines this often (its default: 10 s)
+
+
+class AccessLogRotation:
+    """Rotates Envoy's access log from a thread of its own, so a launcher busy restarting
+    TorchServe still keeps it bounded. Renaming loses nothing: Envoy writes to the renamed
+    file until `POST /reopen_logs`. Errors are logged once and reported by `problem`."""
+
+    def __init__(self, envoy: Envoy, path: Path, max_bytes: int, kept: int) -> None:
+        self._envoy = envoy
+        self._path = path
+        self._max_bytes = max_bytes
+        self._kept = kept
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="access-log", daemon=True)
+        self.problem: str | None = None
+
+    def start(self) -> None:
+        """Begin watching (once)."""
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(ACCESS_LOG_CHECK_S):
+            self.check()
+
+    def check(self) -> None:
+        """Rotate the access log if it has passed the limit."""
+        try:
+            if not self._path.exists() or self._path.stat().st_size <= self._max_bytes:
+                return
+            shift_rotated(self._path, self._kept)
+            self._envoy.admin("POST", "/reopen_logs")
+        except OSError as error:
+            if self.problem is None:
+                log.error("cannot rotate %s: %s", self._path, error)
+            self.problem = f"cannot rotate {self._path.name}: {error.strerror or error}"
+            return
+        if self.problem is not None:
+            log.info("rotating %s again", self._path)
+            self.problem = None
 
 
 def envoy_binary() -> str:
@@ -76,6 +122,9 @@ class Envoy:
         self._launched_token = ""  # the key of the newest epoch, LIVE or not yet
         # Envoy picks a free shared-memory id at epoch 0 and writes it here; later epochs join it.
         self._base_id_file = self._dir / "base_id"
+        self.access_log = AccessLogRotation(
+            self, self._dir / ACCESS_LOG_NAME, settings.log_file_bytes, settings.log_files_kept
+        )
 
     @property
     def process(self) -> ManagedProcess | None:
@@ -94,6 +143,7 @@ class Envoy:
         self._process = self._launch(
             inference_token, routes, ["--use-dynamic-base-id", "--base-id-path", str(self._base_id_file)]
         )
+        self.access_log.start()
 
     def reload(self, inference_token: str, routes: RouteTable) -> None:
         """Serve a new config without closing the public port (a new TorchServe key): Envoy's
@@ -134,11 +184,11 @@ class Envoy:
             "--concurrency",
             str(self._settings.envoy_workers),
             *restart_options,
-            # The hot-restart channel: a socket file in the private runtime folder, only the
+            # The hot-restart channel: a socket file in Envoy's private folder (its cwd), only the
             # launcher's user may open (Envoy's default is an abstract socket, open to anyone
             # on the machine who can guess its name).
             "--socket-path",
-            str(self._dir / HOT_RESTART_SOCKET),
+            HOT_RESTART_SOCKET,  # relative to Envoy's folder: a socket path holds 108 bytes at most
             "--socket-mode",
             HOT_RESTART_SOCKET_MODE,
             "--drain-time-s",
@@ -147,6 +197,8 @@ class Envoy:
             str(PARENT_SHUTDOWN_S),
             "--drain-strategy",
             "immediate",
+            "--file-flush-interval-msec",
+            str(ACCESS_LOG_FLUSH_MS),
         ]
         process = ManagedProcess("envoy", command, self._environ, self._dir, self._dir / "envoy.log")
         process.start()

@@ -89,6 +89,44 @@ CONNECTIONS_MONITOR_TYPE = (
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
 RETRY_AFTER_S = {"at capacity": "1", "short of memory": "1", "unreachable": "5"}
+# One JSON line per public request in run/envoy/access.log (rotated by the launcher, `Envoy`):
+# what was asked and how it went, never a body, a query value or a header a client chose.
+# The path is the one the client sent, its query cut off, kept in dynamic metadata by the first
+# filter: the routes rewrite :path to TorchServe's and drop x-envoy-original-path.
+ACCESS_LOG_NAME = "access.log"
+ACCESS_LOG_NAMESPACE = "modelserver.access_log"
+ACCESS_LOG_PATH_FILTER = {
+    "name": "envoy.filters.http.header_to_metadata",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+        "request_rules": [
+            {
+                "header": ":path",
+                "on_header_present": {
+                    "metadata_namespace": ACCESS_LOG_NAMESPACE,
+                    "key": "path",
+                    "type": "STRING",
+                    "regex_value_rewrite": {"pattern": {"regex": r"^([^?#]*).*$"}, "substitution": r"\1"},
+                },
+                "remove": False,
+            }
+        ],
+    },
+}
+ACCESS_LOG_FIELDS = {
+    "time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": f"%DYNAMIC_METADATA({ACCESS_LOG_NAMESPACE}:path)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_ms": "%RESPONSE_DURATION%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "model": "%UPSTREAM_CLUSTER%",
+}
 
 
 def _typed(kind: str, **config: Any) -> dict[str, Any]:
@@ -177,6 +215,15 @@ def local_replies() -> dict[str, Any]:
             mapper["headers_to_add"] = [_header("retry-after", retry_after)]
         return mapper
 
+    malformed = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                expression='response.code == 400 && response.code_details != "direct_response"',
+            ),
+        }
+    }
     return {
         "mappers": [
             reply(status_is(413), f"the request body is larger than the {BODY_LIMIT_BYTES >> 20} MiB limit"),
@@ -197,6 +244,9 @@ def local_replies() -> dict[str, Any]:
             ),
             reply(flags("UT", "SI"), "the model did not answer in time", 504),
             reply(status_is(404), "no such route; see the README for the public API"),
+            # Requests Envoy refuses before routing (an escaped slash or a backslash in the path,
+            # a fragment, an underscore in a header name) come with no sentence of their own.
+            reply(malformed, "the request is malformed: its path or headers are not valid HTTP"),
         ],
         "body_format": {"json_format": {"error": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE%"}},
     }
@@ -280,7 +330,20 @@ def fixed_routes_after() -> list[dict[str, Any]]:
 
 
 def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
-    """Every public route, with the headers Envoy drops, adds and hides."""
+    """Every public route, with the headers Envoy drops, adds and hides. Envoy's own answers
+    skip the Lua filter: they are JSON already, and the filter would give a reply to HEAD a
+    body, which a keep-alive client then reads as the start of its next response."""
+
+    def own_answer(route: dict[str, Any]) -> dict[str, Any]:
+        reads_body = LUA_FILTER in route.get("metadata", {}).get("filter_metadata", {})
+        if "direct_response" not in route or reads_body:
+            return route
+        skip = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+        return {
+            **route,
+            "typed_per_filter_config": {**route.get("typed_per_filter_config", {}), LUA_FILTER: skip},
+        }
+
     return {
         "name": "api",
         "domains": ["*"],
@@ -289,7 +352,7 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
         "request_headers_to_remove": UNREAD_HEADERS,
         # TorchServe's inference key; clients never see or send it.
         "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],
-        "routes": [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()],
+        "routes": [own_answer(r) for r in [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()]],
     }
 
 
@@ -323,8 +386,18 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
             "initial_connection_window_size": H2_CONNECTION_WINDOW_BYTES,
         },
         local_reply_config=local_replies(),
-        http_filters=http_filters(routes),
+        http_filters=[ACCESS_LOG_PATH_FILTER, *http_filters(routes)],
         route_config={"name": PUBLIC_LISTENER, "virtual_hosts": [virtual_host(routes, inference_token)]},
+        access_log=[
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": _typed(
+                    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    path=str(settings.runtime_dir / "envoy" / ACCESS_LOG_NAME),
+                    log_format={"json_format": ACCESS_LOG_FIELDS},
+                ),
+            }
+        ],
     )
     address = {"address": settings.listen_address, "port_value": settings.ports.public}
     return {

@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManagementError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the scale was made, but it could not be written down (a full disk)
+        print(f"error: cannot record the change in {args.runtime_dir}: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(answer, indent=2))
     return 0
 

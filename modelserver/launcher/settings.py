@@ -12,6 +12,11 @@ from modelserver.catalogue import DEFAULT_CATALOGUE
 from modelserver.project import PROJECT_ROOT
 
 Port = int
+# Every log file the stack writes (the children's output, Envoy's access log, TorchServe's own
+# log4j2 files) is rotated at about LOG_FILE_BYTES, keeping LOG_FILES_KEPT older files: at most
+# (LOG_FILES_KEPT + 1) x LOG_FILE_BYTES each. `--log-file-mib`, `--log-files-kept` tune them.
+LOG_FILE_BYTES = 10 << 20
+LOG_FILES_KEPT = 3
 
 
 class Ports(BaseModel):
@@ -53,6 +58,8 @@ class LaunchSettings(BaseModel):
     # Envoy's worker threads. Its default is one per hardware thread, which in a container is the
     # node's, not the pod's CPU limit; two carry ~4,000 requests/s here (docs/BENCHMARKS.md).
     envoy_workers: int = Field(default=2, ge=1, le=64)
+    log_file_bytes: int = Field(default=LOG_FILE_BYTES, ge=4096)
+    log_files_kept: int = Field(default=LOG_FILES_KEPT, ge=1, le=100)
 
     @property
     def envoy_admin_socket(self) -> Path:
@@ -103,6 +110,15 @@ def settings_from_command_line(
     parser.add_argument(
         "--envoy-workers", type=int, default=defaults.envoy_workers, help="Envoy's worker threads"
     )
+    parser.add_argument(
+        "--log-file-mib",
+        type=float,
+        default=defaults.log_file_bytes / (1 << 20),
+        help="rotate every log file at this size (MiB)",
+    )
+    parser.add_argument(
+        "--log-files-kept", type=int, default=defaults.log_files_kept, help="rotated files kept per log"
+    )
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
@@ -118,4 +134,6 @@ def settings_from_command_line(
         drain_timeout_s=args.drain_timeout,
         max_connections=args.max_connections,
         envoy_workers=args.envoy_workers,
+        log_file_bytes=int(args.log_file_mib * (1 << 20)),
+        log_files_kept=args.log_files_kept,
     )

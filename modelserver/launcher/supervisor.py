@@ -18,7 +18,6 @@ import math
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from modelserver.launcher.envoy_config import METRICS_READERS
 from modelserver.launcher.health import HealthServer, Pages, Readiness, limited, static_pages
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
-from modelserver.launcher.processes import ManagedProcess
+from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path
@@ -63,6 +62,7 @@ DOCS_PAGE = Path(__file__).with_name("docs.html")
 # The build CLI the launcher runs as a child process, and the report it writes for it.
 BUILD_MODULE = "archive_scripts.build_archives"
 BUILD_REPORT = "build-report.json"
+STOP_POLL_S = 0.1  # how soon the main loop notices a stop signal's flag
 
 
 def api_documents(catalogue: Catalogue) -> dict[str, tuple[str, bytes]]:
@@ -94,6 +94,15 @@ class Backoff:
         delay = 0.0 if self._failures == 0 else min(self.cap_s, self.first_s * 2 ** (self._failures - 1))
         self._failures += 1
         return delay
+
+
+@dataclass
+class StopRequest:
+    """The signal that asked for a stop (noted by the handler, nothing more), and whether the
+    main thread has begun the stop."""
+
+    signum: int | None = None
+    begun: bool = False
 
 
 @dataclass
@@ -139,13 +148,13 @@ def _alive(process: ManagedProcess | None) -> bool:
     return process is not None and process.alive()
 
 
-class Supervisor:
+class Supervisor:  # pylint: disable=too-many-instance-attributes
     """Owns every process of the stack, restarts the ones that die, and stops them in order."""
 
     def __init__(self, settings: LaunchSettings, environ: Mapping[str, str]) -> None:
         self._settings = settings
         self._environ = dict(environ)
-        self._stop = threading.Event()
+        self._stop = StopRequest()
         self._torchserve: TorchServe | None = None
         self._envoy: Envoy | None = None
         self._health: HealthServer | None = None
@@ -153,13 +162,32 @@ class Supervisor:
         self._catalogue = Catalogue.load(settings.catalogue)
         self._served = Served()
         self._backoff = {"torchserve": Backoff(), "envoy": Backoff()}
+        self._disk_problem: str | None = None  # why the serving loop could not write, until it can
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
-        """Signal handler: begin the orderly stop."""
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        if self._readiness is not None:
-            self._readiness.set_phase("stopping")
-        self._stop.set()
+        """Signal handler: only note the signal. The handler runs between two instructions of
+        the main thread, which may hold a lock (logging's, an Event's, the readiness one) at
+        that moment: taking any lock here could deadlock the stop. `stopping()` acts on it."""
+        self._stop.signum = signum
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked; on the first call after a signal, begin the orderly stop."""
+        if self._stop.signum is not None and not self._stop.begun:
+            log.info("received %s; stopping", signal.Signals(self._stop.signum).name)
+            if self._readiness is not None:
+                self._readiness.set_phase("stopping")
+            self._stop.begun = True
+        return self._stop.begun
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking within STOP_POLL_S of a stop; True if one was asked."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(STOP_POLL_S, left))
+        return True
 
     def build(self) -> Served:
         """Build (or reuse) the archive of every served model; skip defaults that cannot be had.
@@ -192,26 +220,31 @@ class Supervisor:
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""
         with exclusive(self._settings.runtime_dir):
+            end_orphans(self._settings.runtime_dir)
             try:
                 self._served = self.build()
-                return 0 if self._stop.is_set() else self._serve(self._served.archives)
+                return 0 if self.stopping() else self._serve(self._served.archives)
             finally:
                 self._shutdown()
 
     def _serve(self, archives: dict[str, Path]) -> int:
         settings = self._settings
+        CHILD_LOGS.configure(settings.log_file_bytes, settings.log_files_kept)
         # A new launcher serves the catalogue's worker counts, not those an earlier one was scaled to.
-        (settings.runtime_dir / SCALED_WORKERS_FILE).unlink(missing_ok=True)
+        try:
+            (settings.runtime_dir / SCALED_WORKERS_FILE).unlink(missing_ok=True)
+        except OSError as error:
+            log.error("cannot remove %s: %s", SCALED_WORKERS_FILE, error)
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
-        self._readiness = Readiness(list(archives), torchserve.model_status, self._served.skipped)
-        if self._stop.is_set():
+        self._readiness = Readiness(list(archives), self._model_status, self._served.skipped)
+        if self.stopping():
             self._readiness.set_phase("stopping")
         self._health = HealthServer(settings.ports.health, self._readiness, self._pages(self._readiness))
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()
         if not self._wait_for_models(list(archives)):
-            return 0 if self._stop.is_set() else 1
+            return 0 if self.stopping() else 1
         self._envoy = Envoy(settings, self._environ)
         self._envoy.start(tokens.inference, self._route_table())
         self._envoy.wait_ready()
@@ -219,15 +252,51 @@ class Supervisor:
         if self._readiness.phase == "serving":
             log.info("serving on port %d (models: %s)", settings.ports.public, ", ".join(archives))
             print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
-        while not self._stop.wait(0.5):
+        while not self._wait(0.5):
+            self._tend()
+        return 0
+
+    def _tend(self) -> None:
+        """One turn of the serving loop: restart what died, hand Envoy a new key. An OSError
+        (a full or read-only runtime folder) never ends the launcher: see `_cannot_write`."""
+        assert self._torchserve is not None and self._envoy is not None
+        try:
             self._envoy.reap()
-            if not _alive(torchserve.process):
+            if not _alive(self._torchserve.process):
                 self._recover_torchserve()
             elif not _alive(self._envoy.process):
                 self._recover_envoy()
             elif self._envoy_key_is_stale():
                 self._hand_envoy_the_key()
-        return 0
+        except OSError as error:
+            self._cannot_write(error)
+            return
+        if self._disk_problem is not None:
+            log.info("the runtime folder is writable again; serving as before")
+            self._disk_problem = None
+
+    def _cannot_write(self, error: OSError) -> None:
+        """A restart or a config write failed on the disk (full, read-only): log it once, keep
+        serving what still runs, and be not ready until a later try of the loop succeeds."""
+        problem = f"cannot write {error.filename or self._settings.runtime_dir}: {error.strerror or error}"
+        if problem != self._disk_problem:
+            log.error("%s; serving what still runs, retrying, /healthcheck is 503 meanwhile", problem)
+        self._disk_problem = problem
+
+    def problems(self) -> list[str]:
+        """Why the stack cannot write what it must (the serving loop's files, a child's output,
+        the access log's rotation); empty when all is well."""
+        found = [self._disk_problem] if self._disk_problem else []
+        found += CHILD_LOGS.problems()
+        if self._envoy is not None and self._envoy.access_log.problem:
+            found.append(self._envoy.access_log.problem)
+        return found
+
+    def _model_status(self, name: str) -> str:
+        """A model's state for /healthcheck: not ready while the stack cannot write its files."""
+        assert self._torchserve is not None
+        problems = self.problems()
+        return "; ".join(problems) if problems else self._torchserve.model_status(name)
 
     def _recover_torchserve(self) -> None:
         """TorchServe died. Meanwhile /healthcheck says 503 (it cannot be reached) and Envoy
@@ -237,7 +306,7 @@ class Supervisor:
         process = self._torchserve.process
         log.error("TorchServe exited (code %s); restarting it", process.exit_code() if process else None)
         self._torchserve.stop(timeout_s=5.0)  # its workers are in its process group: none is left
-        if self._stop.wait(self._backoff["torchserve"].next_delay()):
+        if self._wait(self._backoff["torchserve"].next_delay()):
             return
         try:
             self._torchserve.start()
@@ -292,7 +361,7 @@ class Supervisor:
         process = self._envoy.process
         log.error("Envoy exited (code %s); restarting it", process.exit_code() if process else None)
         tokens = self._torchserve.read_tokens()
-        if tokens is None or self._stop.wait(self._backoff["envoy"].next_delay()):
+        if tokens is None or self._wait(self._backoff["envoy"].next_delay()):
             return
         try:
             self._envoy.start(tokens.inference, self._route_table())
@@ -334,7 +403,7 @@ class Supervisor:
         deadline = time.monotonic() + self._settings.startup_timeout_s
         waiting = set(names)
         while waiting:
-            if self._stop.is_set():
+            if self.stopping():
                 return False
             process = self._torchserve.process
             if process is None or not process.alive():

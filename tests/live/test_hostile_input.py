@@ -558,9 +558,11 @@ MARKER = "zqxmarker"
 
 
 def test_logs_never_hold_request_text(stack: Launcher) -> None:
-    """Good, bad and failing requests carrying a marker, then every log of the stack is read:
-    the marker is in none of them (handlers log types and counts, TorchServe and Envoy log no
-    bodies), whether the request was answered, refused or made the model fail."""
+    """Good, bad, failing and streamed requests carrying a marker (in bodies, a query and
+    headers), then every log of the stack is read, TorchServe's stdout (`torchserve.out`) and
+    Envoy's log included: the marker is in none of them (handlers log types and counts,
+    TorchServe and Envoy log no bodies), whether the request was answered, refused or made the
+    model fail."""
     sent = [
         ("/predict", {"text": f"a {MARKER} sentence"}),
         ("/inference", {"text": f"[MASK] {MARKER}"}),
@@ -573,10 +575,24 @@ def test_logs_never_hold_request_text(stack: Launcher) -> None:
     ]
     statuses = [post(stack, path, json.dumps(body).encode()).status_code for path, body in sent]
     statuses.append(post(stack, "/sklearn", f'{{"crystalData": [[{MARKER}'.encode()).status_code)
+    streamed = {"text": [f"[MASK] {MARKER}", "a [MASK] b"], "stream": True}
+    headers = {"x-request-id": MARKER, "x-envoy-original-path": f"/{MARKER}", "x-forwarded-for": "10.0.0.1"}
+    with requests.post(
+        f"{stack.url}/inference?q={MARKER}", json=streamed, headers=headers, stream=True, timeout=60
+    ) as response:
+        assert response.status_code == 200 and len(response.content.splitlines()) == 2
     assert 200 in statuses and 422 in statuses and 500 in statuses, statuses
     time.sleep(1)  # TorchServe's log appenders flush asynchronously
-    logs = [path for path in stack.workdir.rglob("*") if path.is_file() and path.suffix in {".log", ""}]
-    logs = [path for path in logs if "logs" in path.parts or path.name.endswith(".log")]
+    # Rotated copies too (`envoy.log.1`): every file in a logs folder or named as a log.
+    logs = [
+        path
+        for path in stack.workdir.rglob("*")
+        if path.is_file() and ("logs" in path.parts or {".log", ".out"} & set(path.suffixes))
+    ]
+    for wanted in (stack.runtime_dir / "torchserve" / "logs" / "torchserve.out", stack.log_file):
+        assert wanted in logs and wanted.stat().st_size > 0, (wanted, logs)
+    # Envoy's output (`envoy.log`, written only once Envoy warns) and any log it keeps.
+    assert set((stack.runtime_dir / "envoy").glob("*.log*")) <= set(logs), logs
     assert any(path.name == "model_log.log" for path in logs), logs
     leaked = [path for path in logs if MARKER in path.read_text(encoding="utf-8", errors="replace")]
     assert not leaked, leaked

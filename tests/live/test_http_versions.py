@@ -54,12 +54,15 @@ def responses(raw: bytes) -> list[tuple[str, dict[str, str], bytes]]:
 
 
 def test_an_http10_client_is_served_and_the_connection_closes(stack: Launcher) -> None:
-    [(status, headers, body)] = responses(http10(stack.ports.public, [post10("/sklearn", BODY)]))
+    answered = responses(http10(stack.ports.public, [post10("/sklearn", BODY)]))
+    assert len(answered) == 1, answered
+    status, headers, body = answered[0]
     assert status.split()[1] == "200", (status, body)
     assert headers["content-type"].startswith("application/json")
     assert crystal_answer_is_right({"crystalData": BRIEF_ROWS}, json.loads(body))
     health = http10(stack.ports.public, [b"GET /healthcheck HTTP/1.0\r\n\r\n"])
-    [(status, _, body)] = responses(health)
+    assert len(responses(health)) == 1
+    status, _, body = responses(health)[0]
     assert status.split()[1] == "200" and json.loads(body)["status"] == "Healthy"
 
 

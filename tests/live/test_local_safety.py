@@ -21,7 +21,7 @@ def descendants(pid: int) -> set[int]:
         parent = todo.pop()
         for task in Path(f"/proc/{parent}/task").glob("*"):
             try:
-                children = (task / "children").read_text().split()
+                children = (task / "children").read_text(encoding="utf-8").split()
             except OSError:
                 continue
             for child in map(int, children):
@@ -36,7 +36,7 @@ def running_now(pids: set[int]) -> set[int]:
     alive = set()
     for pid in pids:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
         if state != "Z":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,7 +59,9 @@ def test_committed_config_leaves_the_public_ports_free() -> None:
 
 def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_config(LaunchSettings(), "t0ken", RouteTable(Catalogue.load(), {})))
+    (tmp_path / "envoy").mkdir()  # Envoy opens the access log there even to validate
+    settings = LaunchSettings(runtime_dir=tmp_path)
+    config.write_text(render_config(settings, "t0ken", RouteTable(Catalogue.load(), {})))
     built = yaml.safe_load(config.read_text())
     [host] = built["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "route_config"
@@ -363,3 +367,49 @@ def test_idle_and_silent_connections_are_bounded_under_pressure() -> None:
     assert 0 < trigger["scaled"]["scaling_threshold"] < trigger["scaled"]["saturation_threshold"] <= 1
     [timer] = action["typed_config"]["timer_scale_factors"]
     assert timer == {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "2s"}
+
+
+def test_a_stop_signal_only_sets_a_flag_and_the_main_thread_acts_on_it(tmp_path: Path) -> None:
+    supervisor = Supervisor(LaunchSettings(runtime_dir=tmp_path / "run"), {})
+    readiness = Readiness(["m"], lambda _name: "ready")
+    supervisor._readiness = readiness  # pylint: disable=protected-access
+    # The signal may land while the main thread holds the readiness lock (or logging's): the
+    # handler must finish without taking it.
+    with readiness._lock:  # pylint: disable=protected-access
+        handler = threading.Thread(target=supervisor.request_stop, args=(signal.SIGTERM,))
+        handler.start()
+        handler.join(timeout=2)
+        assert not handler.is_alive(), "the signal handler waited for a lock"
+    assert readiness.phase == "starting", "the handler itself changed nothing"
+    assert supervisor.stopping() and readiness.phase == "stopping"
+    assert supervisor._wait(5.0)  # pylint: disable=protected-access
+
+
+def test_a_new_launcher_ends_the_groups_a_dead_one_left_and_nothing_else(tmp_path: Path) -> None:
+    from modelserver.launcher.processes import (  # pylint: disable=import-outside-toplevel
+        GROUP_FILE_SUFFIX,
+        ManagedProcess,
+        end_orphans,
+    )
+
+    run = tmp_path / "run"
+    (run / "torchserve").mkdir(parents=True)
+    left = ManagedProcess(
+        "torchserve", ["sleep", "600"], {}, run / "torchserve", run / "torchserve" / "out.log"
+    )
+    left.start()  # as the dead launcher's child would have been: its guard outlived nobody yet
+    other = subprocess.Popen(  # pylint: disable=consider-using-with
+        ["sleep", "600"], start_new_session=True, cwd=tmp_path
+    )  # not the stack's
+    (run / "envoy").mkdir()
+    (run / "envoy" / f"envoy{GROUP_FILE_SUFFIX}").write_text(str(other.pid))  # a reused number
+    try:
+        assert left.pid is not None and left.alive()
+        assert end_orphans(run) == [left.pid]
+        assert left.exit_code() is not None or not left.alive()
+        assert other.poll() is None, "a group that does not work in this folder is left alone"
+        assert not list(run.rglob(f"*{GROUP_FILE_SUFFIX}"))
+    finally:
+        other.kill()
+        other.wait()
+        left.stop(timeout_s=2)
