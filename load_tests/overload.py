@@ -9,8 +9,11 @@ served by the real stack with the catalogue's admission limits. First its capaci
 a fixed rate, whatever the answers, in three phases: half the capacity, `factor` times it, and
 half again. Every answer is checked: a correct 200, or a 503 that says the model is at capacity
 with Retry-After; anything else, and any request without an answer in 60 s, is an error.
-/healthcheck is polled throughout and the stack's RSS sampled. A table goes to stdout, the
-figures to `results.json`; the exit status says whether every expectation held.
+/healthcheck is polled throughout and the stack's RSS sampled. Then two hostile crowds, one
+after the other: one client holding 1,100 idle connections (reopening each one closed), and 128
+clients polling /metrics; meanwhile health and model probes, each on a new connection, must be
+answered right within 1 s. A table goes to stdout, the figures to `results.json`; the exit
+status says whether every expectation held.
 """
 
 from __future__ import annotations
@@ -31,20 +34,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
+import requests
 import uvloop
 
 from load_tests.bench.scenarios import SCENARIOS
 from load_tests.bench.servers import tree_rss
 from load_tests.bench.timing_model import build_timing_model
+from load_tests.kit.floods import Probes, idle_connections, metrics_crowd, probe_for
 from load_tests.kit.http import ClientPool, PreparedRequest, Reply, prepare_requests
 from load_tests.kit.routes import answer_failure
 from load_tests.kit.stack import Launcher, running
 from load_tests.kit.stats import percentile
 from modelserver.catalogue import Catalogue
+from modelserver.launcher.processes import raise_open_files_limit
 from modelserver.project import PROJECT_ROOT
 
 TIMEOUT_S = 60.0
 SCENARIO = SCENARIOS["fill_mask"]
+IDLE_CONNECTIONS = 1100
+METRICS_CLIENTS = 128
+PROBE_EVERY_S = 0.25
+PROBE_DEADLINE_S = 1.0
 
 
 @dataclass
@@ -127,14 +137,14 @@ async def one(pool: ClientPool, request: PreparedRequest, phase: Phase, offset_s
 async def offer(url: str, phase: Phase, seconds: float) -> None:
     """Start requests at `phase.rate` per second for `seconds`, never waiting for answers."""
     pool = ClientPool(url)
-    requests = prepare_requests(SCENARIO.path, SCENARIO.body, urlsplit(url).netloc)
+    prepared = prepare_requests(SCENARIO.path, SCENARIO.body, urlsplit(url).netloc)
     tasks = []
     start = time.perf_counter()
     for sent in range(int(phase.rate * seconds)):
         delay = start + sent / phase.rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        request = requests[sent % len(requests)]
+        request = prepared[sent % len(prepared)]
         tasks.append(asyncio.ensure_future(one(pool, request, phase, time.perf_counter() - start)))
     await asyncio.gather(*tasks)
     phase.elapsed_s = time.perf_counter() - start
@@ -226,6 +236,96 @@ def verdicts(summaries: list[dict[str, Any]], admitted: int, capacity_rps: float
     ]
 
 
+def flood_probes(url: str, seconds: float) -> dict[str, Probes]:
+    """Health and model probes, taking turns for `seconds`, each on a new connection."""
+    body = json.dumps(SCENARIO.body())
+
+    def health() -> requests.Response:
+        return get_on_new_connection(f"{url}/healthcheck")
+
+    def model() -> requests.Response:
+        return post_on_new_connection(f"{url}{SCENARIO.path}", body)
+
+    def model_right(response: requests.Response) -> bool:
+        return response.status_code == 200 and SCENARIO.answer_is_right(json.loads(body), response.json())
+
+    return {
+        "health": probe_for(
+            seconds / 2, PROBE_EVERY_S, health, lambda r: r.status_code == 200, PROBE_DEADLINE_S
+        ),
+        "model": probe_for(seconds / 2, PROBE_EVERY_S, model, model_right, PROBE_DEADLINE_S),
+    }
+
+
+def get_on_new_connection(url: str) -> requests.Response:
+    """A GET on a new connection, as a kubelet probes."""
+    return requests.get(url, timeout=2 * PROBE_DEADLINE_S, headers={"Connection": "close"})
+
+
+def post_on_new_connection(url: str, body: str) -> requests.Response:
+    """A JSON POST on a new connection."""
+    headers = {"Connection": "close", "Content-Type": "application/json"}
+    return requests.post(url, data=body, timeout=2 * PROBE_DEADLINE_S, headers=headers)
+
+
+def floods(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
+    """The two hostile crowds in turn, what the probes saw meanwhile, and the verdicts."""
+    raise_open_files_limit(IDLE_CONNECTIONS + 512)
+    with idle_connections(live.ports.public, IDLE_CONNECTIONS) as idle:
+        during_idle = flood_probes(live.url, seconds)
+    with metrics_crowd(live.url, METRICS_CLIENTS, seconds) as crowd:
+        time.sleep(1.0)  # let the crowd arrive
+        during_metrics = flood_probes(live.url, seconds - 2)
+    figures = {
+        "idle_connections": {**vars(idle), **_probe_figures(during_idle)},
+        "metrics_crowd": {
+            "statuses": dict(crowd.statuses),
+            "prometheus_answers": crowd.prometheus_answers,
+            "failures": len(crowd.failures),
+            **_probe_figures(during_metrics),
+        },
+    }
+    checks = [
+        (
+            f"{IDLE_CONNECTIONS} idle connections: every probe answered within {PROBE_DEADLINE_S:g} s "
+            f"({_answered(during_idle)})",
+            all(not p.failures and p.total > 0 for p in during_idle.values())
+            and idle.held_at_most >= IDLE_CONNECTIONS,
+        ),
+        (
+            # Health only: the crowd's 128 client threads share this machine's cores with the
+            # model, so a model probe's time says more about the client than the server.
+            f"{METRICS_CLIENTS} clients on /metrics: every /healthcheck answered within "
+            f"{PROBE_DEADLINE_S:g} s ({_answered(during_metrics)})",
+            not during_metrics["health"].failures and during_metrics["health"].total > 0,
+        ),
+        (
+            "the /metrics crowd got Prometheus text or JSON 503 with Retry-After, nothing else",
+            not crowd.failures and crowd.prometheus_answers > 0,
+        ),
+    ]
+    return figures, checks
+
+
+def _probe_figures(probes: dict[str, Probes]) -> dict[str, Any]:
+    return {
+        f"{name}_probes": {
+            "answered": p.answered,
+            "total": p.total,
+            "p99_ms": _ms(percentile(p.latencies_s, 99)),
+        }
+        for name, p in probes.items()
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _answered(probes: dict[str, Probes]) -> str:
+    return ", ".join(f"{name} {p.answered}/{p.total}" for name, p in probes.items())
+
+
 def stack(work: Path, model: Path | None) -> contextlib.AbstractContextManager[Launcher]:
     """The real stack serving fill_mask on bert-base's shapes."""
     weights = model or build_timing_model(work / "bert")
@@ -275,9 +375,10 @@ def main() -> int:
         phases = [Phase("normal", sustained / 2), Phase("overload", sustained * args.factor)]
         phases.append(Phase("after", sustained / 2))
         uvloop.run(run_phases(live.url, live.process.pid, phases, args.phase))
+        flooded = floods(live, args.phase)
     summaries = [phase.summary() for phase in phases]
     entry = admission_limits()
-    checks = verdicts(summaries, sum(entry), sustained)
+    checks = verdicts(summaries, sum(entry), sustained) + flooded[1]
     print(f"capacity (16 closed-loop clients): {sustained:.1f} req/s; admission {entry[0]} + {entry[1]}")
     print(table(summaries))
     for text, held in checks:
@@ -292,6 +393,7 @@ def main() -> int:
         "phase_s": args.phase,
         "admission": {"concurrency": entry[0], "queue": entry[1]},
         "phases": summaries,
+        "floods": flooded[0],
         "checks": dict(checks),
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

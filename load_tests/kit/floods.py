@@ -1,16 +1,20 @@
 """Hostile clients, shared by the live tests and `make overload`: one that holds idle
-connections (reopening each one the server closes), and the probes other clients keep sending
-meanwhile, each on a new connection as a kubelet or a load balancer does."""
+connections (reopening each one the server closes), a crowd polling /metrics, and the probes
+other clients keep sending meanwhile, each on a new connection as a kubelet or a load balancer
+does."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
@@ -123,3 +127,81 @@ def probe_for(
                 probes.latencies_s.append(took)
         time.sleep(max(0.0, every_s - (time.monotonic() - started)))
     return probes
+
+
+@dataclass
+class MetricsFlood:
+    """What the /metrics crowd saw."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    prometheus_answers: int = 0
+    refusals_as_json_with_retry_after: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _poll_metrics(url: str, until: float, outcome: MetricsFlood, lock: threading.Lock) -> None:
+    """One client: GET /metrics on one keep-alive connection, again and again."""
+    with requests.Session() as session:
+        while time.monotonic() < until:
+            try:
+                response = session.get(f"{url}/metrics", timeout=10)
+            except requests.RequestException as error:
+                with lock:
+                    outcome.failures.append(type(error).__name__)
+                continue
+            with lock:
+                _count(response, outcome)
+
+
+def _count(response: requests.Response, outcome: MetricsFlood) -> None:
+    """A Prometheus answer, a JSON 503 with Retry-After (a refusal), or a failure."""
+    outcome.statuses[response.status_code] += 1
+    if response.status_code == 200 and "# TYPE modelserver_model_ready gauge" in response.text:
+        outcome.prometheus_answers += 1
+        return
+    if response.status_code == 503:
+        try:
+            is_error = "error" in response.json()
+        except ValueError:
+            is_error = False
+        if is_error and response.headers.get("retry-after"):
+            outcome.refusals_as_json_with_retry_after += 1
+            return
+    outcome.failures.append(f"HTTP {response.status_code}: {response.text[:80]!r}")
+
+
+def _flood_metrics(url: str, clients: int, seconds: float, results: Any) -> None:
+    outcome = MetricsFlood()
+    lock = threading.Lock()
+    until = time.monotonic() + seconds
+    threads = [
+        threading.Thread(target=_poll_metrics, args=(url, until, outcome, lock), daemon=True)
+        for _ in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 30)
+    results.put(outcome)
+
+
+@contextlib.contextmanager
+def metrics_crowd(url: str, clients: int, seconds: float) -> Iterator[MetricsFlood]:
+    """`clients` keep-alive clients polling `url`/metrics for `seconds`, in a child process (so
+    their threads never hold the prober's interpreter lock: the probes time the server). The
+    outcome is filled in when the block ends, after the crowd has left."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=_flood_metrics, args=(url, clients, seconds, results), daemon=True)
+    process.start()
+    outcome = MetricsFlood()
+    try:
+        yield outcome
+        found = results.get(timeout=seconds + 60)
+        outcome.statuses, outcome.failures = found.statuses, found.failures
+        outcome.prometheus_answers = found.prometheus_answers
+        outcome.refusals_as_json_with_retry_after = found.refusals_as_json_with_retry_after
+    finally:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
