@@ -58,3 +58,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_hf_models: dict[str, Pa
     launcher = Launcher(workdir, catalogue=catalogue, env=env)
     with running(launcher) as live:
         yield live
+
+
+@pytest.fixture(name="crystal_stack", scope="module")
+def crystal_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """A stack of the module's own on the two crystal models only (they load in seconds), for
+    tests that break it or flood it and so must not share the session's stack."""
+    with running(
+        Launcher(tmp_path_factory.mktemp("crystal"), models=("crystal_sklearn", "crystal_pytorch"))
+    ) as live:
+        yield live

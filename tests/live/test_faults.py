@@ -6,14 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psutil
-import pytest
 import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
-from load_tests.kit.stack import Launcher, running
+from load_tests.kit.stack import Launcher
 from tests.helpers import answers_close, make_scale
 
 ROUTES = {
@@ -22,15 +21,6 @@ ROUTES = {
     "/astromech": {"crystalData": BRIEF_ROWS, "model": "sklearn"},
     "/predictions/crystal_pytorch": {"crystalData": BRIEF_ROWS},
 }
-
-
-@pytest.fixture(name="crystal_stack", scope="module")
-def crystal_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    """A stack to break: the two crystal models only (they load in seconds)."""
-    with running(
-        Launcher(tmp_path_factory.mktemp("faults"), models=("crystal_sklearn", "crystal_pytorch"))
-    ) as live:
-        yield live
 
 
 def children(launcher: Launcher, word: str) -> list[psutil.Process]:

@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 import requests
 
 from load_tests.kit.floods import metrics_crowd, probe_for
-from load_tests.kit.stack import Launcher, running
+from load_tests.kit.stack import Launcher
 
 FLOOD_CLIENTS = 128
 FLOOD_S = 10.0
-
-
-@pytest.fixture(name="crystal_stack", scope="module")
-def crystal_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    """The two crystal models only (they load in seconds)."""
-    with running(
-        Launcher(tmp_path_factory.mktemp("floods"), models=("crystal_sklearn", "crystal_pytorch"))
-    ) as live:
-        yield live
 
 
 def test_health_probes_answer_in_time_while_metrics_is_flooded(crystal_stack: Launcher) -> None:
