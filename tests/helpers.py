@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class FakeContext:
     model_name: str = "test_model"
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
     content_types: dict[int, str] = field(default_factory=dict)
+    headers: dict[int, dict[str, str]] = field(default_factory=dict)
     gpu_id: int | str | None = None  # TorchServe's for a GPU worker; None on a CPU-only server
 
     @property
@@ -91,9 +93,37 @@ class FakeContext:
         """Record a per-request content type."""
         self.content_types[idx] = value
 
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        """Record a per-request response header."""
+        self.headers.setdefault(idx, {})[key] = value
+
     def status_of(self, idx: int) -> int:
         """The status TorchServe would send for request `idx`."""
         return self.statuses.get(idx, (200, ""))[0]
+
+
+def access_log(stack: Launcher) -> list[dict[str, Any]]:
+    """Every line of Envoy's access log and its rotated files, oldest first, as JSON."""
+    folder = stack.runtime_dir / "envoy"
+
+    def age(path: Path) -> int:
+        return 0 if path.suffix == ".log" else -int(path.suffix[1:])
+
+    files = sorted(folder.glob("access.log*"), key=age)
+    return [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def logged_requests(stack: Launcher, path: str, since: int, count: int = 1) -> list[dict[str, Any]]:
+    """The access-log lines for `path` after the first `since` lines, once `count` are there
+    (Envoy flushes its access log every second)."""
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = [line for line in access_log(stack)[since:] if line["path"] == path]
+        if len(found) >= count:
+            break
+        time.sleep(0.2)
+    return found
 
 
 def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:

@@ -22,15 +22,16 @@ import yaml
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.routes import (
     BODY_FIELDS_FILTER,
+    CONNECTION_RETRIES,
     GENERIC_CLUSTER,
     LUA_FILTER,
-    SAFE_RETRIES,
     RouteTable,
     direct,
     loopback_cluster,
 )
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.project import PROJECT_ROOT, environment
+from modelserver.serving.headers import HANDLER_ANSWER
 
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
 PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
@@ -314,7 +315,7 @@ def fixed_routes_after() -> list[dict[str, Any]]:
                 "cluster": GENERIC_CLUSTER,
                 "timeout": "0s",
                 "idle_timeout": f"{GENERIC_IDLE_S}s",
-                "retry_policy": SAFE_RETRIES,
+                "retry_policy": CONNECTION_RETRIES,
             },
         },
         {
@@ -347,8 +348,8 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
     return {
         "name": "api",
         "domains": ["*"],
-        # TorchServe's own streaming marker stays inside.
-        "response_headers_to_remove": ["ts_stream_next"],
+        # TorchServe's streaming marker and the handler's mark (what retries read) stay inside.
+        "response_headers_to_remove": ["ts_stream_next", HANDLER_ANSWER],
         "request_headers_to_remove": UNREAD_HEADERS,
         # TorchServe's inference key; clients never see or send it.
         "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],

@@ -11,22 +11,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelserver.catalogue import Catalogue, RouteSpec
+from modelserver.serving.headers import HANDLER_ANSWER
 
 METADATA_NAMESPACE = "modelserver"
 BODY_FIELDS_FILTER = "envoy.filters.http.json_to_metadata"
 LUA_FILTER = "envoy.filters.http.lua"
-# Retried once: a request that never reached TorchServe, TorchServe's answer for a batch whose
-# worker died or was scaled down (500 "Worker died.", 507), and a request TorchServe never
-# answers at all (a job lost while a worker is scaled down: the try is abandoned after the
-# route's wait less PER_TRY_MARGIN_S, which `gateway-error` lets Envoy retry). A prediction is
-# a pure function of its input, so running it again is safe; a model that fails on its input
-# fails again and that 500 is the answer.
+# Retried once, and only where the model never gave an answer: a request that never reached
+# TorchServe (connect failure, refused stream, reset before the request was sent), and a reply
+# TorchServe made itself, without the handler's mark: the worker holding the batch died or was
+# removed ("Worker died." 500), ran out of memory (507), or no worker took the job. A model's
+# own 500 is its answer and a slow request is never abandoned and sent again: neither costs
+# twice. A job TorchServe loses without any reply (it can, while removing a worker) waits for
+# the route's timeout and is answered 504.
 SAFE_RETRIES = {
-    "retry_on": "connect-failure,refused-stream,reset-before-request,gateway-error,retriable-status-codes",
-    "retriable_status_codes": [500, 507],
+    "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-headers",
+    "retriable_headers": [{"name": HANDLER_ANSWER, "present_match": True, "invert_match": True}],
     "num_retries": 1,
 }
-PER_TRY_MARGIN_S = 2.0
+# Names no catalogue model has: TorchServe's own 404 is the answer; only unsent requests retry.
+CONNECTION_RETRIES = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": 1}
 POST = [{"name": ":method", "string_match": {"exact": "POST"}}]
 GENERIC_MARGIN_S = 5
 # Names that match no catalogue model (TorchServe answers 404) share one small cluster.
@@ -126,10 +129,7 @@ class RouteTable:
                 "prefix_rewrite": f"/predictions/{name}",
                 "timeout": "0s",
                 "idle_timeout": f"{timeout_s:g}s",
-                "retry_policy": {
-                    **SAFE_RETRIES,
-                    "per_try_idle_timeout": f"{max(1.0, timeout_s - PER_TRY_MARGIN_S):g}s",
-                },
+                "retry_policy": SAFE_RETRIES,
             }
         }
 

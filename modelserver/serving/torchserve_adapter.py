@@ -20,6 +20,7 @@ from modelserver.kinds.registry import kind_named
 from modelserver.payload import request_body
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
 from modelserver.serving.handler_metrics import report_batch
+from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.serving.ts_socket import install_read_ahead
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def stream_emitter(context: Any) -> Emit:
         from ts.handler_utils.utils import send_intermediate_predict_response  # pylint: disable=import-outside-toplevel
 
         context.set_response_content_type(index, NDJSON)
+        context.set_response_header(index, HANDLER_ANSWER, "1")
         request_id = context.request_ids[index]
         send_intermediate_predict_response({index: chunk}, {index: request_id}, "streaming", 200, context)
 
@@ -149,6 +151,7 @@ class TorchServeAdapter:
             outcomes = [encode(answer, self._answer_limit) for answer in answers]
             for index, outcome in enumerate(outcomes):
                 context.set_response_content_type(index, outcome.content_type)
+                context.set_response_header(index, HANDLER_ANSWER, "1")
                 if outcome.status != HTTPStatus.OK:
                     context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
         report_batch(getattr(context, "metrics", None), [outcome.status for outcome in outcomes], times)

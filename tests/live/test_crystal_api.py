@@ -15,7 +15,8 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.kinds.crystal import load_classifier
-from tests.helpers import answers_close
+from modelserver.serving.headers import HANDLER_ANSWER
+from tests.helpers import access_log, answers_close, logged_requests
 
 ROUTES = {"/sklearn": "sklearn", "/pytorch": "pytorch"}
 
@@ -166,10 +167,15 @@ def test_a_model_field_naming_the_other_model_is_400(stack: Launcher) -> None:
     assert response.status_code == 400 and "pytorch" in response.json()["error"]
 
 
-def test_a_model_that_fails_while_predicting_is_500_json(stack: Launcher) -> None:
+def test_a_model_that_fails_while_predicting_is_500_json_and_is_not_run_again(stack: Launcher) -> None:
+    since = len(access_log(stack))
     response = post(stack, "/predictions/crystal_broken", {"crystalData": BRIEF_ROWS[:1]})
     assert response.status_code == 500
     assert "crystal_broken model failed" in response.json()["error"]
+    assert HANDLER_ANSWER not in response.headers  # what Envoy's retries read stays inside
+    # The model's own 500 is its answer: one try, never a second run of the same input.
+    [line] = logged_requests(stack, "/predictions/crystal_broken", since)
+    assert line["status"] == 500 and line["attempts"] == 1, line
     bad = post(stack, "/predictions/crystal_broken", {"crystalData": [[1, 2]]})
     assert bad.status_code == 422, "validation still comes first"
 

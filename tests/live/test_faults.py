@@ -13,7 +13,7 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
-from tests.helpers import answers_close, make_scale
+from tests.helpers import access_log, answers_close, logged_requests, make_scale
 
 ROUTES = {
     "/sklearn": {"crystalData": BRIEF_ROWS},
@@ -154,8 +154,8 @@ def test_a_worker_killed_under_load_costs_at_most_its_batch(crystal_stack: Launc
         wait_until(lambda: len(children(crystal_stack, "model_service_worker")) == 2, timeout_s=30)
         wait_until(lambda: health_status(crystal_stack) == 200, timeout_s=30)
         served_before = outcomes["ok"]
-        # Serving again on the new worker. Requests whose job TorchServe lost with the worker
-        # (no answer at all) are retried after the route's per-try wait (13 s on /sklearn).
+        # Serving again on the new worker. The batch of the killed worker got TorchServe's own
+        # "Worker died." and was tried once more on the new one.
         wait_until(lambda: outcomes["ok"] > served_before + 10, timeout_s=30)
     finally:
         stop.set()
@@ -163,6 +163,24 @@ def test_a_worker_killed_under_load_costs_at_most_its_batch(crystal_stack: Launc
             thread.join(timeout=30)
     failed = sum(count for key, count in outcomes.items() if key != "ok")
     assert failed <= max(2, 0.001 * sum(outcomes.values())), dict(outcomes)
+
+
+def test_a_reply_torchserve_makes_itself_is_tried_once_more(crystal_stack: Launcher) -> None:
+    """With no worker TorchServe refuses the job itself (503, no handler's mark): Envoy tries
+    once more, then answers that refusal as JSON. A model's own 500 is never retried
+    (test_crystal_api)."""
+    scale = "/models/crystal_pytorch?min_worker={0}&max_worker={0}&synchronous=true"
+    since = len(access_log(crystal_stack))
+    try:
+        assert crystal_stack.management("PUT", scale.format(0)).status_code == 200
+        reply = post(crystal_stack, "/pytorch")
+        assert reply.status_code == 503 and reply.json()["error"], reply.text
+        [line] = logged_requests(crystal_stack, "/pytorch", since)
+        assert line["attempts"] == 2 and line["status"] == 503, line
+    finally:
+        crystal_stack.management("PUT", scale.format(1))
+        wait_until(lambda: health_status(crystal_stack) == 200, timeout_s=60)
+    assert post(crystal_stack, "/pytorch").status_code == 200
 
 
 def test_a_scaled_model_keeps_its_workers_when_torchserve_is_restarted(crystal_stack: Launcher) -> None:

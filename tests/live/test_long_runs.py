@@ -3,7 +3,6 @@ log of the stack rotated within its limits."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, running
+from tests.helpers import access_log
 
 LOG_FILE_MIB = 0.05  # about 50 KiB: some 800 requests rotate the access log several times
 LOG_FILE_BYTES = int(LOG_FILE_MIB * (1 << 20))
@@ -56,15 +56,6 @@ def small_logs_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
         yield started
 
 
-def access_lines(stack: Launcher) -> list[dict[str, object]]:
-    """Every line of the access log and its rotated files, oldest first, as JSON."""
-    folder = stack.runtime_dir / "envoy"
-    files = sorted(
-        folder.glob("access.log*"), key=lambda path: -int(path.suffix[1:]) if path.suffix != ".log" else 0
-    )
-    return [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def test_one_json_line_per_request_without_bodies_or_query_values(stack: Launcher) -> None:
     with requests.Session() as session:
         predicted = session.post(
@@ -75,7 +66,7 @@ def test_one_json_line_per_request_without_bodies_or_query_values(stack: Launche
         refused = session.post(f"{stack.url}/pytorch", data=f'{{"crystalData": "{BODY_MARKER}"}}', timeout=30)
         health = session.get(f"{stack.url}/healthcheck?probe={QUERY_MARKER}", timeout=30)
     time.sleep(2.5)  # Envoy flushes its access log about every second
-    lines = access_lines(stack)
+    lines = access_log(stack)
     assert all(set(line) == FIELDS for line in lines), lines[-3:]
     sklearn = [line for line in lines if line["path"] == "/sklearn"]
     assert len(sklearn) == 1, [(line["path"], line["model"], line["status"]) for line in lines]
@@ -116,5 +107,5 @@ def test_every_log_stays_within_its_limits(stack: Launcher) -> None:
     assert "torchserve.out" in names  # envoy.log exists only once Envoy has warned of something
     assert not any(name.endswith(f".{KEPT + 1}") for name in names), names
     # Rotation lost no line of the newest files: they end with the last requests sent.
-    assert access_lines(stack)[-1]["path"] in {"/healthcheck", "/sklearn"}
+    assert access_log(stack)[-1]["path"] in {"/healthcheck", "/sklearn"}
     assert requests.get(f"{stack.url}/healthcheck", timeout=30).status_code == 200

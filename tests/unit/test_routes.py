@@ -12,6 +12,7 @@ from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.routes import GENERIC_CLUSTER, LUA_FILTER, RouteTable, model_cluster
 from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties
+from modelserver.serving.headers import HANDLER_ANSWER
 
 
 def find(routes: list[dict[str, Any]], path: str, value: str | None = None) -> dict[str, Any]:
@@ -166,13 +167,18 @@ def test_admission_defaults_follow_batches_and_stay_within_torchserves_queue(tmp
         Catalogue.load(path)
 
 
-def test_a_try_torchserve_never_answers_is_abandoned_and_retried_within_the_routes_wait() -> None:
-    catalogue = Catalogue.load()
-    routes = RouteTable(catalogue, {}).routes()
-    for path, model in (("/sklearn", "crystal_sklearn"), ("/inference", "fill_mask")):
+def test_only_replies_the_model_never_made_are_retried_never_its_500_or_a_slow_try() -> None:
+    routes = RouteTable(Catalogue.load(), {}).routes()
+    for path in ("/sklearn", "/inference", "/predictions/camembert"):
         route = find(routes, path)["route"]
-        per_try = float(route["retry_policy"]["per_try_idle_timeout"].rstrip("s"))
-        waited = float(route["idle_timeout"].rstrip("s"))
-        # After TorchServe's own timeout (it answers a slow batch itself), before the client's.
-        assert catalogue.entry(model).torchserve.responseTimeout < per_try < waited
-        assert "gateway-error" in route["retry_policy"]["retry_on"]  # what retries a timed-out try
+        policy = route["retry_policy"]
+        retried_on = set(policy["retry_on"].split(","))
+        unsent = {"connect-failure", "refused-stream", "reset-before-request"}
+        assert retried_on == {*unsent, "retriable-headers"}
+        # A reply lacking the handler's mark is TorchServe's own (a lost worker); every
+        # answer of the handler, a 500 included, carries it and is final.
+        [mark] = policy["retriable_headers"]
+        assert mark == {"name": HANDLER_ANSWER, "present_match": True, "invert_match": True}
+        assert policy["num_retries"] == 1
+        assert "per_try_timeout" not in policy and "per_try_idle_timeout" not in policy
+        assert not retried_on & {"5xx", "gateway-error", "retriable-status-codes", "reset"}

@@ -39,6 +39,7 @@ from modelserver.kinds.text_schemas import TextRequest
 from modelserver.kinds.topics import TopicsRequest
 from modelserver.payload import decode_json_body
 from modelserver.serving.batch import BatchAnswerer, Outcome
+from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.training import run_recipe, topics
 from tests.conftest import LABELS_FILE
 from tests.helpers import FakeContext
@@ -673,10 +674,13 @@ def test_a_batch_of_bad_bodies_and_a_good_one_answers_each_on_its_own(
 ) -> None:
     kind = KINDS[name]
     raws, where = draw_batch(data, kind)
-    context = dataclasses.replace(fake_contexts[name], statuses={}, content_types={})
+    context = dataclasses.replace(fake_contexts[name], statuses={}, content_types={}, headers={})
     answers = handlers[name].handle([torchserve_row(raw, data) for raw in raws], context)
     assert len(answers) == len(raws)
     assert set(context.content_types) == set(range(len(raws)))
+    # Every answer, a refusal or a model's failure too, is marked as the handler's: Envoy
+    # retries only replies without the mark.
+    assert all(context.headers[index] == {HANDLER_ANSWER: "1"} for index in range(len(raws)))
     # The good request's answer is the one it gets alone.
     [alone] = BatchAnswerer(runtimes[name], name).answer([raws[where]])
     assert context.status_of(where) == 200
