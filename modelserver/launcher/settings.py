@@ -60,6 +60,9 @@ class LaunchSettings(BaseModel):
     envoy_workers: int = Field(default=2, ge=1, le=64)
     log_file_bytes: int = Field(default=LOG_FILE_BYTES, ge=4096)
     log_files_kept: int = Field(default=LOG_FILES_KEPT, ge=1, le=100)
+    # How long TorchServe's keys live (its token_expiration_min); None: config.properties's.
+    # The launcher renews them when half of that has passed.
+    key_lifetime_min: float | None = Field(default=None, gt=0)
 
     @property
     def envoy_admin_socket(self) -> Path:
@@ -119,6 +122,12 @@ def settings_from_command_line(
     parser.add_argument(
         "--log-files-kept", type=int, default=defaults.log_files_kept, help="rotated files kept per log"
     )
+    parser.add_argument(
+        "--key-lifetime-min",
+        type=float,
+        default=defaults.key_lifetime_min,
+        help="minutes TorchServe's keys live (renewed at half); default: config.properties",
+    )
     args = parser.parse_args(argv)
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
@@ -136,4 +145,5 @@ def settings_from_command_line(
         envoy_workers=args.envoy_workers,
         log_file_bytes=int(args.log_file_mib * (1 << 20)),
         log_files_kept=args.log_files_kept,
+        key_lifetime_min=args.key_lifetime_min,
     )

@@ -62,6 +62,7 @@ DOCS_PAGE = Path(__file__).with_name("docs.html")
 # The build CLI the launcher runs as a child process, and the report it writes for it.
 BUILD_MODULE = "archive_scripts.build_archives"
 BUILD_REPORT = "build-report.json"
+KEY_RETRY_S = 60  # after a failed key renewal
 STOP_POLL_S = 0.1  # how soon the main loop notices a stop signal's flag
 
 
@@ -163,6 +164,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         self._served = Served()
         self._backoff = {"torchserve": Backoff(), "envoy": Backoff()}
         self._disk_problem: str | None = None  # why the serving loop could not write, until it can
+        self._next_key_renewal = 0.0  # monotonic time before which a failed renewal is not retried
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """Signal handler: only note the signal. The handler runs between two instructions of
@@ -268,6 +270,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 self._recover_envoy()
             elif self._envoy_key_is_stale():
                 self._hand_envoy_the_key()
+            elif self._torchserve.keys_due() and time.monotonic() >= self._next_key_renewal:
+                self._renew_keys()
         except OSError as error:
             self._cannot_write(error)
             return
@@ -331,6 +335,19 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 log.error("could not scale %s back to %d workers: %s", model, workers, error)
                 continue
             log.info("%s scaled back to %d workers (HTTP %d)", model, workers, status)
+
+    def _renew_keys(self) -> None:
+        """TorchServe's keys are half-way to expiring: renew them and hand Envoy the new
+        inference key at once. A failed renewal is tried again a minute later; the keys are
+        still good for half their lifetime."""
+        assert self._torchserve is not None
+        try:
+            self._torchserve.renew_keys()
+        except (OSError, RuntimeError, ValueError) as error:
+            log.error("could not renew TorchServe's keys (%s); trying again in %d s", error, KEY_RETRY_S)
+            self._next_key_renewal = time.monotonic() + KEY_RETRY_S
+            return
+        self._hand_envoy_the_key()
 
     def _envoy_key_is_stale(self) -> bool:
         """Envoy holds a key TorchServe no longer accepts (an earlier hand-over failed)."""

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,22 @@ SCALED_WORKERS_FILE = "scaled_workers.json"
 
 @dataclass(frozen=True)
 class Tokens:
-    """TorchServe's bearer keys: inference (given to Envoy) and management (health, scaling)."""
+    """TorchServe's bearer keys: inference (given to Envoy), management (health, scaling), and
+    the token API's, which renews the other two before `expires` (the earlier of their ends)."""
 
     inference: str
     management: str
+    api: str = ""
+    expires: datetime | None = None
 
 
 def read_key_file(folder: Path) -> Tokens:
     """The keys from the key file TorchServe writes in its folder (the one reader of it); a
-    missing or half-written file raises OSError, ValueError, KeyError or TypeError."""
+    missing or half-written file (TorchServe rewrites it in place) raises OSError, ValueError,
+    KeyError or TypeError."""
     keys = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
-    return Tokens(keys["inference"]["key"], keys["management"]["key"])
+    ends = [datetime.fromisoformat(keys[kind]["expiration time"]) for kind in ("inference", "management")]
+    return Tokens(keys["inference"]["key"], keys["management"]["key"], keys["API"]["key"], min(ends))
 
 
 def read_properties(text: str) -> dict[str, str]:
@@ -76,6 +82,7 @@ def runtime_properties(settings: LaunchSettings, template: str) -> dict[str, str
         "model_store": str(store),
         "workflow_store": str(store),
         "allowed_urls": f"file://{re.escape(str(store))}/.*",
+        **({"token_expiration_min": f"{settings.key_lifetime_min:g}"} if settings.key_lifetime_min else {}),
     }
 
 
@@ -91,6 +98,9 @@ class TorchServe:
         self._dir = settings.runtime_dir / "torchserve"
         self._process: ManagedProcess | None = None
         self._tokens: Tokens | None = None
+        properties = runtime_properties(settings, CONFIG_TEMPLATE.read_text(encoding="utf-8"))
+        # TorchServe's own default lifetime is 60 minutes.
+        self._key_lifetime_s = float(properties.get("token_expiration_min", "60")) * 60
 
     @property
     def process(self) -> ManagedProcess | None:
@@ -170,6 +180,42 @@ class TorchServe:
             time.sleep(0.1)
         return tokens
 
+    def keys_due(self, now: datetime | None = None) -> bool:
+        """Half the keys' lifetime has passed: time to renew them, long before they expire
+        (an expired key makes every request look like a passing restart)."""
+        tokens = self.read_tokens()
+        if tokens is None or tokens.expires is None or not tokens.api:
+            return False
+        remaining = tokens.expires - (now or datetime.now(UTC))
+        return remaining.total_seconds() < self._key_lifetime_s / 2
+
+    def renew_keys(self, timeout_s: float = 5.0) -> Tokens:
+        """New management and inference keys through TorchServe's token API, each read back
+        from the key file; the caller hands Envoy the new inference key at once (TorchServe
+        refuses the old one from now on)."""
+        for kind in ("management", "inference"):
+            before = self.tokens()
+            base_url = f"http://127.0.0.1:{self._settings.ports.management}"
+            status, body = call_management(base_url, before.api, "GET", f"/token?type={kind}", timeout_s)
+            if status != 200:
+                raise RuntimeError(f"TorchServe did not renew its {kind} key (HTTP {status}: {body})")
+            deadline = time.monotonic() + timeout_s
+            while getattr(self._reread_tokens(), kind) == getattr(before, kind):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"TorchServe's key file shows no new {kind} key")
+                time.sleep(0.05)
+        log.info("TorchServe's keys renewed; they now expire at %s", self.tokens().expires)
+        return self.tokens()
+
+    def _reread_tokens(self) -> Tokens:
+        """The key file as it is now; the last good reading while it is being rewritten."""
+        previous, self._tokens = self._tokens, None
+        tokens = self.read_tokens()
+        if tokens is None:
+            self._tokens = previous
+            return previous or self.tokens()
+        return tokens
+
     def management(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         """Call the management API (loopback, with the management key)."""
         tokens = self.read_tokens()
@@ -226,13 +272,17 @@ def call_management(base_url: str, key: str, method: str, path: str, timeout_s: 
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, _json_or_text(response.read())
     except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            return error.code, json.loads(body or b"null")
-        except ValueError:
-            return error.code, body.decode("utf-8", "replace")
+        return error.code, _json_or_text(error.read())
+
+
+def _json_or_text(body: bytes) -> Any:
+    """A management answer's body: JSON, or its text (the token API answers with a blank line)."""
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode("utf-8", "replace")
 
 
 def describe_model(status: int, body: Any) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,12 @@ from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import validate
 from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.health import Readiness
-from modelserver.launcher.routes import GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
+from modelserver.launcher.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports, settings_from_command_line
 from modelserver.launcher.supervisor import Backoff, Supervisor
 from modelserver.launcher.torchserve import (
     CONFIG_TEMPLATE,
+    KEY_FILE,
     SCALED_WORKERS_FILE,
     Tokens,
     read_properties,
@@ -93,7 +96,7 @@ def test_every_limit_is_written_once_into_the_envoy_config() -> None:
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     assert any(r.get("route", {}).get("cluster") == GENERIC_CLUSTER for r in routes)
     retried = [r["route"]["retry_policy"] for r in routes if "retry_policy" in r.get("route", {})]
-    assert retried and all(policy["retry_on"] == SAFE_RETRIES["retry_on"] for policy in retried)
+    assert retried and all(policy in (SAFE_RETRIES, CONNECTION_RETRIES) for policy in retried)
     clusters = {cluster["name"] for cluster in built["static_resources"]["clusters"]}
     assert {GENERIC_CLUSTER, HEALTH_CLUSTER} <= clusters
 
@@ -155,6 +158,40 @@ def test_a_torchserve_without_keys_is_starting_not_hanging(tmp_path: Path) -> No
 
     torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path), {}, {})
     assert torchserve.model_status("m") == "TorchServe is starting"
+
+
+def write_key_file(folder: Path, inference: str, expires: datetime) -> None:
+    """A key file as TorchServe 0.12 writes it (Java's Instant prints nanoseconds)."""
+    stamp = expires.strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    keys = {
+        "management": {"key": "m-" + inference, "expiration time": stamp},
+        "inference": {"key": inference, "expiration time": stamp},
+        "API": {"key": "api"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / KEY_FILE).write_text(json.dumps(keys), encoding="utf-8")
+
+
+def test_keys_are_due_for_renewal_once_half_their_lifetime_has_passed(tmp_path: Path) -> None:
+    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path, key_lifetime_min=10), {}, {})
+    write_key_file(tmp_path / "torchserve", "k1", now + timedelta(minutes=6))
+    tokens = torchserve.read_tokens()
+    assert tokens is not None and tokens.api == "api"
+    assert tokens.expires == now + timedelta(minutes=6, microseconds=123456)
+    assert not torchserve.keys_due(now)  # 6 of 10 minutes left
+    assert torchserve.keys_due(now + timedelta(minutes=1, seconds=1))  # under 5 left
+    # The committed lifetime (a year) unless the launcher is told otherwise.
+    template = CONFIG_TEMPLATE.read_text(encoding="utf-8")
+    assert runtime_properties(LaunchSettings(), template)["token_expiration_min"] == "525600"
+    short = settings_from_command_line(["--key-lifetime-min", "0.3"], {})
+    assert runtime_properties(short, template)["token_expiration_min"] == "0.3"
+    yearly = TorchServe(LaunchSettings(runtime_dir=tmp_path / "yearly"), {}, {})
+    write_key_file(tmp_path / "yearly" / "torchserve", "k2", now + timedelta(days=200))
+    assert not yearly.keys_due(now)  # 200 of 365 days left
+    assert yearly.keys_due(now + timedelta(days=20))  # 180 left: under half
 
 
 def test_a_second_launcher_on_the_same_folder_is_refused(tmp_path: Path) -> None:
