@@ -67,22 +67,37 @@ class RotatingLog:
         self._lock = threading.Lock()
         self._file: io.FileIO | None = None
         self._size = 0
+        self._dropped = 0  # bytes of output lost since the last write that succeeded
         self.problem: str | None = None
 
     def write(self, data: bytes) -> None:
         """Append `data`, rotating first if it would not fit."""
         with self._lock:
-            try:
-                self._append(data)
-            except OSError as error:
-                self._close()
-                if self.problem is None:
-                    log.error("cannot write %s (%s); its output is dropped until it can", self.path, error)
-                self.problem = f"cannot write {self.path.name}: {error.strerror or error}"
-                return
+            self._write(data)
+
+    def retry(self) -> None:
+        """After a failed write: try again with a line saying how much output was lost. A
+        child may stay silent once its own writes failed (TorchServe's log4j does), so
+        without this the problem would outlive the full disk."""
+        with self._lock:
             if self.problem is not None:
-                log.info("writing %s again", self.path)
-                self.problem = None
+                note = f"[launcher] {self._dropped} bytes of output were lost: {self.problem}\n"
+                self._write(note.encode(), output=False)
+
+    def _write(self, data: bytes, output: bool = True) -> None:
+        try:
+            self._append(data)
+        except OSError as error:
+            self._close()
+            if self.problem is None:
+                log.error("cannot write %s (%s); its output is dropped until it can", self.path, error)
+            self.problem = f"cannot write {self.path.name}: {error.strerror or error}"
+            self._dropped += len(data) if output else 0
+            return
+        if self.problem is not None:
+            log.info("writing %s again (%d bytes were lost)", self.path, self._dropped)
+            self.problem = None
+            self._dropped = 0
 
     def _append(self, data: bytes) -> None:
         if self._file is None:
@@ -134,9 +149,13 @@ class ChildLogs:
             return self._logs[path]
 
     def problems(self) -> list[str]:
-        """Why some output cannot be written now (empty when all is well)."""
+        """Why some output cannot be written now (empty when all is well); each log that
+        could not be written is tried again first, so a disk with room again clears it."""
         with self._lock:
-            return [found.problem for found in self._logs.values() if found.problem]
+            failing = [found for found in self._logs.values() if found.problem]
+        for found in failing:
+            found.retry()
+        return [found.problem for found in failing if found.problem]
 
 
 CHILD_LOGS = ChildLogs(max_bytes=LOG_FILE_BYTES, kept=LOG_FILES_KEPT)

@@ -51,8 +51,10 @@ def read_key_file(folder: Path) -> Tokens:
     missing or half-written file (TorchServe rewrites it in place) raises OSError, ValueError,
     KeyError or TypeError."""
     keys = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
-    ends = [datetime.fromisoformat(keys[kind]["expiration time"]) for kind in ("inference", "management")]
-    return Tokens(keys["inference"]["key"], keys["management"]["key"], keys["API"]["key"], min(ends))
+    stamps = [keys[kind].get("expiration time") for kind in ("inference", "management")]
+    ends = [datetime.fromisoformat(stamp) for stamp in stamps if stamp]
+    api = keys.get("API", {}).get("key", "")  # without it (or an end) nothing is renewed
+    return Tokens(keys["inference"]["key"], keys["management"]["key"], api, min(ends, default=None))
 
 
 def read_properties(text: str) -> dict[str, str]:

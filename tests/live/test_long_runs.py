@@ -3,9 +3,13 @@ log of the stack rotated within its limits."""
 
 from __future__ import annotations
 
+import errno
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -109,3 +113,94 @@ def test_every_log_stays_within_its_limits(stack: Launcher) -> None:
     # Rotation lost no line of the newest files: they end with the last requests sent.
     assert access_log(stack)[-1]["path"] in {"/healthcheck", "/sklearn"}
     assert requests.get(f"{stack.url}/healthcheck", timeout=30).status_code == 200
+
+
+DISK_MIB = 64
+
+
+@pytest.fixture(name="small_disk")
+def small_disk_fixture(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs to hold a stack's runtime folder; skips where mounting is not allowed."""
+    disk = tmp_path / "run"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield tmp_path
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk is full; the file, to free the space again."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 20))
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    return filler
+
+
+def kill_a_worker(stack: Launcher) -> None:
+    """SIGKILL the model's worker: TorchServe reports it on its output, which the launcher
+    writes into the runtime folder."""
+    [version] = stack.management("GET", "/models/crystal_sklearn").json()
+    psutil.Process(version["workers"][0]["pid"]).kill()
+
+
+def health(stack: Launcher) -> tuple[int, str]:
+    """The public /healthcheck: status and body."""
+    reply = requests.get(f"{stack.url}/healthcheck", timeout=5)
+    return reply.status_code, reply.text
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Whether `condition` holds within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def sklearn_answers(stack: Launcher) -> bool:
+    """Whether /sklearn answers 200 now."""
+    reply = requests.post(f"{stack.url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+    return reply.status_code == 200
+
+
+def test_a_full_runtime_folder_turns_health_503_and_the_launcher_keeps_serving(small_disk: Path) -> None:
+    launcher = Launcher(small_disk, models=("crystal_sklearn",))
+    with running(launcher) as stack:
+        filler = fill(stack.runtime_dir)
+
+        def disk_full_reported() -> bool:
+            # Each kill makes TorchServe write a few KB; the first may still fit in the last
+            # page of its log file.
+            if "No space left on device" in health(stack)[1]:
+                return True
+            if sklearn_answers(stack):
+                kill_a_worker(stack)
+            return False
+
+        # Not ready, saying why (without the folder's path), for as long as writes fail.
+        assert eventually(disk_full_reported, timeout_s=60), health(stack)
+        status, body = health(stack)
+        assert status == 503 and str(small_disk) not in body, body
+        assert stack.process is not None and stack.process.poll() is None, "the launcher lives on"
+        # What still runs keeps answering: the worker came back on a full disk.
+        assert eventually(lambda: sklearn_answers(stack))
+        filler.unlink()  # room again: readiness comes back by itself
+        assert eventually(lambda: health(stack)[0] == 200), health(stack)
+        assert sklearn_answers(stack)
+        logged = (stack.runtime_dir / "torchserve" / "logs" / "torchserve.out").read_bytes()
+        assert b"bytes of output were lost: cannot write torchserve.out" in logged

@@ -68,6 +68,26 @@ def test_a_write_that_fails_is_dropped_logged_once_and_recovers(
     assert len(errors) == 1 and "cannot write" in errors[0].getMessage()
 
 
+def test_a_log_a_child_no_longer_writes_recovers_with_a_note_of_what_was_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = ChildLogs(max_bytes=1 << 20, kept=1)
+    sink = logs.log(tmp_path / "out.log")
+    real_open = Path.open
+
+    def full_disk(self: Path, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "open", full_disk)
+    sink.write(b"lost\n")
+    assert logs.problems() == ["cannot write out.log: No space left on device"]  # the retry fails too
+    monkeypatch.setattr(Path, "open", real_open)
+    assert not logs.problems()  # room again: the retry's note is written, nobody else wrote
+    assert (tmp_path / "out.log").read_bytes() == (
+        b"[launcher] 5 bytes of output were lost: cannot write out.log: No space left on device\n"
+    )
+
+
 def test_a_file_size_limit_is_an_error_not_a_crash(tmp_path: Path) -> None:
     """RLIMIT_FSIZE stands for a full disk: past it a write is EFBIG (Python ignores SIGXFSZ)."""
     script = textwrap.dedent(

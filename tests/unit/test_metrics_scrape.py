@@ -104,7 +104,7 @@ def test_manage_reports_an_unreachable_api(tmp_path: Path, capsys: pytest.Captur
     folder = tmp_path / "torchserve"
     folder.mkdir()
     (folder / "config.properties").write_text("management_address=http://127.0.0.1:9\n", encoding="utf-8")
-    keys = {"management": {"key": "k"}, "inference": {"key": "i"}}  # as TorchServe writes them
+    keys = {"management": {"key": "k"}, "inference": {"key": "i"}}  # the keys manage needs
     (folder / "key_file.json").write_text(json.dumps(keys), encoding="utf-8")
     assert manage.main(["--runtime-dir", str(tmp_path), "describe", "crystal_sklearn"]) == 1
     assert "not reachable" in capsys.readouterr().err
