@@ -5,7 +5,8 @@
 # Two ways to provide the models (docs/deployment.md):
 #   1. Baked in (default): `docker build -t modelserver .` builds the archives of MODELS at image
 #      build time (`python -m archive_scripts.build_archives`; the Hugging Face models are fetched
-#      from the Hub then, so the build needs network). The image serves them with --no-build.
+#      from the Hub then, at the revisions models.yaml pins, so the build needs network). The image
+#      serves them with --no-build.
 #   2. Mounted: `docker build --build-arg BUILD_MODELS=0 -t modelserver:runtime .` builds no
 #      archive; mount a model store built by `make archives` at /app/model_store and name the
 #      models it holds: `docker run -v $PWD/model_store:/app/model_store:ro modelserver:runtime
@@ -26,15 +27,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /app
-COPY requirements.txt constraints.txt ./
-# torch==2.13.0 from PyPI is the CUDA build for Linux (several GB of nvidia wheels). The CPU
-# build lives on PyTorch's index as 2.13.0+cpu; an `==2.13.0` pin (requirements.txt and
-# constraints.txt) ignores local version labels (PEP 440), so it admits both, and pip takes the
-# higher one, 2.13.0+cpu. Every other package keeps its exact pin from constraints.txt whichever
-# index serves it. Set TORCH_INDEX_URL to a mirror of that index if you have one.
+# requirements-image.txt is the hashed lock of requirements.txt under constraints.txt (`make
+# lock`): every package the image gets, each pinned with the sha256 of its files, so a package
+# re-uploaded or swapped on an index (or a mirror) fails the build instead of installing.
+# --no-deps: the lock is the whole closure (`make lock` checks that pip needs nothing else).
+# torch is the lock's 2.13.0+cpu, PyTorch's CPU build (PyPI's torch==2.13.0 is the CUDA build,
+# several GB of nvidia wheels), found on PyTorch's CPU index; set TORCH_INDEX_URL to a mirror
+# of that index if you have one: the hash decides what installs, not the index.
+COPY requirements-image.txt ./
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
-        -r requirements.txt -c constraints.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
+        --extra-index-url "${TORCH_INDEX_URL}" -r requirements-image.txt
 
 # Only what .dockerignore lets through: the package, handlers, archive scripts and configs.
 COPY . .

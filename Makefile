@@ -66,3 +66,18 @@ overload: install
 ## Known vulnerabilities in every installed package (pip-audit; accepted ones: .ci/audit-accepted.txt).
 audit: install
 	.ci/audit
+
+## The hashed locks, from requirements-image.in / requirements-deploy.in under constraints.txt:
+## requirements-image.txt (the Dockerfile's --require-hashes install) and requirements-deploy.txt.
+## torch's +cpu build comes from $$TORCH_INDEX_URL (PyTorch's CPU index; empty: pip's own config).
+.PHONY: lock
+lock: install
+	@torch_index="$${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"; \
+	compile=(env CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes \
+	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	  $${torch_index:+--extra-index-url "$$torch_index"}); \
+	set -x; \
+	"$${compile[@]}" --output-file requirements-image.txt requirements-image.in && \
+	"$${compile[@]}" --output-file requirements-deploy.txt requirements-deploy.in && \
+	$(PY) -m pip install --quiet --dry-run --ignore-installed --only-binary=:all: --require-hashes \
+	  $${torch_index:+--extra-index-url "$$torch_index"} -r requirements-image.txt

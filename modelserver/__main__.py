@@ -3,6 +3,8 @@
     python -m modelserver configmap [--check]        # deploy/k8s/configmap.yaml and its hash
     python -m modelserver api-samples [--out FILE]   # docs/api.http, from the OpenAPI document
     python -m modelserver envoy-config [OPTIONS]     # Envoy's config for the launcher's OPTIONS
+    python -m modelserver pin-revisions [NAME ...]   # models.yaml: each Hub model's current commit
+    python -m modelserver image-digests [FILE ...]   # exit 1 unless every image is @sha256:<digest>
 
 Serving is `python -m modelserver.launcher`; building archives `python -m archive_scripts.build_archives`.
 """
@@ -17,6 +19,8 @@ COMMANDS = {
     "configmap": "modelserver.tools.k8s_configmap",
     "api-samples": "modelserver.tools.api_samples",
     "envoy-config": "modelserver.launcher.envoy_config",
+    "pin-revisions": "modelserver.tools.pin_revisions",
+    "image-digests": "modelserver.tools.image_digests",
 }
 
 

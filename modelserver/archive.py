@@ -2,7 +2,8 @@
 
 One function, `build_archive`, serves the CLI (`archive_scripts/build_archives.py`), the
 launcher and the tests. A build record beside each archive holds the fingerprint of every
-input (source bytes, handler, extra files, settings), so a changed source rebuilds.
+input (source bytes, handler, extra files, settings, the Hub commit), so a changed source, or a
+bumped revision, rebuilds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 
 from modelserver.catalogue import ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
-from modelserver.hub import fetch_from_hub
+from modelserver.hub import fetch_from_hub, snapshot_commit
 from modelserver.kinds import MODEL_SUBDIR
 from modelserver.project import PROJECT_ROOT
 from modelserver.runtimes import COMPILED_SUBDIR, DEFAULT_RUNTIME, PARITY_REPORT
@@ -95,6 +96,10 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
             digest.update(name.encode())
             _hash_path(digest, path)
     elif source.path is not None:
+        if source.hub_id:
+            # The commit the snapshot holds: an unpinned model whose main branch moved rebuilds
+            # even where the new files have the sizes and times of the old ones.
+            digest.update(f"hub:{source.hub_id}@{snapshot_commit(source.path)}".encode())
         _hash_path(digest, source.path)
     if export_task(entry):
         for folder in EXPORT_INPUTS:
@@ -183,7 +188,8 @@ def build_archive(
     """Build (or reuse) the archive for `entry` in `model_store`."""
     source = resolve_source(entry, environ, root)
     if source.hub_id:
-        source = replace(source, path=fetch_from_hub(source.hub_id, environ))
+        source = replace(source, path=fetch_from_hub(source.hub_id, environ, source.revision))
+        _check_hub_commit(entry, source)
     _refuse_links_out(entry, source)
     digest = fingerprint(entry, source, root)
     target = archive_path(entry, model_store)
@@ -214,6 +220,25 @@ def build_archive(
     _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
     return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
+
+
+def _check_hub_commit(entry: ModelEntry, source: Source) -> None:
+    """Log which Hub commit is built: the pinned one (the snapshot must be it), or, unpinned,
+    the one the main branch pointed at, with how to pin it."""
+    assert source.path is not None
+    commit = snapshot_commit(source.path)
+    if source.revision:
+        log.info("%s: %s at pinned revision %s", entry.name, source.hub_id, source.revision)
+        if commit and commit != source.revision:
+            raise ConfigError(f"{entry.name}: asked {source.hub_id} for {source.revision}, got {commit}")
+    else:
+        log.warning(
+            "%s: %s has no pinned revision; building commit %s of its main branch (pin it in "
+            "models.yaml: python -m modelserver pin-revisions)",
+            entry.name,
+            source.hub_id,
+            commit or "unknown",
+        )
 
 
 def _refuse_links_out(entry: ModelEntry, source: Source) -> None:
@@ -335,7 +360,12 @@ def _write_record(  # pylint: disable=too-many-arguments,too-many-positional-arg
 ) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
-    fields = {"fingerprint": digest, "source": source.describe(), "runtime": choice.runtime}
+    fields: dict[str, object] = {"fingerprint": digest, "source": source.describe()}
+    fields["runtime"] = choice.runtime
+    if source.hub_id and source.path is not None:
+        # What was built, pinned or not: the revision to pin, or to compare with models.yaml.
+        fields.update(hub_id=source.hub_id, hub_revision=snapshot_commit(source.path))
+        fields.update(hub_pinned=source.revision is not None)
     fields.update(runtime_note=choice.note, fell_back=choice.fell_back, served_names=list(names))
     record.write_text(json.dumps(fields, indent=2), encoding="utf-8")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.kinds.registry import KINDS
@@ -26,6 +26,8 @@ DEFAULT_CATALOGUE = PROJECT_ROOT / "models.yaml"
 TORCHSERVE_JOB_QUEUE = 100
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A Hub revision is a full commit id: a branch or a tag can be moved under a build, a commit cannot.
+HUB_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class InputSpec(BaseModel):
@@ -46,12 +48,27 @@ class SourceSpec(BaseModel):
     env: str | None = None
     default: str | None = None  # a file or folder, relative to the repository
     hub: str | None = None  # a Hugging Face Hub id, fetched at build time
+    # The Hub commit `hub` is built from; `python -m modelserver pin-revisions` sets it.
+    revision: str | None = None
     recipe: str | None = None  # trained by the project
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_is_a_commit(cls, value: str | None) -> str | None:
+        """Only a full commit id pins: `main` or a tag would let the Hub change what is built."""
+        if value is not None and not HUB_COMMIT.fullmatch(value):
+            raise ValueError(
+                f"revision {value!r} is not a full 40-hex commit id (a branch or tag can move);"
+                " set it with `python -m modelserver pin-revisions`"
+            )
+        return value
 
     @model_validator(mode="after")
     def _has_one_fallback(self) -> SourceSpec:
         if sum(x is not None for x in (self.default, self.hub, self.recipe)) != 1:
             raise ValueError("give exactly one of 'default', 'hub' or 'recipe'")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("'revision' pins a 'hub' model; a local file or recipe has none")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
         return self
@@ -160,17 +177,23 @@ class Source:
     recipe: str | None = None
     origin: str = "default"
     inputs: dict[str, Path] = field(default_factory=dict)
+    revision: str | None = None  # the Hub commit asked for (None: the Hub's main branch)
 
     def describe(self) -> str:
         """Human wording for logs and build records."""
         if self.recipe:
             return f"recipe {self.recipe} ({self.origin})"
-        return f"Hub {self.hub_id} ({self.origin})" if self.hub_id else f"{self.path} ({self.origin})"
+        if self.hub_id:
+            at = f"@{self.revision[:12]}" if self.revision else ""
+            return f"Hub {self.hub_id}{at} ({self.origin})"
+        return f"{self.path} ({self.origin})"
 
 
 def resolve_source(entry: ModelEntry, environ: Mapping[str, str], root: Path = PROJECT_ROOT) -> Source:
     """Pick the model source: `$ENV` if set (a path that exists, or a Hub id where the model
-    comes from the Hub), else the catalogue default."""
+    comes from the Hub), else the catalogue default. The catalogue's revision pins its own Hub
+    id only: another id brought through the variable is another model, fetched from its main
+    branch (the build logs and records the commit it got)."""
     spec = entry.source
     chosen = environ.get(spec.env, "") if spec.env else ""
     if chosen:
@@ -178,14 +201,15 @@ def resolve_source(entry: ModelEntry, environ: Mapping[str, str], root: Path = P
         if path.exists():
             return Source(path=path.resolve(), origin=f"from {spec.env}")
         if spec.hub is not None and HUB_ID.match(chosen) and not chosen.startswith((".", "/")):
-            return Source(hub_id=chosen, origin=f"from {spec.env}")
+            revision = spec.revision if chosen == spec.hub else None
+            return Source(hub_id=chosen, origin=f"from {spec.env}", revision=revision)
         raise ConfigError(f"{spec.env}={chosen} does not exist")
     if spec.recipe:
         return Source(
             recipe=spec.recipe, origin="trained by the project", inputs=_recipe_inputs(spec, environ, root)
         )
     if spec.hub:
-        return Source(hub_id=spec.hub, origin="catalogue default")
+        return Source(hub_id=spec.hub, origin="catalogue default", revision=spec.revision)
     return Source(path=(root / str(spec.default)).resolve(), origin="catalogue default")
 
 

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelserver.archive import build_archive
-from modelserver.catalogue import Catalogue, ModelEntry, resolve_source
+from modelserver import archive as archive_module
+from modelserver.archive import build_archive, fingerprint
+from modelserver.catalogue import HUB_COMMIT, Catalogue, ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
+
+COMMIT_A = "86b5e0934494bd15c9632b12f734a8a67f723594"
+COMMIT_B = "714eb0fa89d2f80546fda750413ed43d93601a13"
 
 
 @pytest.fixture(scope="module", name="catalogue")
@@ -95,6 +99,22 @@ def test_a_missing_source_is_a_clear_error(catalogue: Catalogue, tmp_path: Path)
         (
             {"kind": "text_classification", "source": {"hub": "x"}, "handler_config": {"runtime": "onnx"}},
             r"models\.m: .*handler_config\.runtime: Input should be 'torch' or 'openvino'",
+        ),
+        (
+            {"kind": "text_classification", "source": {"hub": "x", "revision": "main"}},
+            r"models\.m\.source\.revision: .*'main' is not a full 40-hex commit id",
+        ),
+        (
+            {"kind": "text_classification", "source": {"hub": "x", "revision": "714eb0f"}},
+            r"models\.m\.source\.revision: .*'714eb0f' is not a full 40-hex commit id",
+        ),
+        (
+            {"kind": "text_classification", "source": {"hub": "x", "revision": COMMIT_A.upper()}},
+            r"is not a full 40-hex commit id",
+        ),
+        (
+            {"kind": "topics", "source": {"default": "x", "revision": COMMIT_A}},
+            r"'revision' pins a 'hub' model",
         ),
     ],
 )
@@ -186,3 +206,88 @@ def test_extra_files_may_not_climb_out(tmp_path: Path) -> None:
         ConfigError, match=r"models\.m: .*extra file 'labels/\.\./\.\./\.\./etc/passwd' has a '\.\.' part"
     ):
         Catalogue.load(path)
+
+
+def test_hub_defaults_are_pinned_or_left_to_the_documented_policy(catalogue: Catalogue) -> None:
+    """fill_mask and sentiment are pinned to the commits cited in docs/models.md; camembert has
+    no citable commit yet (the build logs and records the one it got; pin-revisions sets it)."""
+    revisions = {name: e.source.revision for name, e in catalogue.models.items() if e.source.hub}
+    assert revisions == {"fill_mask": COMMIT_A, "camembert": None, "sentiment": COMMIT_B}
+    assert all(HUB_COMMIT.fullmatch(r) for r in revisions.values() if r)
+
+
+def test_the_revision_pins_the_catalogues_own_hub_id_only(catalogue: Catalogue, tmp_path: Path) -> None:
+    entry = catalogue.entry("fill_mask")
+    assert resolve_source(entry, {}).revision == COMMIT_A
+    assert (
+        resolve_source(entry, {}).describe() == f"Hub bert-base-uncased@{COMMIT_A[:12]} (catalogue default)"
+    )
+    assert resolve_source(entry, {"FILL_MASK_MODEL": "bert-base-uncased"}).revision == COMMIT_A
+    other = resolve_source(entry, {"FILL_MASK_MODEL": "org/other-bert"})
+    assert (other.hub_id, other.revision) == ("org/other-bert", None), "another model: its main branch"
+    assert resolve_source(entry, {"FILL_MASK_MODEL": str(tmp_path)}).revision is None, "a folder needs none"
+
+
+def hub_entry(revision: str | None) -> ModelEntry:
+    """A Hub fill-mask model served eagerly (no export: the build stays fast)."""
+    source = {"env": "TINY_MODEL", "hub": "org/tiny", **({"revision": revision} if revision else {})}
+    return ModelEntry.model_validate(
+        {
+            "name": "tiny",
+            "kind": "fill_mask",
+            "source": source,
+            "archive_format": "no-archive",
+            "handler_config": {"threads": 1, "runtime": "torch"},
+        }
+    )
+
+
+def fake_snapshot(cache: Path, commit: str) -> Path:
+    """A folder laid out as huggingface_hub's cache lays out `org/tiny` at `commit`."""
+    folder = cache / "models--org--tiny" / "snapshots" / commit
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    return folder
+
+
+def test_a_bumped_revision_changes_the_fingerprint(tmp_path: Path) -> None:
+    old, new = fake_snapshot(tmp_path, COMMIT_A), fake_snapshot(tmp_path, COMMIT_B)
+    pinned_a = fingerprint(hub_entry(COMMIT_A), Source(hub_id="org/tiny", revision=COMMIT_A, path=old))
+    pinned_b = fingerprint(hub_entry(COMMIT_B), Source(hub_id="org/tiny", revision=COMMIT_B, path=new))
+    assert pinned_a != pinned_b
+    # Unpinned, the same files at another commit of the main branch are another model too.
+    unpinned_a = fingerprint(hub_entry(None), Source(hub_id="org/tiny", path=old))
+    unpinned_b = fingerprint(hub_entry(None), Source(hub_id="org/tiny", path=new))
+    assert unpinned_a != unpinned_b
+
+
+def test_a_pinned_hub_model_is_fetched_at_its_revision_and_rebuilt_when_bumped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[str, str | None]] = []
+
+    def fetch(hub_id: str, environ: object, revision: str | None = None) -> Path:
+        del environ
+        asked.append((hub_id, revision))
+        return fake_snapshot(tmp_path / "cache", revision or COMMIT_B)
+
+    monkeypatch.setattr(archive_module, "fetch_from_hub", fetch)
+    store = tmp_path / "store"
+    first = build_archive(hub_entry(COMMIT_A), store, {})
+    assert first.rebuilt and asked == [("org/tiny", COMMIT_A)]
+    record = json.loads((store / ".builds" / "tiny.json").read_text())
+    assert (record["hub_id"], record["hub_revision"], record["hub_pinned"]) == ("org/tiny", COMMIT_A, True)
+    assert not build_archive(hub_entry(COMMIT_A), store, {}).rebuilt, "the same revision is reused"
+    assert build_archive(hub_entry(COMMIT_B), store, {}).rebuilt, "a bumped revision rebuilds"
+    unpinned = build_archive(hub_entry(None), store, {})
+    record = json.loads((store / ".builds" / "tiny.json").read_text())
+    assert asked[-1] == ("org/tiny", None) and record["hub_revision"] == COMMIT_B
+    assert record["hub_pinned"] is False and unpinned.rebuilt, "the commit it got is recorded"
+
+
+def test_a_snapshot_that_is_not_the_pinned_commit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive_module, "fetch_from_hub", lambda *_: fake_snapshot(tmp_path, COMMIT_B))
+    with pytest.raises(ConfigError, match=f"asked org/tiny for {COMMIT_A}, got {COMMIT_B}"):
+        build_archive(hub_entry(COMMIT_A), tmp_path / "store", {})

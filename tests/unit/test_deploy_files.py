@@ -9,27 +9,37 @@ is the repository's config files.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.settings import settings_from_command_line
 from modelserver.launcher.torchserve import read_properties
 from modelserver.project import PROJECT_ROOT
+from modelserver.tools import image_digests
 from modelserver.tools.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 K8S = PROJECT_ROOT / "deploy" / "k8s"
 KSERVE = PROJECT_ROOT / "deploy" / "kserve"
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
+IMAGE_LOCK = PROJECT_ROOT / "requirements-image.txt"
+DEPLOY_LOCK = PROJECT_ROOT / "requirements-deploy.txt"
+CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 # The tools come with the venv that runs the tests (requirements-dev.txt), never from the OS.
 TOOLS = Path(sys.executable).parent
 # Stopping Envoy (up to 10 s) and TorchServe with its workers (up to 25 s) after the drain.
@@ -451,10 +461,257 @@ def test_workflow_tests_builds_and_deploys_main_only() -> None:
     jobs = workflow["jobs"]
     assert any(step.get("run") == "make test" for step in jobs["test"]["steps"])
     uses = [step["uses"] for job in jobs.values() for step in job["steps"] if "uses" in step]
-    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+(\.\d+)*", u) for u in uses), uses
     assert any(u.startswith("docker/build-push-action@") for u in uses)
     deploy = jobs["deploy"]
     assert "refs/heads/main" in deploy["if"] and deploy["environment"]["name"]
-    commands = " ".join(step.get("run", "") for step in deploy["steps"])
-    assert re.search(r'kustomize edit set image "?modelserver=', commands), commands
-    assert "kubectl apply -k deploy/k8s" in commands
+
+
+# Where an action is pinned: `uses: owner/repo[/path]@<40 hex> # vX.Y.Z` (a local `./` action
+# is the repository's own code, already pinned by the commit under test).
+PINNED_USES = re.compile(
+    r"^\s*(?:-\s+)?uses:\s+[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}\s+#\s*v\d+(?:\.\d+)*\s*$"
+)
+
+
+def test_every_action_is_pinned_by_a_commit_with_its_release_beside_it() -> None:
+    """A tag can be moved to other code; a commit id cannot. The comment says which release."""
+    lines = [
+        (path.name, number, line)
+        for path in sorted(WORKFLOWS.glob("*.yml"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r"^\s*(?:-\s+)?uses:", line)
+    ]
+    assert lines, "no action found: the pattern above no longer reads the workflows"
+    loose = [
+        f"{name}:{number}: {line.strip()}" for name, number, line in lines if not PINNED_USES.match(line)
+    ]
+    local = [entry for entry in loose if re.search(r"uses:\s+\./", entry)]
+    assert set(loose) == set(local), "\n".join(sorted(set(loose) - set(local)))
+
+
+def test_the_pin_check_refuses_a_tag_and_a_short_commit() -> None:
+    assert PINNED_USES.match(
+        "      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0"
+    )
+    assert not PINNED_USES.match("      - uses: actions/checkout@v5")
+    assert not PINNED_USES.match("      - uses: actions/checkout@fbc6f39 # v5.1.0")
+    assert not PINNED_USES.match("      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09")
+
+
+def test_deploy_applies_the_pushed_digest_and_only_after_checking_it() -> None:
+    """The image job exposes the digest its build step pushed; the deploy job maps the stable
+    name `modelserver` to IMAGE@DIGEST, renders, refuses any image without a digest, and
+    applies exactly the rendered file it checked."""
+    jobs = yaml.safe_load((WORKFLOWS / "ci.yml").read_text(encoding="utf-8"))["jobs"]
+    image = jobs["image"]
+    (build,) = [
+        step for step in image["steps"] if step.get("uses", "").startswith("docker/build-push-action@")
+    ]
+    assert image["outputs"]["digest"] == f"${{{{ steps.{build['id']}.outputs.digest }}}}"
+    steps = jobs["deploy"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+
+    def first(pattern: str) -> int:
+        found = [index for index, run in enumerate(runs) if re.search(pattern, run)]
+        assert found, pattern
+        return found[0]
+
+    set_image = first(r'kustomize edit set image "modelserver=\$\{IMAGE\}@\$\{DIGEST\}"')
+    assert steps[set_image]["env"]["DIGEST"] == "${{ needs.image.outputs.digest }}"
+    assert steps[set_image]["working-directory"] == "deploy/k8s"
+    render = first(r'kustomize build deploy/k8s > "\$RUNNER_TEMP/rendered.yaml"')
+    check = first(r'python -m modelserver image-digests "\$RUNNER_TEMP/rendered.yaml"')
+    apply = first(r'kubectl apply -f "\$RUNNER_TEMP/rendered.yaml"')
+    assert set_image < render <= check < apply
+    assert not any("apply -k" in run for run in runs), "apply the checked file, not a new render"
+    install = first(r"pip install --require-hashes --no-deps -r requirements-deploy.txt")
+    assert install < check
+
+
+# --- image digests ---------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def deployment_of(image: str, init_image: str | None = None) -> dict[str, Any]:
+    """A Deployment whose container (and init container) run these images."""
+    spec: dict[str, Any] = {"containers": [{"name": "server", "image": image}]}
+    if init_image is not None:
+        spec["initContainers"] = [{"name": "init", "image": init_image}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "app"},
+        "spec": {"template": {"spec": spec}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("image", "pinned"),
+    [
+        (f"ghcr.io/owner/repo@{DIGEST}", True),
+        (f"ghcr.io/owner/repo:abc123@{DIGEST}", True),  # the digest decides what is pulled
+        ("ghcr.io/owner/repo:abc123", False),
+        ("ghcr.io/owner/repo", False),  # no tag is `latest`
+        ("modelserver", False),  # the committed stable name, before CI maps it
+        ("ghcr.io/owner/repo@sha256:IMAGE_DIGEST", False),
+        ("ghcr.io/owner/repo@sha256:" + "0" * 63, False),
+        ("ghcr.io/owner/repo@sha256:" + "A" * 64, False),
+        ("", False),
+    ],
+)
+def test_the_digest_check_takes_only_a_full_sha256(image: str, pinned: bool) -> None:
+    good, bad = image_digests.problems(yaml.safe_dump(deployment_of(image)), "x.yaml")
+    assert (len(good), len(bad)) == ((1, 0) if pinned else (0, 1))
+    if not pinned:
+        assert bad[0].startswith("x.yaml: Deployment/app containers[server]: image ")
+
+
+def test_the_digest_check_reads_every_container_of_every_document(tmp_path: Path) -> None:
+    manifest = tmp_path / "rendered.yaml"
+    documents = [
+        deployment_of(f"r/a@{DIGEST}", init_image="busybox:1.36"),
+        {"apiVersion": "v1", "kind": "List", "items": [deployment_of(f"r/b@{DIGEST}")]},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}},
+    ]
+    manifest.write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+    good, bad = image_digests.problems(manifest.read_text(encoding="utf-8"), str(manifest))
+    assert len(good) == 2
+    assert bad == [
+        f"{manifest}: Deployment/app initContainers[init]: image 'busybox:1.36' is not pinned by digest"
+        " (NAME@sha256:<64 hex>)"
+    ]
+    assert image_digests.main([str(manifest)]) == 1
+
+
+def test_the_digest_check_exits_0_when_pinned_and_1_on_nothing(tmp_path: Path) -> None:
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(yaml.safe_dump(deployment_of(f"r/a@{DIGEST}")), encoding="utf-8")
+    assert image_digests.main([str(pinned)]) == 0
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing rendered\n", encoding="utf-8")
+    assert image_digests.main([str(empty)]) == 1, "an empty render checks nothing: it must not pass"
+    result = subprocess.run(
+        [sys.executable, "-m", "modelserver", "image-digests", "-"],
+        input=pinned.read_text(encoding="utf-8"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and f"r/a@{DIGEST}" in result.stderr, result.stderr
+
+
+def test_the_committed_manifests_name_no_tag_and_no_digest() -> None:
+    """Nothing committed can be applied as it is: the k8s image is the stable name kustomize maps
+    (`images:` with no newName, newTag or digest), the KServe one an obvious placeholder."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["images"] == [{"name": "modelserver"}]
+    assert container()["image"] == "modelserver"
+    for path in (K8S / "deployment.yaml", KSERVE / "servingruntime.yaml"):
+        good, bad = image_digests.problems(path.read_text(encoding="utf-8"), path.name)
+        assert not good and len(bad) == 1, (path, good, bad)
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its built-in kustomize renders the manifests)")
+def test_what_ci_renders_passes_with_a_digest_and_fails_with_a_tag(tmp_path: Path) -> None:
+    """What `kustomize edit set image modelserver=IMAGE@DIGEST` writes into kustomization.yaml,
+    rendered by kustomize (kubectl's) and checked as the deploy job checks it; a tag is refused."""
+    assert KUBECTL is not None
+
+    def render(image: dict[str, str]) -> str:
+        work = tmp_path / "-".join(sorted(image))
+        shutil.copytree(K8S, work)
+        kustomization = yaml.safe_load((work / "kustomization.yaml").read_text(encoding="utf-8"))
+        kustomization["images"] = [{"name": "modelserver", "newName": "ghcr.io/owner/repo", **image}]
+        (work / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+        result = subprocess.run(
+            [KUBECTL, "kustomize", str(work)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    good, bad = image_digests.problems(render({"digest": DIGEST}), "rendered")
+    assert good == [f"rendered: Deployment/modelserver containers[modelserver]: ghcr.io/owner/repo@{DIGEST}"]
+    assert not bad
+    good, bad = image_digests.problems(render({"newTag": "0123abc"}), "rendered")
+    assert not good and "ghcr.io/owner/repo:0123abc" in bad[0]
+
+
+# --- the image's hashed install --------------------------------------------------------------
+
+
+def pins(path: Path) -> dict[str, str]:
+    """`name==version` lines of a requirements or constraints file, by normalised name."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"^([A-Za-z0-9][\w.-]*)==(\S+)", line):
+            found[canonicalize_name(match.group(1))] = match.group(2)
+    return found
+
+
+def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A pip-compile lock's entries: name -> (version, sha256 digests)."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        if match := re.match(r"^([A-Za-z0-9][\w.-]*)==(\S+)(.*)$", line):
+            hashes = re.findall(r"--hash=sha256:(\S+)", match.group(3))
+            entries[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return entries
+
+
+def installed_closure(names: list[str]) -> set[str]:
+    """The distributions `names` pull in, as installed here (the venv that runs the tests holds
+    the same pins as the image: constraints.txt), markers evaluated for this Python."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return seen
+
+
+@pytest.mark.parametrize("lock", [IMAGE_LOCK, DEPLOY_LOCK], ids=lambda p: p.name)
+def test_a_lock_pins_constraints_exactly_with_hashes(lock: Path) -> None:
+    """Every entry has a sha256 and the version constraints.txt pins (a local label such as
+    torch's +cpu aside), so a bumped pin without `make lock` fails here."""
+    entries = locked(lock)
+    constraints = pins(CONSTRAINTS)
+    assert entries
+    for name, (version, hashes) in entries.items():
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+        assert name in constraints, f"{name} is locked but not pinned in constraints.txt"
+        assert Version(version).public == Version(constraints[name]).public, (name, version)
+    header = lock.read_text(encoding="utf-8").splitlines()[:8]
+    assert "#    make lock" in header, "regenerate with `make lock`"
+
+
+def test_the_image_lock_is_the_whole_runtime_and_torch_is_the_cpu_build() -> None:
+    entries = locked(IMAGE_LOCK)
+    runtime = list(pins(PROJECT_ROOT / "requirements.txt"))
+    assert set(entries) == installed_closure(runtime), "make lock: the lock must hold what the image needs"
+    assert entries["torch"][0] == "2.13.0+cpu", "PyPI's torch==2.13.0 is the CUDA build"
+
+
+def test_the_image_installs_the_lock_with_require_hashes_only() -> None:
+    installs = [i for i in dockerfile_instructions() if i.keyword == "RUN" and "pip install" in i.args]
+    (install,) = installs
+    words = shlex.split(install.args)
+    assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(words)
+    assert words[words.index("-r") + 1] == IMAGE_LOCK.name
+    assert words.count("-r") == 1 and "-c" not in words and "--constraint" not in words
+    copies = [
+        i.args.split() for i in dockerfile_instructions() if i.keyword == "COPY" and i.stage == install.stage
+    ]
+    assert [IMAGE_LOCK.name, "./"] in copies
