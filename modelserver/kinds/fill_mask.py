@@ -24,7 +24,13 @@ from modelserver.kinds.text_models import (
     regroup,
     text_placement,
 )
-from modelserver.kinds.text_schemas import PUBLIC_MASK, FillMaskRequest, TextModelSettings
+from modelserver.kinds.text_schemas import (
+    PUBLIC_MASK,
+    FillMaskParameters,
+    FillMaskRequest,
+    HubFillMaskRequest,
+    TextModelSettings,
+)
 from modelserver.runtimes import Placement
 from modelserver.runtimes.forward import (
     OPENVINO_HEAD_FILE,
@@ -63,6 +69,7 @@ class FillMaskRuntime(TextRuntime):
 
     tasks = TASKS
     request_model = FillMaskRequest
+    hub_request_model = HubFillMaskRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
@@ -91,6 +98,8 @@ class FillMaskRuntime(TextRuntime):
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
             masks += count
+        if self.target_ids(request.hub) == []:
+            raise InvalidInput("parameters.targets: no target is a token of this model")
         if masks * request.top_k > self._settings.max_candidates:
             raise InvalidInput(
                 f"{masks} masks x top_k {request.top_k} asks for {masks * request.top_k} candidates; "
@@ -107,10 +116,31 @@ class FillMaskRuntime(TextRuntime):
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
         ids = [encoded[i] for i in kept]
         top_ks = [requests[owners[i]].top_k for i in kept]
+        targets = [self.target_ids(requests[owners[i]].hub) for i in kept]
         answers = self._in_groups(
-            ids, lambda group: self._fill([ids[i] for i in group], [top_ks[i] for i in group])
+            ids,
+            lambda group: self._fill(
+                [ids[i] for i in group], [top_ks[i] for i in group], [targets[i] for i in group]
+            ),
         )
         return regroup(requests, [owners[i] for i in kept], answers, errors)
+
+    def target_ids(self, parameters: Any) -> list[int] | None:
+        """The token ids a Hugging Face `targets` parameter restricts the candidates to, as
+        transformers' pipeline picks them: a word of the vocabulary, else its first token."""
+        if not isinstance(parameters, FillMaskParameters) or parameters.targets is None:
+            return None
+        words = [parameters.targets] if isinstance(parameters.targets, str) else parameters.targets
+        vocabulary = self._tokenizer.get_vocab()
+        found: set[int] = set()
+        for word in words:
+            if word in vocabulary:
+                found.add(vocabulary[word])
+                continue
+            ids = self._tokenizer(word, add_special_tokens=False)["input_ids"]
+            if ids:
+                found.add(ids[0])
+        return sorted(found)
 
     def answer_bound(self, ids: Sequence[int], top_k: int) -> int:
         """An upper bound on the bytes of one text's answer, known before any candidate is
@@ -146,12 +176,21 @@ class FillMaskRuntime(TextRuntime):
             if total > cap
         }
 
-    def _fill(self, encoded: list[list[int]], top_ks: list[int]) -> list[Any]:
-        """Run the model over the encoded texts (padded together); format like the pipeline."""
+    def _fill(
+        self, encoded: list[list[int]], top_ks: list[int], targets: list[list[int] | None]
+    ) -> list[Any]:
+        """Run the model over the encoded texts (padded together); format like the pipeline
+        (candidates among `targets` only, where a text has them)."""
         rows, columns, probabilities = self.mask_probabilities(encoded)
         results: list[list[list[dict[str, Any]]]] = [[] for _ in encoded]
         for mask_index, row in enumerate(rows.tolist()):
-            scores, tokens = probabilities[mask_index].topk(top_ks[row])
+            allowed = targets[row]
+            if allowed is None:
+                scores, tokens = probabilities[mask_index].topk(top_ks[row])
+            else:
+                candidates = torch.tensor(allowed, dtype=torch.long)
+                scores, picked = probabilities[mask_index][candidates].topk(min(top_ks[row], len(allowed)))
+                tokens = candidates[picked]
             results[row].append(self._candidates(encoded[row], int(columns[mask_index]), scores, tokens))
         return [masks[0] if len(masks) == 1 else masks for masks in results]
 

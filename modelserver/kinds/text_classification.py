@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from modelserver.errors import ServingError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.text_models import (
     TextRuntime,
@@ -21,7 +22,12 @@ from modelserver.kinds.text_models import (
     regroup,
     text_placement,
 )
-from modelserver.kinds.text_schemas import TextModelSettings, TextRequest
+from modelserver.kinds.text_schemas import (
+    HubTextClassificationRequest,
+    TextClassificationParameters,
+    TextModelSettings,
+    TextRequest,
+)
 from modelserver.runtimes.forward import Forward, Graph, load_forward
 from modelserver.validation import parse_settings
 
@@ -48,12 +54,14 @@ class TextClassificationRuntime(TextRuntime):
     """Validates requests and classifies every text of a batch in one padded forward pass."""
 
     tasks = TASKS
+    hub_request_model = HubTextClassificationRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
     ) -> None:
         super().__init__(tokenizer, config, forward, settings, names)
-        self._score = SCORES[score_function(config)]
+        self._function = score_function(config)
+        self._score = SCORES[self._function]
         self._labels = [config.id2label[i] for i in range(config.num_labels)]
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
@@ -62,8 +70,16 @@ class TextClassificationRuntime(TextRuntime):
         encoded, errors = self._encode_and_check(texts, owners)
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
         ids = [encoded[i] for i in kept]
-        answers = self._in_groups(ids, lambda group: self._classify([ids[i] for i in group]))
-        return regroup(requests, [owners[i] for i in kept], answers, errors)
+        hubs = [requests[owners[i]].hub for i in kept]
+        answers = self._in_groups(
+            ids, lambda group: self._classify([ids[i] for i in group], [hubs[i] for i in group])
+        )
+        grouped = regroup(requests, [owners[i] for i in kept], answers, errors)
+        # The Hugging Face shape is a list of labels per text, for a single text too.
+        return [
+            [answer] if _hub_single(request) and not isinstance(answer, ServingError) else answer
+            for request, answer in zip(requests, grouped, strict=True)
+        ]
 
     def distributions(self, encoded: Sequence[Sequence[int]]) -> torch.Tensor:
         """Every label's score for each encoded text, in one padded forward pass."""
@@ -71,13 +87,33 @@ class TextClassificationRuntime(TextRuntime):
         with torch.inference_mode():
             return self._score(logits.float()).cpu()
 
-    def _classify(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
-        """Top label and score for each encoded text."""
-        best_scores, best = self.distributions(encoded).max(dim=-1)
-        return [
-            {"label": self._labels[label], "score": score}
-            for label, score in zip(best.tolist(), best_scores.tolist(), strict=True)
-        ]
+    def _classify(
+        self, encoded: list[list[int]], hubs: Sequence[Any]
+    ) -> list[dict[str, Any] | list[dict[str, Any]]]:
+        """Top label and score for each encoded text; for a text sent in the Hugging Face
+        shape, its `top_k` labels (all by default), best first, scored by its function."""
+        logits = self.forward(*self.pad(encoded))
+        with torch.inference_mode():
+            logits = logits.float().cpu()
+            best_scores, best = self._score(logits).max(dim=-1)
+            answers: list[dict[str, Any] | list[dict[str, Any]]] = []
+            for row, hub in enumerate(hubs):
+                if hub is None:
+                    answers.append({"label": self._labels[int(best[row])], "score": float(best_scores[row])})
+                else:
+                    answers.append(self._ranked(logits[row], hub))
+            return answers
+
+    def _ranked(self, logits: torch.Tensor, parameters: TextClassificationParameters) -> list[dict[str, Any]]:
+        """One text's labels, best first, as the Hugging Face text-classification task answers."""
+        scores = SCORES[parameters.function_to_apply or self._function](logits)
+        order = torch.sort(scores, descending=True, stable=True).indices[: parameters.top_k]
+        return [{"label": self._labels[int(i)], "score": float(scores[i])} for i in order.tolist()]
+
+
+def _hub_single(request: TextRequest) -> bool:
+    """A single text sent in the Hugging Face shape (answered with a list of one text's labels)."""
+    return request.hub is not None and isinstance(request.text, str)
 
 
 def load_text_classification_runtime(files: ModelFiles) -> TextClassificationRuntime:

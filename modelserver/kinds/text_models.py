@@ -15,6 +15,7 @@ from modelserver.kinds import MODEL_SUBDIR, ModelFiles
 from modelserver.kinds.text_schemas import (
     REQUEST_CHARS_PER_TOKEN,
     TEXT_CHARS_PER_TOKEN,
+    HubRequest,
     TextModelSettings,
     TextRequest,
 )
@@ -189,6 +190,7 @@ class TextRuntime:
 
     tasks: tuple[str, ...] = ()
     request_model: type[TextRequest] = TextRequest
+    hub_request_model: type[HubRequest] = HubRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
@@ -267,7 +269,16 @@ class TextRuntime:
         return results
 
     def parse(self, payload: Any) -> Any:
-        """Validate one body against this kind's request model, names and tasks."""
+        """Validate one body against this kind's request model, names and tasks; a body in
+        the Hugging Face Inference API's shape (`inputs`, no `text`) is validated as that
+        shape and answered in it."""
+        if isinstance(payload, dict) and "inputs" in payload and "text" not in payload:
+            hub = validate_body(self.hub_request_model, payload, "inputs")
+            own = {field: value for field, value in hub.own_fields().items() if value is not None}
+            request = validate_request(
+                self.request_model, own, self._names, self.tasks, self._settings.max_texts
+            )
+            return request.from_hub(hub.parameters)
         return validate_request(
             self.request_model, payload, self._names, self.tasks, self._settings.max_texts
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, StringConstraints, model_validator
 
 from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
 
@@ -65,6 +65,13 @@ class TextModelSettings(BaseModel):
         return self
 
 
+class HubParameters(BaseModel):
+    """`parameters` of a Hugging Face Inference API body: what the task defines and this
+    server honours; any other name is a 422 naming it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class TextRequest(BaseModel):
     """Fields every text request has: one text or a list, and the model and task selectors."""
 
@@ -74,11 +81,83 @@ class TextRequest(BaseModel):
     model_name: str | None = Field(default=None, description="A served model name or its Hub id.")
     task: str | None = Field(default=None, description="The task, if given, must be this model's.")
     stream: bool = Field(default=False, description="Answer a list of texts as NDJSON lines.")
+    # Set when the body came in the Hugging Face Inference API's shape: its parameters, and
+    # that the answer goes back in that API's shape.
+    _hub: HubParameters | None = PrivateAttr(default=None)
+
+    @property
+    def hub(self) -> HubParameters | None:
+        """The Hugging Face parameters of a body sent in that API's shape, else None."""
+        return self._hub
+
+    def from_hub(self, parameters: HubParameters) -> TextRequest:
+        """This request, marked as sent in the Hugging Face shape with these parameters."""
+        self._hub = parameters
+        return self
 
     @property
     def texts(self) -> list[str]:
         """The texts, as a list even when one was sent."""
         return [self.text] if isinstance(self.text, str) else list(self.text)
+
+
+class HubOptions(BaseModel):
+    """The legacy `options` of a Hugging Face Inference API body: accepted and without
+    effect here (there is no cache, and a served model is loaded before it is ready)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    use_cache: bool | None = None
+    wait_for_model: bool | None = None
+
+
+class HubRequest(BaseModel):
+    """A body in the Hugging Face Inference API's shape (`huggingface_hub.InferenceClient`):
+    `inputs`, one text or a list, and the task's `parameters`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: Text | Annotated[list[Text], Field(min_length=1)]
+    parameters: HubParameters = Field(default_factory=HubParameters)
+    options: HubOptions | None = None
+    model_name: str | None = Field(default=None, description="A served model name or its Hub id.")
+
+    def own_fields(self) -> dict[str, object]:
+        """The body in this server's own shape (the parameters are kept apart)."""
+        return {"text": self.inputs, "model_name": self.model_name}
+
+
+class TextClassificationParameters(HubParameters):
+    """The Hugging Face text-classification parameters."""
+
+    top_k: int | None = Field(default=None, ge=1, description="Labels per text (default: all).")
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = Field(
+        default=None, description="How logits become scores (default: the model's own)."
+    )
+
+
+class HubTextClassificationRequest(HubRequest):
+    """A text-classification body in the Hugging Face Inference API's shape."""
+
+    parameters: TextClassificationParameters = Field(default_factory=TextClassificationParameters)
+
+
+class FillMaskParameters(HubParameters):
+    """The Hugging Face fill-mask parameters."""
+
+    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
+    targets: Text | Annotated[list[Text], Field(min_length=1, max_length=2000)] | None = Field(
+        default=None, description="Score only these words (each by its first token)."
+    )
+
+
+class HubFillMaskRequest(HubRequest):
+    """A fill-mask body in the Hugging Face Inference API's shape."""
+
+    parameters: FillMaskParameters = Field(default_factory=FillMaskParameters)
+
+    def own_fields(self) -> dict[str, object]:
+        return {**super().own_fields(), "top_k": self.parameters.top_k}
 
 
 class FillMaskRequest(TextRequest):
@@ -109,3 +188,7 @@ class SentimentLabel(BaseModel):
 
 class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
     """One label for a text, a list for a list of texts."""
+
+
+class HubTextClassificationAnswer(RootModel[list[list[SentimentLabel]]]):
+    """The Hugging Face shape: for each text (one text too), its labels, best first."""
