@@ -8,7 +8,8 @@ CRYSTAL_SKLEARN_MODEL=/path/to/sklearn.model) if set, else the project's default
 An archive whose inputs did not change is reused. The launcher runs this as a child process
 (`--skip-unavailable --report FILE`), so training and Hub downloads never load an ML framework
 into the supervising process; the report says what was built, each model's served names, what
-was skipped and why, or the configuration error that stopped the build.
+was skipped and why, what each trained model was trained on, or the configuration error that
+stopped the build.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def build_all(  # pylint: disable=too-many-arguments
             continue
         report["archives"][name] = str(result.archive)
         report["names"][name] = list(result.names)
+        if result.trained_on:
+            report["trained_on"][name] = result.trained_on
         verb = "built" if result.rebuilt else "reused"
         print(f"{verb:7} {result.archive}  <- {result.source}", flush=True)
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write what was built and skipped here, as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report: dict[str, Any] = {"archives": {}, "names": {}, "skipped": {}, "error": None}
+    report: dict[str, Any] = {"archives": {}, "names": {}, "trained_on": {}, "skipped": {}, "error": None}
     code = 0
     try:
         catalogue = Catalogue.load(args.catalogue)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from modelserver.catalogue import ModelEntry, Source, resolve_source
-from modelserver.errors import ConfigError
+from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.hub import fetch_from_hub, snapshot_commit
 from modelserver.kinds import MODEL_SUBDIR
 from modelserver.project import PROJECT_ROOT
@@ -56,6 +56,7 @@ class BuildResult:
     source: str
     names: tuple[str, ...]
     runtime: str = ""  # the forward pass's runtime, for the kinds that have one
+    trained_on: str = ""  # what a recipe trained it on (file names or a download), for clients
 
 
 def _is_bytecode(path: Path) -> bool:
@@ -95,6 +96,8 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
         for name, path in sorted(source.inputs.items()):
             digest.update(name.encode())
             _hash_path(digest, path)
+        if source.download:  # its files are not here yet: the name stands for them
+            digest.update(f"download:{source.download}".encode())
     elif source.path is not None:
         if source.hub_id:
             # The commit the snapshot holds: an unpinned model whose main branch moved rebuilds
@@ -199,7 +202,7 @@ def build_archive(
         log.info("%s: archive is current (%s)", entry.name, source.describe())
         if choice.fell_back:
             log.warning("%s: serving with PyTorch eager (as built): %s", entry.name, choice.note)
-        return BuildResult(entry.name, target, False, source.describe(), names, choice.runtime)
+        return BuildResult(entry.name, target, False, source.describe(), names, choice.runtime, source.data)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
         workdir = Path(work)
@@ -219,7 +222,7 @@ def build_archive(
         _run_archiver(entry, staged, config_file, workdir, model_store, root, environ)
     _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime)
+    return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime, source.data)
 
 
 def _check_hub_commit(entry: ModelEntry, source: Source) -> None:
@@ -340,6 +343,16 @@ def _recorded_choice(entry: ModelEntry, model_store: Path) -> RuntimeChoice:
     )
 
 
+def recorded_trained_on(entry: ModelEntry, model_store: Path) -> str:
+    """What the archive in `model_store` was trained on, as its build recorded it ('' if
+    unknown): what a launcher serving the store as it is (`--no-build`) reports."""
+    try:
+        note = json.loads(_record_path(entry, model_store).read_text(encoding="utf-8")).get("trained_on")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return note if isinstance(note, str) else ""
+
+
 def recorded_names(entry: ModelEntry, model_store: Path) -> tuple[str, ...]:
     """The names the archive in `model_store` answers to, as its build recorded them (empty if
     it has no record): what a launcher serving the store as it is (`--no-build`) routes by."""
@@ -367,13 +380,20 @@ def _write_record(  # pylint: disable=too-many-arguments,too-many-positional-arg
         fields.update(hub_id=source.hub_id, hub_revision=snapshot_commit(source.path))
         fields.update(hub_pinned=source.revision is not None)
     fields.update(runtime_note=choice.note, fell_back=choice.fell_back, served_names=list(names))
+    if source.data:
+        fields["trained_on"] = source.data
     record.write_text(json.dumps(fields, indent=2), encoding="utf-8")
 
 
 def _materialise_source(entry: ModelEntry, source: Source, workdir: Path) -> Path:
     if source.recipe:
         output = workdir / f"{entry.name}.model"
-        scores = run_recipe(source.recipe, output, source.inputs)
+        try:
+            scores = run_recipe(source.recipe, output, source.inputs)
+        except SourceUnavailable as error:
+            # The recipe downloads because the files were not there: the reason says both.
+            why = f"{source.download_reason}; {error}" if source.download_reason else str(error)
+            raise SourceUnavailable(why) from None
         log.info("%s: trained with %s: %s", entry.name, source.recipe, scores)
         return output
     assert source.path is not None

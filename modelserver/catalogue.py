@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,12 +39,24 @@ class InputSpec(BaseModel):
     default: str | None = None
 
 
+class DownloadSpec(BaseModel):
+    """Data a recipe downloads itself when its `inputs` files are absent. `$env` chooses:
+    unset or `auto`, the files where they are, else the download; `files`, never download;
+    `name`, the download even where the files are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+
+
 class SourceSpec(BaseModel):
     """Where a model comes from: a user's variable, else a default file, Hub id or recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
     inputs: dict[str, InputSpec] = Field(default_factory=dict)  # data a recipe trains on
+    download: DownloadSpec | None = None  # what a recipe fetches without its input files
     env: str | None = None
     default: str | None = None  # a file or folder, relative to the repository
     hub: str | None = None  # a Hugging Face Hub id, fetched at build time
@@ -71,6 +83,8 @@ class SourceSpec(BaseModel):
             raise ValueError("'revision' pins a 'hub' model; a local file or recipe has none")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
+        if self.download is not None and (self.recipe is None or not self.inputs):
+            raise ValueError("'download' stands in for a recipe's 'inputs'; give both")
         return self
 
 
@@ -178,11 +192,15 @@ class Source:
     origin: str = "default"
     inputs: dict[str, Path] = field(default_factory=dict)
     revision: str | None = None  # the Hub commit asked for (None: the Hub's main branch)
+    download: str | None = None  # the data set a recipe downloads instead of reading `inputs`
+    download_reason: str = ""  # why it downloads: the input files it could not have
+    data: str = ""  # what a recipe trains on, for clients (/healthcheck): file names, no paths
 
     def describe(self) -> str:
         """Human wording for logs and build records."""
         if self.recipe:
-            return f"recipe {self.recipe} ({self.origin})"
+            on = f", on {self.data}" if self.data else ""
+            return f"recipe {self.recipe} ({self.origin}{on})"
         if self.hub_id:
             at = f"@{self.revision[:12]}" if self.revision else ""
             return f"Hub {self.hub_id}{at} ({self.origin})"
@@ -205,12 +223,53 @@ def resolve_source(entry: ModelEntry, environ: Mapping[str, str], root: Path = P
             return Source(hub_id=chosen, origin=f"from {spec.env}", revision=revision)
         raise ConfigError(f"{spec.env}={chosen} does not exist")
     if spec.recipe:
-        return Source(
-            recipe=spec.recipe, origin="trained by the project", inputs=_recipe_inputs(spec, environ, root)
-        )
+        return _recipe_source(spec, environ, root)
     if spec.hub:
         return Source(hub_id=spec.hub, origin="catalogue default", revision=spec.revision)
     return Source(path=(root / str(spec.default)).resolve(), origin="catalogue default")
+
+
+def _recipe_source(spec: SourceSpec, environ: Mapping[str, str], root: Path) -> Source:
+    """A recipe's data: its input files, else, where the entry has a `download` and the user
+    named none of the files, the data set the recipe downloads (`$download.env` decides)."""
+    assert spec.recipe is not None
+    trained = Source(recipe=spec.recipe, origin="trained by the project")
+    download = spec.download
+    if download is None:
+        inputs = _recipe_inputs(spec, environ, root)
+        return replace(trained, inputs=inputs, data=_inputs_note(spec, environ, inputs))
+    choice = environ.get(download.env, "") or "auto"
+    if choice not in ("auto", "files", download.name):
+        raise ConfigError(f"{download.env}={choice} is not one of auto, files, {download.name}")
+    named = [wanted.env for wanted in spec.inputs.values() if environ.get(wanted.env)]
+    if choice == download.name:
+        if named:
+            raise ConfigError(f"{download.env}={choice} and {', '.join(named)} both name the data; set one")
+        return replace(
+            trained, download=download.name, data=f"the {download.name} download ({download.env}={choice})"
+        )
+    try:
+        inputs = _recipe_inputs(spec, environ, root)
+    except SourceUnavailable as missing:
+        if named or choice == "files":
+            no_download = f"{download.env}=files: no {download.name} download" if choice == "files" else ""
+            raise SourceUnavailable(f"{missing}; {no_download}".rstrip("; ")) from None
+        files = " and ".join(wanted.env for wanted in spec.inputs.values())
+        return replace(
+            trained,
+            download=download.name,
+            download_reason=str(missing),
+            data=f"the {download.name} download (no {files} files)",
+        )
+    return replace(trained, inputs=inputs, data=_inputs_note(spec, environ, inputs))
+
+
+def _inputs_note(spec: SourceSpec, environ: Mapping[str, str], inputs: dict[str, Path]) -> str:
+    """Which files a recipe reads, by name (a client sees this; paths stay in the log)."""
+    return ", ".join(
+        f"{inputs[name].name} ({'from ' + wanted.env if environ.get(wanted.env) else 'catalogue default'})"
+        for name, wanted in spec.inputs.items()
+    )
 
 
 def _recipe_inputs(spec: SourceSpec, environ: Mapping[str, str], root: Path) -> dict[str, Path]:

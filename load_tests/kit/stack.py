@@ -121,9 +121,11 @@ class Launcher:
     def start(self) -> Launcher:
         """Start the launcher in the background."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # Never download here: an empty Hub cache, offline. Models come from folders.
+        # Never download here: an empty Hub cache, offline, and no 20 Newsgroups download for
+        # topics (TOPICS_DATA=files). Models come from folders and files.
         hub_home = self.workdir / "hf_home"
-        env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", **self.env}
+        offline = {"HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", "TOPICS_DATA": "files"}
+        env = {**os.environ, **offline, **self.env}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
                 self.command(),

@@ -1,16 +1,20 @@
-"""Newsgroup topics: `{"text": str}` -> `{"label": str}`, exactly as its spec says.
+"""Newsgroup topics: `{"text": str}` -> `{"label": str}`, to the letter of its spec.
 
-The spec (`prediction-openapi.yaml`) documents 405 "Validation exception" for bad input, so
-validation failures here are `SpecValidationFailed` (405), not the usual 422.
+The spec (`prediction-openapi.yaml`, Swagger 2.0) documents two answers: 200 with `{"label"}`
+and 405 "Validation exception". So a body its `ApiRequest` schema refuses (not JSON, not an
+object, a `text` that is not a string) is `SpecValidationFailed` (405), not the usual 422, and a
+body the schema accepts is answered 200: fields it does not name are ignored (Swagger 2.0
+allows them), and `text` is optional with no minimum length, so `{}` and `{"text": ""}` are an
+empty document, labelled as the model labels any text holding no word it knows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError, SpecValidationFailed
@@ -44,12 +48,16 @@ class TopicsSettings(BaseModel):
 
 
 class TopicsRequest(BaseModel):
-    """The spec's ApiRequest: the text to classify."""
+    """The spec's ApiRequest: the text to classify. Unnamed fields are ignored and `text` may be
+    absent or empty, as in the spec's schema (no `required`, no `minLength`, additional
+    properties allowed); its type is strict: a number is not turned into a string."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    text: Annotated[str, StringConstraints(min_length=1)] = Field(
-        description="The text to perform the prediction on", examples=["The Leafs won in overtime."]
+    text: str = Field(
+        default="",
+        description="The text to perform the prediction on (absent: an empty document)",
+        examples=["The Leafs won in overtime."],
     )
 
 
@@ -73,6 +81,10 @@ class TopicsRuntime:
         request = validate_body(TopicsRequest, payload, "text", SpecValidationFailed)
         if len(request.text) > self._settings.max_chars:
             raise SpecValidationFailed(f"text is longer than {self._settings.max_chars} characters")
+        try:  # JSON can escape half a UTF-16 pair ("\ud800"): not Unicode text, refused as elsewhere
+            request.text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecValidationFailed("text is not valid Unicode (it holds a lone surrogate)") from None
         return request
 
     def predict(self, requests: Sequence[TopicsRequest]) -> list[dict[str, str]]:

@@ -36,9 +36,11 @@ def confusion_png(evaluation: dict[str, Any], title: str, path: Path) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: summary table, CV scores, per-class table of each model."""
+    data = [f"Data: {report['data']}.", ""] if report.get("data") else []
     lines = [
         "# Topic classifier evaluation",
         "",
+        *data,
         f"Training set: {report['train_size']} texts; test set: {report['test_size']} texts (used once, "
         f"after choosing the model by {report['folds']}-fold cross-validation on the training set).",
         "",

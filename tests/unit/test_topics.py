@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import skops.io
 
-from load_tests.kit.topics_corpus import write_corpus
+from load_tests.kit.topics_corpus import TOPIC_WORDS, write_corpus
 from modelserver.catalogue import Catalogue, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable, SpecValidationFailed
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.topics import TopicsRuntime, load_pipeline, load_topics_runtime
+from modelserver.kinds.topics import TopicsRequest, TopicsRuntime, load_pipeline, load_topics_runtime
 from modelserver.training import topics
 from modelserver.training.topics_report import write_report
 
@@ -122,26 +122,64 @@ def test_predictions_are_one_label_string_each(runtime: TopicsRuntime) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {},
-        {"text": ""},
         {"text": 3},
         {"text": None},
+        {"text": True},
+        {"text": {"text": "nested"}},
         {"text": ["a list"]},
-        {"text": "ok", "extra": 1},
+        {"text": ["a list"], "id": "a"},
+        {"text": "\ud800 a lone surrogate"},
         ["text"],
+        [{"text": "in a list"}],
         "text",
+        None,
     ],
 )
-def test_validation_failures_are_the_specs_405(runtime: TopicsRuntime, body: Any) -> None:
+def test_bodies_the_specs_schema_refuses_are_its_405(runtime: TopicsRuntime, body: Any) -> None:
     with pytest.raises(SpecValidationFailed) as caught:
         runtime.parse(body)
     assert caught.value.status == 405
 
 
-def test_without_data_the_model_is_skipped_with_how_to_provide_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"text": "puck goalie", "id": "a"}, "puck goalie"),
+        ({"text": "puck goalie", "text_b": 3, "nested": {"x": [1]}}, "puck goalie"),
+        ({"id": "a"}, ""),
+        ({}, ""),
+        ({"text": ""}, ""),
+        ({"text": "   "}, "   "),
+    ],
+    ids=["an id", "unnamed fields", "no text but an id", "{}", "empty text", "blank text"],
+)
+def test_bodies_the_specs_schema_accepts_are_answered(runtime: TopicsRuntime, body: Any, text: str) -> None:
+    # ApiRequest names `text` only, requires nothing and allows other properties (Swagger 2.0):
+    # unnamed fields are ignored and a missing text is an empty document.
+    request = runtime.parse(body)
+    assert request.text == text
+    [answer] = runtime.predict([request])
+    assert set(answer) == {"label"} and answer["label"] in TOPIC_WORDS
+
+
+def test_an_empty_document_gets_the_label_of_any_text_without_a_known_word(runtime: TopicsRuntime) -> None:
+    # No word the model knows carries no evidence: "" is labelled as unknown words are.
+    answers = runtime.predict([runtime.parse(body) for body in ({}, {"text": ""}, {"text": "zzqx wvvk"})])
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_the_request_schema_allows_what_the_spec_allows() -> None:
+    schema = TopicsRequest.model_json_schema()
+    assert schema.get("additionalProperties", True) is not False
+    assert "required" not in schema and schema["properties"]["text"]["type"] == "string"
+    assert "minLength" not in schema["properties"]["text"]
+
+
+def test_without_data_and_downloads_the_model_is_skipped_with_how_to_provide_it(tmp_path: Path) -> None:
     entry = Catalogue.load().entry("topics")
-    with pytest.raises(SourceUnavailable, match="TOPICS_TRAIN and TOPICS_TEST"):
-        resolve_source(entry, {}, root=tmp_path / "fresh_clone")
+    with pytest.raises(SourceUnavailable, match="TOPICS_TRAIN and TOPICS_TEST") as caught:
+        resolve_source(entry, {"TOPICS_DATA": "files"}, root=tmp_path / "fresh_clone")
+    assert "TOPICS_DATA=files: no 20newsgroups download" in str(caught.value)
     with pytest.raises(ConfigError, match=r"TOPICS_TRAIN=.* is not a file"):
         resolve_source(entry, {"TOPICS_TRAIN": str(tmp_path / "nope.gz")}, root=tmp_path)
 
@@ -150,7 +188,7 @@ def test_bodies_that_are_not_json_are_405_here_too(runtime: TopicsRuntime) -> No
     from modelserver.serving.batch import BatchAnswerer  # pylint: disable=import-outside-toplevel
 
     outcomes = BatchAnswerer(runtime, "topics").answer(
-        [b"not json", b'{"text": NaN}', b'{"text": "nasa orbit"}']
+        [b"not json", b'{"text": NaN}', b'{"text": "nasa orbit"}', b"", b'["nasa orbit"]', b'{"id": 1}']
     )
-    assert [o.status for o in outcomes] == [405, 405, 200]
+    assert [o.status for o in outcomes] == [405, 405, 200, 405, 405, 200]
     assert outcomes[2].body == {"label": "space"}
