@@ -68,6 +68,8 @@ class FakeContext:
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
     content_types: dict[int, str] = field(default_factory=dict)
     headers: dict[int, dict[str, str]] = field(default_factory=dict)
+    # Request headers per request of the batch, lower-case names (as Envoy sends them).
+    request_headers: dict[int, dict[str, str]] = field(default_factory=dict)
     gpu_id: int | str | None = None  # TorchServe's for a GPU worker; None on a CPU-only server
 
     @property
@@ -97,9 +99,29 @@ class FakeContext:
         """Record a per-request response header."""
         self.headers.setdefault(idx, {})[key] = value
 
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        """A request header of request `idx`, as TorchServe's Context gives it."""
+        return self.request_headers.get(idx, {}).get(key)
+
     def status_of(self, idx: int) -> int:
         """The status TorchServe would send for request `idx`."""
         return self.statuses.get(idx, (200, ""))[0]
+
+
+def crystal_handler(model_dir: Path, framework: str = "sklearn") -> tuple[Any, FakeContext]:
+    """An initialised handler of a crystal model and the context TorchServe would pass it."""
+    from handlers.model_handler import ModelHandler  # pylint: disable=import-outside-toplevel
+
+    context = FakeContext(
+        model_dir,
+        "crystal",
+        {"framework": framework, "labels_file": "crystal_labels.json"},
+        serialized_file=f"{framework}.model",
+        model_name=f"crystal_{framework}",
+    )
+    handler = ModelHandler()
+    handler.initialize(context)
+    return handler, context
 
 
 def access_log(stack: Launcher) -> list[dict[str, Any]]:

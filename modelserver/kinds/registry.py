@@ -25,11 +25,16 @@ from modelserver.kinds.crystal import CrystalAnswer, CrystalRequest, CrystalSett
 from modelserver.kinds.text_schemas import (
     FillMaskAnswer,
     FillMaskRequest,
+    HubFillMaskRequest,
+    HubTextClassificationAnswer,
+    HubTextClassificationRequest,
     SentimentAnswer,
     TextModelSettings,
     TextRequest,
 )
 from modelserver.kinds.topics import TopicsAnswer, TopicsRequest, TopicsSettings
+from modelserver.protocols import open_inference
+from modelserver.protocols.open_inference import TensorCodec
 
 TEXT_ERRORS = {400: "`model_name` or `task` is not this model's", 422: "invalid text or over a budget"}
 
@@ -45,6 +50,12 @@ class Kind:
     errors: dict[int, str]  # documented failures, besides the ones every route has
     example: dict[str, Any]  # a request body for the API document
     export_task: str | None = None  # the export task of a kind whose forward pass compiles
+    # The Hugging Face Inference API's body (`inputs`, `parameters`) and its answer, for the
+    # kinds that also take that shape.
+    hub_request: type[BaseModel] | None = None
+    hub_answer: type[BaseModel] | None = None
+    # Its tensors and their mapping in the Open Inference Protocol (/v2/models/{name}/infer).
+    open_inference: TensorCodec | None = None
 
     def load(self, files: ModelFiles) -> Any:
         """Import the kind's runtime module (only now: it may load torch) and build the runtime."""
@@ -64,6 +75,7 @@ KINDS: dict[str, Kind] = {
             500: "the model failed",
         },
         example={"crystalData": [[0.92, 0.12, 0.31, 0.09]]},
+        open_inference=open_inference.CRYSTAL,
     ),
     "fill_mask": Kind(
         loader="modelserver.kinds.fill_mask:load_fill_mask_runtime",
@@ -73,6 +85,9 @@ KINDS: dict[str, Kind] = {
         errors={**TEXT_ERRORS, 422: "invalid text, top_k, or over a budget"},
         example={"text": "Hello I'm a [MASK] model.", "top_k": 5},
         export_task="fill-mask",
+        hub_request=HubFillMaskRequest,
+        hub_answer=FillMaskAnswer,
+        open_inference=open_inference.FILL_MASK,
     ),
     "text_classification": Kind(
         loader="modelserver.kinds.text_classification:load_text_classification_runtime",
@@ -82,6 +97,9 @@ KINDS: dict[str, Kind] = {
         errors=TEXT_ERRORS,
         example={"text": "I love this movie, it is great."},
         export_task="text-classification",
+        hub_request=HubTextClassificationRequest,
+        hub_answer=HubTextClassificationAnswer,
+        open_inference=open_inference.TEXT_CLASSIFICATION,
     ),
     "topics": Kind(
         loader="modelserver.kinds.topics:load_topics_runtime",
@@ -90,6 +108,7 @@ KINDS: dict[str, Kind] = {
         answer=TopicsAnswer,
         errors={405: "Validation exception (as the topics spec documents)"},
         example={"text": "The goalie stopped the puck in overtime."},
+        open_inference=open_inference.TOPICS,
     ),
 }
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelserver.catalogue import Catalogue, RouteSpec
+from modelserver.kinds.registry import KINDS
+from modelserver.protocols.open_inference import BINARY_REFUSED, MODEL_VERSION, PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
 METADATA_NAMESPACE = "modelserver"
@@ -36,6 +38,11 @@ GENERIC_MARGIN_S = 5
 GENERIC_CLUSTER = "torchserve"
 GENERIC_LIMITS = {"max_connections": 8, "max_pending_requests": 16, "max_requests": 24, "max_retries": 8}
 UPSTREAM_IDLE_S = 10
+# The Open Inference Protocol: `infer` of any model, and its GET pages (the launcher's).
+V2_INFER_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"
+V2_PAGES = r"^/v2(/health/(live|ready)|/models/[A-Za-z0-9_.-]+(/versions/[A-Za-z0-9_.-]+)?(/ready)?)?$"
+# Triton's binary tensor extension announces itself with this header: refused, not misread.
+BINARY_TENSORS_HEADER = "inference-header-content-length"
 # Routes that do not pick a model from the body skip the body-field filter: parsing every body
 # cost Envoy 15% of its CPU per request on the crystal routes (docs/BENCHMARKS.md).
 NO_BODY_FIELDS = {
@@ -181,6 +188,7 @@ class RouteTable:
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
             match = {"path": f"/predictions/{name}", "headers": POST}
             routes.append({"match": match, **self._to_model(name, timeout), **self._plain(None)})
+        routes.extend(self._open_inference_routes())
         paths = "|".join(re.escape(path) for path in self._catalogue.routes)
         if paths:
             routes.append(
@@ -189,6 +197,34 @@ class RouteTable:
                     **direct(405, "method not allowed; use POST", allow="POST"),
                 }
             )
+        return routes
+
+    def _open_inference_routes(self) -> list[dict[str, Any]]:
+        """`POST /v2/models/{name}[/versions/1]/infer` for every model whose kind has tensors:
+        to the model's own cluster and limits, marked for the worker (the mark is stripped from
+        every client request by the virtual host); binary tensors refused first."""
+        binary = {"name": BINARY_TENSORS_HEADER, "present_match": True}
+        match = {"safe_regex": {"regex": V2_INFER_PATH}, "headers": [*POST, binary]}
+        routes: list[dict[str, Any]] = [{"match": match, **direct(400, BINARY_REFUSED)}]
+        mark = [
+            {
+                "header": {"key": PROTOCOL_HEADER, "value": PROTOCOL},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        for name, entry in sorted(self._catalogue.models.items()):
+            if KINDS[entry.kind].open_inference is None:
+                continue
+            timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
+            for path in (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"):
+                routes.append(
+                    {
+                        "match": {"path": path, "headers": POST},
+                        **self._to_model(name, timeout),
+                        **self._plain(None),
+                        "request_headers_to_add": mark,
+                    }
+                )
         return routes
 
     def clusters(self, torchserve_port: int) -> list[dict[str, Any]]:

@@ -35,7 +35,29 @@ def http_samples(document: dict[str, Any], base_url: str) -> str:
             blocks.append("\n".join(lines))
     for path in ("/openapi.json", "/docs"):
         blocks.append(f"### GET {path}\nGET {base_url}{path}")
+    blocks.append(client_samples(base_url))
     return "\n\n".join(blocks) + "\n"
+
+
+def client_samples(base_url: str) -> str:
+    """The same API from the clients users already have, as comments, and the Hugging Face
+    body shape the first of them sends."""
+    host = base_url.split("://", 1)[-1]
+    python = f"""\
+# From Python, with the clients ML engineers already have:
+#
+#   from huggingface_hub import InferenceClient
+#   InferenceClient(model="{base_url}/inference").fill_mask("Hello I'm a [MASK] model.", top_k=2)
+#   InferenceClient(model="{base_url}/predict").text_classification("I love this movie")
+#
+#   import numpy as np, tritonclient.http as triton
+#   client = triton.InferenceServerClient(url="{host}")
+#   rows = triton.InferInput("crystalData", [1, 4], "FP32")
+#   rows.set_data_from_numpy(np.array([[0.92, 0.12, 0.31, 0.09]], dtype=np.float32), binary_data=False)
+#   client.infer("crystal_sklearn", [rows]).as_numpy("label")"""
+    hub = json.dumps({"inputs": "Hello I'm a [MASK] model.", "parameters": {"top_k": 2}})
+    title = "### POST /inference in the Hugging Face Inference API's shape (what InferenceClient sends)"
+    return f"{python}\n\n{title}\nPOST {base_url}/inference\nContent-Type: application/json\n\n{hub}"
 
 
 def main(argv: list[str] | None = None) -> int:

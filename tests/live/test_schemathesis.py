@@ -3,7 +3,7 @@
 It generates requests from /openapi.json (examples, boundary values, fuzzing) and checks that no
 answer is a server error the document does not list, that every status code is documented, and
 that every body and content type matches the document. The model that raises on purpose
-(`crystal_broken`, for the 500 tests) is left out.
+(`crystal_broken`, for the 500 tests) is left out on every path that reaches it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_generated_requests_get_documented_answers(stack: Launcher, tmp_path: Pa
         "--max-examples": "25",
         "--seed": "1",
         # The test stack's model that raises on purpose: its 500 is the point, and documented.
-        "--exclude-path": "/predictions/crystal_broken",
+        "--exclude-path-regex": "crystal_broken",
     }
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     command = [binary, "run", f"{stack.url}/openapi.json", "--no-color"]

@@ -11,23 +11,9 @@ import pytest
 from handlers.model_handler import ModelHandler
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.kinds import crystal
-from tests.helpers import FakeContext, answers_close
+from tests.helpers import FakeContext, answers_close, crystal_handler
 
 GOOD = json.dumps({"crystalData": BRIEF_ROWS[:1]}).encode()
-
-
-def handler_for(model_dir: Path, framework: str) -> tuple[ModelHandler, FakeContext]:
-    """An initialised handler and the context TorchServe would pass it."""
-    context = FakeContext(
-        model_dir,
-        "crystal",
-        {"framework": framework, "labels_file": "crystal_labels.json"},
-        serialized_file=f"{framework}.model",
-        model_name=f"crystal_{framework}",
-    )
-    handler = ModelHandler()
-    handler.initialize(context)
-    return handler, context
 
 
 def decode(answers: list[bytes]) -> list[Any]:
@@ -37,7 +23,7 @@ def decode(answers: list[bytes]) -> list[Any]:
 
 @pytest.mark.parametrize("framework", ["sklearn", "pytorch"])
 def test_one_batch_mixes_good_and_bad_requests(crystal_model_dirs: dict[str, Path], framework: str) -> None:
-    handler, context = handler_for(crystal_model_dirs[framework], framework)
+    handler, context = crystal_handler(crystal_model_dirs[framework], framework)
     other = "pytorch" if framework == "sklearn" else "sklearn"
     batch = [
         {"body": GOOD},
@@ -58,7 +44,7 @@ def test_one_batch_mixes_good_and_bad_requests(crystal_model_dirs: dict[str, Pat
 
 
 def test_bad_requests_do_not_change_good_answers(crystal_model_dirs: dict[str, Path]) -> None:
-    handler, context = handler_for(crystal_model_dirs["pytorch"], "pytorch")
+    handler, context = crystal_handler(crystal_model_dirs["pytorch"], "pytorch")
     alone = decode(handler.handle([{"body": GOOD}], context))[0]
     mixed = decode(handler.handle([{"body": b"{}"}, {"body": GOOD}, {"body": b"[NaN]"}], context))
     assert mixed[1]["prediction"] == alone["prediction"]
@@ -72,7 +58,7 @@ class Boom(RuntimeError):
 def test_a_model_that_raises_gives_500_to_valid_requests_only(
     crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
 
     def explode(_self: Any, _rows: Any) -> Any:
         raise Boom("kaput")
@@ -88,7 +74,7 @@ def test_a_poison_request_fails_alone(
     crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the batched call fails, each request is retried alone: only the culprit gets 500."""
-    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
     real = crystal.CrystalRuntime.predict
 
     def fragile(self: crystal.CrystalRuntime, requests: list[crystal.CrystalRequest]) -> list[Any]:
@@ -131,7 +117,7 @@ def test_the_handler_module_defines_exactly_one_class() -> None:
 def test_a_validation_bug_costs_only_its_own_request(
     crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
     real = crystal.CrystalRuntime.parse
 
     def buggy(self: crystal.CrystalRuntime, payload: Any) -> crystal.CrystalRequest:

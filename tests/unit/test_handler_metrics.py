@@ -13,8 +13,8 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from modelserver.serving.batch import BatchTimes
 from modelserver.serving.handler_metrics import PHASE_METRICS, report_batch
-from tests.helpers import FakeContext
-from tests.unit.test_crystal_handler import GOOD, handler_for
+from tests.helpers import FakeContext, crystal_handler
+from tests.unit.test_crystal_handler import GOOD
 
 METRIC_LINE = re.compile(
     r"\[METRICS\](?P<name>\w+)\.(?P<unit>\w+):(?P<value>[\d.e-]+)\|#(?P<dims>[^|]*)\|#type:(?P<type>\w+)"
@@ -46,7 +46,7 @@ def sent(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
 def test_a_batch_reports_statuses_sizes_and_phase_times(
     crystal_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    handler, context = handler_for(crystal_model_dirs["sklearn"], "sklearn")
+    handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
     context.metrics = metrics_cache(context.model_name)  # type: ignore[attr-defined]
     batch = [{"body": GOOD}, {"body": b"{}"}, {"body": GOOD}, {"body": b"not json"}, {"body": GOOD}]
     with caplog.at_level(logging.INFO):
@@ -77,7 +77,7 @@ def test_phase_times_add_up_within_one_batch_only() -> None:
 
 
 def test_no_metrics_cache_sends_nothing(crystal_model_dirs: dict[str, Path]) -> None:
-    handler, context = handler_for(crystal_model_dirs["pytorch"], "pytorch")
+    handler, context = crystal_handler(crystal_model_dirs["pytorch"], "pytorch")
     assert not hasattr(context, "metrics") and isinstance(context, FakeContext)
     assert len(handler.handle([{"body": GOOD}], context)) == 1
     report_batch(None, [200], BatchTimes())  # a worker without a cache (tests, other servers)
@@ -96,7 +96,7 @@ class BrokenMetrics:
 def test_a_failing_metrics_cache_never_fails_the_batch(
     crystal_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    handler, context = handler_for(crystal_model_dirs["pytorch"], "pytorch")
+    handler, context = crystal_handler(crystal_model_dirs["pytorch"], "pytorch")
     context.metrics = BrokenMetrics()  # type: ignore[attr-defined]
     [answer] = handler.handle([{"body": GOOD}], context)
     assert json.loads(answer)["prediction"]

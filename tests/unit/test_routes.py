@@ -10,8 +10,18 @@ import yaml
 
 from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
-from modelserver.launcher.routes import GENERIC_CLUSTER, LUA_FILTER, RouteTable, model_cluster
+from modelserver.launcher.envoy_config import envoy_config
+from modelserver.launcher.routes import (
+    BINARY_TENSORS_HEADER,
+    GENERIC_CLUSTER,
+    LUA_FILTER,
+    V2_INFER_PATH,
+    RouteTable,
+    model_cluster,
+)
+from modelserver.launcher.settings import settings_from_command_line
 from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties
+from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
 
@@ -78,7 +88,9 @@ def test_a_skipped_model_answers_503_with_the_reason_everywhere() -> None:
 
 def test_wrong_methods_on_public_paths_are_405() -> None:
     routes = RouteTable(Catalogue.load(), {}).routes()
-    [not_allowed] = [r for r in routes if "safe_regex" in r["match"]]
+    [not_allowed] = [
+        r for r in routes if "safe_regex" in r["match"] and r.get("direct_response", {}).get("status") == 405
+    ]
     assert not_allowed["direct_response"]["status"] == 405
     for path in ("/sklearn", "/pytorch", "/astromech", "/inference", "/predict"):
         assert path in not_allowed["match"]["safe_regex"]["regex"]
@@ -182,3 +194,31 @@ def test_only_replies_the_model_never_made_are_retried_never_its_500_or_a_slow_t
         assert policy["num_retries"] == 1
         assert "per_try_timeout" not in policy and "per_try_idle_timeout" not in policy
         assert not retried_on & {"5xx", "gateway-error", "retriable-status-codes", "reset"}
+
+
+def test_v2_infer_routes_go_to_each_models_cluster_marked_for_the_worker() -> None:
+    routes = RouteTable(Catalogue.load(), {"topics": "no data"}).routes()
+    binary = next(
+        r for r in routes if r.get("direct_response", {}).get("status") == 400 and "safe_regex" in r["match"]
+    )
+    assert binary["match"]["safe_regex"]["regex"] == V2_INFER_PATH
+    assert {"name": BINARY_TENSORS_HEADER, "present_match": True} in binary["match"]["headers"]
+    assert routes.index(binary) < routes.index(find(routes, "/v2/models/crystal_sklearn/infer"))
+    for path in ("/v2/models/crystal_sklearn/infer", "/v2/models/crystal_sklearn/versions/1/infer"):
+        route = find(routes, path)
+        assert route["route"]["cluster"] == model_cluster("crystal_sklearn")
+        assert route["route"]["prefix_rewrite"] == "/predictions/crystal_sklearn"
+        assert route["request_headers_to_add"][0]["header"] == {"key": PROTOCOL_HEADER, "value": PROTOCOL}
+    # A skipped model's infer is the same 503 as its own routes.
+    assert find(routes, "/v2/models/topics/infer")["direct_response"]["status"] == 503
+
+
+def test_clients_cannot_send_the_workers_protocol_mark() -> None:
+    config = envoy_config(
+        settings_from_command_line(["--port", "3100"], {}), "key", RouteTable(Catalogue.load(), {})
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    route_config = manager["route_config"]
+    # The virtual host's removals run before a route's additions only with this flag.
+    assert route_config["most_specific_header_mutations_wins"] is True
+    assert PROTOCOL_HEADER in route_config["virtual_hosts"][0]["request_headers_to_remove"]

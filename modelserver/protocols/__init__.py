@@ -1,0 +1,1 @@
+"""The public wire protocols besides the routes' own JSON: the Open Inference Protocol (v2)."""
