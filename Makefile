@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install run archives test lint unit live clean bench soak overload audit scale
+.PHONY: install browser run archives test lint unit live clean bench soak overload audit scale
 
 install: $(STAMP)
 
@@ -15,6 +15,19 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check pip setuptools -c constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	rm -f $(VENV)/.installed-* && touch $@
+
+## Debian's Chromium for the browser test of /docs (tests/live/test_docs_browser.py), installed
+## with apt-get when it is missing and this user may (root). Never a download of playwright's own.
+## Where it cannot be installed this says why, and the test skips with that reason.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make browser: $(CHROMIUM) is missing and apt-get cannot run as this user: the browser test will skip" >&2; \
+	  exit 0; fi; \
+	echo "make browser: installing Debian's chromium for the browser test"; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "make browser: chromium could not be installed: the browser test will skip" >&2
 
 ## Build what is missing, start TorchServe and Envoy, serve on $$PORT (default 3000).
 run: install
@@ -36,13 +49,13 @@ lint: install
 	$(VENV)/bin/pylint --fail-under=9.5 $(PY_FILES)
 
 ## Lint, then every test: pure model code, handlers, and the live stack.
-test: install lint
+test: install browser lint
 	$(PY) -m pytest
 
 unit: install
 	$(PY) -m pytest tests/unit
 
-live: install
+live: install browser
 	$(PY) -m pytest tests/live
 
 clean:

@@ -42,7 +42,7 @@ def test_schemas_come_from_the_request_models() -> None:
 def test_the_docs_page_needs_nothing_from_outside() -> None:
     page = api_documents(Catalogue.load())["/docs"][1].decode()
     assert "/openapi.json" in page
-    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "http://" not in page and "https://" not in page  # Swagger UI's files: test_docs_pages.py
 
 
 def test_the_committed_http_samples_are_generated_from_the_document() -> None:
@@ -50,6 +50,9 @@ def test_the_committed_http_samples_are_generated_from_the_document() -> None:
 
     expected = http_samples(build_openapi(Catalogue.load()), "http://localhost:3000")
     assert DEFAULT_OUT.read_text(encoding="utf-8") == expected, "run: python -m modelserver api-samples"
-    assert expected.count("\nPOST ") == sum(
+    # Every POST operation, and the same fill-mask request in the Hugging Face shape.
+    assert expected.count("\nPOST ") == 1 + sum(
         1 for item in build_openapi(Catalogue.load())["paths"].values() if "post" in item
     )
+    assert '{"inputs": "Hello' in expected
+    assert "InferenceClient(model=" in expected and "tritonclient" in expected
