@@ -20,6 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environ = environment()
     settings = settings_from_command_line(argv, environ)
+    if settings.tracing is not None:
+        tracing = settings.tracing
+        where = (
+            tracing.url if tracing.protocol == "http/protobuf" else f"{tracing.host}:{tracing.port} (gRPC)"
+        )
+        logging.getLogger("modelserver.launcher").info(
+            "tracing: Envoy exports spans of service %s to %s, sampler %s",
+            tracing.service_name,
+            where,
+            tracing.sampler,
+        )
     try:
         supervisor = Supervisor(settings, environ)
         signal.signal(signal.SIGTERM, supervisor.request_stop)

@@ -1,4 +1,5 @@
-"""Launcher settings: parsed once from the command line and `PORT`, never re-read later."""
+"""Launcher settings: parsed once from the command line, `PORT` and the OpenTelemetry variables,
+never re-read later."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.catalogue import DEFAULT_CATALOGUE
+from modelserver.errors import ConfigError
+from modelserver.launcher.tracing import TracingSettings, tracing_from_environment
 from modelserver.project import PROJECT_ROOT
 
 Port = int
@@ -63,6 +66,8 @@ class LaunchSettings(BaseModel):
     # How long TorchServe's keys live (its token_expiration_min); None: config.properties's.
     # The launcher renews them when half of that has passed.
     key_lifetime_min: float | None = Field(default=None, gt=0)
+    # Envoy's OpenTelemetry tracing, from OTEL_EXPORTER_OTLP_ENDPOINT and its kin; None: off.
+    tracing: TracingSettings | None = None
 
     @property
     def envoy_admin_socket(self) -> Path:
@@ -81,8 +86,8 @@ PORT_OPTIONS = tuple(name for name in Ports().model_dump() if name != "public")
 def settings_from_command_line(
     argv: list[str] | None, environ: Mapping[str, str], prog: str = "python -m modelserver.launcher"
 ) -> LaunchSettings:
-    """Command line and `PORT` -> typed settings (the only place the launcher reads them); every
-    default is `LaunchSettings`'s own."""
+    """Command line, `PORT` and the OpenTelemetry variables -> typed settings (the only place the
+    launcher reads them); every default is `LaunchSettings`'s own."""
     defaults = LaunchSettings()
     parser = argparse.ArgumentParser(prog=prog, description=LAUNCHER_HELP)
     parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.ports.public)))
@@ -129,6 +134,10 @@ def settings_from_command_line(
         help="minutes TorchServe's keys live (renewed at half); default: config.properties",
     )
     args = parser.parse_args(argv)
+    try:
+        tracing = tracing_from_environment(environ)
+    except ConfigError as error:
+        parser.error(str(error))
     ports = Ports(public=args.port, **{name: getattr(args, name) for name in PORT_OPTIONS})
     return LaunchSettings(
         ports=ports,
@@ -146,4 +155,5 @@ def settings_from_command_line(
         log_file_bytes=int(args.log_file_mib * (1 << 20)),
         log_files_kept=args.log_files_kept,
         key_lifetime_min=args.key_lifetime_min,
+        tracing=tracing,
     )
