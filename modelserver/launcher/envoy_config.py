@@ -25,12 +25,16 @@ from modelserver.launcher.routes import (
     CONNECTION_RETRIES,
     GENERIC_CLUSTER,
     LUA_FILTER,
+    V2_INFER_PATH,
+    V2_PAGES,
     RouteTable,
     direct,
     loopback_cluster,
 )
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
+from modelserver.launcher.tracing import collector_cluster, runtime_layers, traced_manager
 from modelserver.project import PROJECT_ROOT, environment
+from modelserver.protocols.open_inference import PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
@@ -81,8 +85,11 @@ H2_STREAM_WINDOW_BYTES = 64 << 10  # HTTP/2's own initial window (the least Envo
 H2_CONNECTION_WINDOW_BYTES = BODY_LIMIT_BYTES
 ADMIN_SOCKET_MODE = 0o600  # only the launcher's user: admin can stop Envoy and shows the key
 GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
-LAUNCHER_PAGES = r"^/(openapi\.json|docs|metrics)$"
-GET_PAGES = r"^/(healthcheck|openapi\.json|docs|metrics)$"
+# /docs and its Swagger UI files (/docs/swagger-ui.css, ...): one file name with an extension,
+# never a dot segment nor a deeper path.
+DOCS_PATHS = r"docs(/[A-Za-z0-9_-]+(\.[A-Za-z0-9]+)+)?"
+LAUNCHER_PAGES = rf"^/(openapi\.json|{DOCS_PATHS}|metrics)$"
+GET_PAGES = rf"^/(healthcheck|openapi\.json|{DOCS_PATHS}|metrics)$"
 # Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
 # Python worker per request (docs/BENCHMARKS.md, "Request headers").
 UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
@@ -198,6 +205,9 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
     }
 
 
+NO_ROUTE = "no such route; see the README for the public API"
+
+
 def local_replies() -> dict[str, Any]:
     """What Envoy answers itself, always `{"error", "code"}` JSON."""
 
@@ -244,7 +254,6 @@ def local_replies() -> dict[str, Any]:
                 RETRY_AFTER_S["unreachable"],
             ),
             reply(flags("UT", "SI"), "the model did not answer in time", 504),
-            reply(status_is(404), "no such route; see the README for the public API"),
             # Requests Envoy refuses before routing (an escaped slash or a backslash in the path,
             # a fragment, an underscore in a header name) come with no sentence of their own.
             reply(malformed, "the request is malformed: its path or headers are not valid HTTP"),
@@ -303,6 +312,8 @@ def fixed_routes_before() -> list[dict[str, Any]]:
         {"match": {"path": "/metrics", "headers": _method_is("GET")}, "route": metrics},
         # The API's documents, generated from the request models at start, from the launcher.
         {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
+        # The Open Inference Protocol's health and metadata, from the launcher's memory.
+        {"match": {"safe_regex": {"regex": V2_PAGES}, "headers": _method_is("GET")}, "route": health},
     ]
 
 
@@ -326,7 +337,19 @@ def fixed_routes_after() -> list[dict[str, Any]]:
             "match": {"safe_regex": {"regex": GET_PAGES}},
             **direct(405, "method not allowed; use GET", allow="GET"),
         },
-        {"match": {"prefix": "/"}, **direct(404, "no such route")},
+        {
+            "match": {"safe_regex": {"regex": V2_INFER_PATH}, "headers": _method_is("POST")},
+            **direct(404, "no model of that name is served over the Open Inference Protocol here"),
+        },
+        {
+            "match": {"safe_regex": {"regex": V2_INFER_PATH}},
+            **direct(405, "method not allowed; use POST", allow="POST"),
+        },
+        {
+            "match": {"safe_regex": {"regex": V2_PAGES}},
+            **direct(405, "method not allowed; use GET", allow="GET"),
+        },
+        {"match": {"prefix": "/"}, **direct(404, NO_ROUTE)},
     ]
 
 
@@ -350,7 +373,8 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
         "domains": ["*"],
         # TorchServe's streaming marker and the handler's mark (what retries read) stay inside.
         "response_headers_to_remove": ["ts_stream_next", HANDLER_ANSWER],
-        "request_headers_to_remove": UNREAD_HEADERS,
+        # The worker's Open Inference mark is set by the v2 routes only, never by a client.
+        "request_headers_to_remove": [*UNREAD_HEADERS, PROTOCOL_HEADER],
         # TorchServe's inference key; clients never see or send it.
         "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],
         "routes": [own_answer(r) for r in [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()]],
@@ -388,7 +412,12 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
         },
         local_reply_config=local_replies(),
         http_filters=[ACCESS_LOG_PATH_FILTER, *http_filters(routes)],
-        route_config={"name": PUBLIC_LISTENER, "virtual_hosts": [virtual_host(routes, inference_token)]},
+        route_config={
+            "name": PUBLIC_LISTENER,
+            # The virtual host's removals before a route's additions (the v2 routes' mark).
+            "most_specific_header_mutations_wins": True,
+            "virtual_hosts": [virtual_host(routes, inference_token)],
+        },
         access_log=[
             {
                 "name": "envoy.access_loggers.file",
@@ -400,6 +429,9 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
             }
         ],
     )
+    # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/tracing.py).
+    labels = {GENERIC_PATH: "/predictions/{model}"}
+    manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER, METRICS_CLUSTER))
     address = {"address": settings.listen_address, "port_value": settings.ports.public}
     return {
         "name": PUBLIC_LISTENER,
@@ -427,6 +459,7 @@ def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTa
         # Admin on a unix socket only the launcher's user can open.
         "admin": {"address": {"pipe": {"path": str(settings.envoy_admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         "overload_manager": overload_manager(settings),
+        **({"layered_runtime": runtime_layers(settings.tracing)} if settings.tracing else {}),
         "static_resources": {
             "listeners": [public_listener(settings, inference_token, routes)],
             # One cluster per catalogue model with its admission limits, and the generic one.
@@ -434,6 +467,7 @@ def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTa
                 *routes.clusters(settings.ports.inference),
                 loopback_cluster(HEALTH_CLUSTER, settings.ports.health),
                 loopback_cluster(METRICS_CLUSTER, settings.ports.health, METRICS_LIMITS),
+                *([collector_cluster(settings.tracing)] if settings.tracing else []),
             ],
         },
     }

@@ -120,7 +120,7 @@ class _StatusQuestions:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class Readiness:
+class Readiness:  # pylint: disable=too-many-instance-attributes
     """Decides health from per-model status read in the background; once `stopping`, always
     unhealthy. `report()` and `statuses()` only look at memory."""
 
@@ -130,9 +130,14 @@ class Readiness:
         model_status: StatusSource,
         skipped: dict[str, str] | None = None,
         timing: ReadingTiming = ReadingTiming(),
+        trained_on: dict[str, str] | None = None,
     ) -> None:
         self._models = list(models)
         self._skipped = {name: public_reason(why) for name, why in (skipped or {}).items()}
+        # What each model the project trained was trained on: clients can tell which data it is.
+        self._trained_on = {
+            name: public_reason(note) for name, note in (trained_on or {}).items() if name in self._models
+        }
         self._timing = timing
         self._questions = _StatusQuestions(self._models, model_status)
         self._phase = "starting"
@@ -146,6 +151,11 @@ class Readiness:
     def phase(self) -> str:
         """'starting', 'serving' or 'stopping'."""
         return self._phase
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Models not served (their source could not be had), each with its public reason."""
+        return dict(self._skipped)
 
     def set_phase(self, phase: str) -> None:
         """Move on, and read again at once; nothing moves a stopping server back to serving."""
@@ -208,7 +218,9 @@ class Readiness:
         # A skipped model (its source could not be had) is reported, but it is not being served,
         # so it does not hold back the models that are.
         models.update({name: f"skipped: {why}" for name, why in self._skipped.items()})
-        extra = {"skipped": sorted(self._skipped)} if self._skipped else {}
+        extra: dict[str, Any] = {"skipped": sorted(self._skipped)} if self._skipped else {}
+        if self._trained_on:
+            extra["trained_on"] = dict(self._trained_on)
         if not not_ready:
             return 200, {"status": "Healthy", "models": models, **extra}
         reasons = "; ".join(f"{name}: {why}" for name, why in sorted(not_ready.items()))
@@ -217,15 +229,19 @@ class Readiness:
         )
 
 
-Page = Callable[[], tuple[str, bytes]]  # -> (content type, body), made on each GET
+# (content type, body) or (content type, body, headers such as Cache-Control)
+Document = tuple[str, bytes] | tuple[str, bytes, dict[str, str]]
+Page = Callable[[], Document]  # made on each GET
 Pages = dict[str, Page]
+# -> (status, JSON body) for a path it knows (e.g. /v2/models/{name}/ready), else None
+JsonPages = Callable[[str], "tuple[int, dict[str, Any]] | None"]
 
 
 class PageBusy(ModelUnavailable):
     """A page already has as many readers as it allows: refused at once with Retry-After."""
 
 
-def static_pages(documents: dict[str, tuple[str, bytes]]) -> Pages:
+def static_pages(documents: dict[str, Document]) -> Pages:
     """Pages that always answer the same (content type, body), made once at start."""
     return {path: (lambda document=document: document) for path, document in documents.items()}
 
@@ -235,7 +251,7 @@ def limited(path: str, page: Page, readers: int) -> Page:
     once rather than queued, so the page never holds more than `readers` handler threads."""
     slots = threading.BoundedSemaphore(readers)
 
-    def answer() -> tuple[str, bytes]:
+    def answer() -> Document:
         if not slots.acquire(blocking=False):  # pylint: disable=consider-using-with  # no wait
             raise PageBusy(f"{path} is being read by {readers} other requests; retry shortly")
         try:
@@ -303,11 +319,12 @@ class HealthServer:
         readiness: Readiness,
         pages: Pages | None = None,
         *,
+        json_pages: JsonPages | None = None,
         threads: int = HANDLER_THREADS,
         waiting: int = WAITING_CONNECTIONS,
     ) -> None:
         self._readiness = readiness
-        handler = _handler_for(readiness, dict(pages or {}))
+        handler = _handler_for(readiness, dict(pages or {}), json_pages or (lambda _: None))
         self._server = _BoundedHTTPServer(port, handler, threads, waiting)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
@@ -328,7 +345,7 @@ class HealthServer:
         self._readiness.stop()
 
 
-def _handler_for(readiness: Readiness, pages: Pages) -> type[BaseHTTPRequestHandler]:
+def _handler_for(readiness: Readiness, pages: Pages, json_pages: JsonPages) -> type[BaseHTTPRequestHandler]:
     class HealthHandler(BaseHTTPRequestHandler):
         """GET /healthcheck and the other pages; everything else is a JSON 404. One request
         per connection (HTTP/1.0), so an idle keep-alive connection never holds a thread."""
@@ -342,11 +359,13 @@ def _handler_for(readiness: Readiness, pages: Pages) -> type[BaseHTTPRequestHand
                 self._send(*readiness.report())
             elif path in pages:
                 try:
-                    content_type, data = pages[path]()
+                    content_type, data, *headers = pages[path]()
                 except PageBusy as busy:
                     self._send(*error_response(busy), retry_after_s=BUSY_RETRY_AFTER_S)
                     return
-                self._send_bytes(200, content_type, data)
+                self._send_bytes(200, content_type, data, headers=headers[0] if headers else None)
+            elif (answer := json_pages(path)) is not None:
+                self._send(*answer)
             else:
                 self._send(*error_response(NotFound("no such route")))
 
@@ -362,12 +381,15 @@ def _handler_for(readiness: Readiness, pages: Pages) -> type[BaseHTTPRequestHand
             content_type: str,
             data: bytes,
             retry_after_s: int = UNAVAILABLE_RETRY_AFTER_S,
+            headers: dict[str, str] | None = None,
         ) -> None:
             self.send_response(status, HTTPStatus(status).phrase)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             if status == HTTPStatus.SERVICE_UNAVAILABLE:
                 self.send_header("Retry-After", str(retry_after_s))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 

@@ -24,14 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelserver.archive import archive_path, recorded_names
+from modelserver.archive import archive_path, recorded_names, recorded_trained_on
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
+from modelserver.kinds.registry import KINDS
+from modelserver.launcher.docs_pages import docs_pages
 from modelserver.launcher.envoy import Envoy
 from modelserver.launcher.envoy_config import METRICS_READERS
-from modelserver.launcher.health import HealthServer, Pages, Readiness, limited, static_pages
+from modelserver.launcher.health import Document, HealthServer, Pages, Readiness, limited, static_pages
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
+from modelserver.launcher.open_inference_pages import OpenInferencePages
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
@@ -58,7 +61,6 @@ def exclusive(runtime_dir: Path) -> Iterator[None]:
         yield
 
 
-DOCS_PAGE = Path(__file__).with_name("docs.html")
 # The build CLI the launcher runs as a child process, and the report it writes for it.
 BUILD_MODULE = "archive_scripts.build_archives"
 BUILD_REPORT = "build-report.json"
@@ -66,12 +68,13 @@ KEY_RETRY_S = 60  # after a failed key renewal
 STOP_POLL_S = 0.1  # how soon the main loop notices a stop signal's flag
 
 
-def api_documents(catalogue: Catalogue) -> dict[str, tuple[str, bytes]]:
-    """/openapi.json (generated from the request models) and the offline /docs page."""
+def api_documents(catalogue: Catalogue) -> dict[str, Document]:
+    """/openapi.json (generated from the request models) and /docs, Swagger UI with every file
+    served from here (works offline)."""
     document = json.dumps(build_openapi(catalogue), indent=2).encode("utf-8")
     return {
         "/openapi.json": ("application/json", document),
-        "/docs": ("text/html; charset=utf-8", DOCS_PAGE.read_bytes()),
+        **docs_pages(),
     }
 
 
@@ -114,6 +117,7 @@ class Served:
     archives: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    trained_on: dict[str, str] = field(default_factory=dict)  # what a recipe trained it on
 
 
 def run_build(settings: LaunchSettings, environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, Any]:
@@ -209,6 +213,11 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 archives={name: archive_path(catalogue.entry(name), store) for name in selected},
                 skipped=unselected,
                 names={name: names for name, names in recorded.items() if names},
+                trained_on={
+                    name: note
+                    for name in selected
+                    if (note := recorded_trained_on(catalogue.entry(name), store))
+                },
             )
         report = run_build(self._settings, self._environ, selected)
         return Served(
@@ -217,6 +226,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             },
             skipped={**unselected, **report["skipped"]},
             names={name: tuple(names) for name, names in report["names"].items()},
+            trained_on=dict(report.get("trained_on", {})),
         )
 
     def run(self) -> int:
@@ -238,10 +248,18 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         except OSError as error:
             log.error("cannot remove %s: %s", SCALED_WORKERS_FILE, error)
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
-        self._readiness = Readiness(list(archives), self._model_status, self._served.skipped)
+        self._readiness = Readiness(
+            list(archives), self._model_status, self._served.skipped, trained_on=self._served.trained_on
+        )
         if self.stopping():
             self._readiness.set_phase("stopping")
-        self._health = HealthServer(settings.ports.health, self._readiness, self._pages(self._readiness))
+        codecs = {name: KINDS[entry.kind].open_inference for name, entry in self._catalogue.models.items()}
+        self._health = HealthServer(
+            settings.ports.health,
+            self._readiness,
+            self._pages(self._readiness),
+            json_pages=OpenInferencePages(codecs, self._readiness).answer,
+        )
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()

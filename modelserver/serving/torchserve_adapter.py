@@ -18,9 +18,12 @@ from modelserver.errors import ConfigError, InvalidInput, ModelFailure, error_re
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.registry import kind_named
 from modelserver.payload import request_body
+from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
 from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.headers import HANDLER_ANSWER
+from modelserver.serving.protocol_batch import answer_batch
+from modelserver.serving.trace_context import log_traced, request_traces
 from modelserver.serving.ts_socket import install_read_ahead
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,13 @@ def capped_emitter(emit: Emit, limit: int) -> Emit:
     return send
 
 
+def speaks_open_inference(context: Any, index: int) -> bool:
+    """Whether request `index` came through the v2 `infer` route (Envoy's header says so;
+    Envoy strips it from every client request)."""
+    header = getattr(context, "get_request_header", None)
+    return header is not None and header(index, PROTOCOL_HEADER) == PROTOCOL
+
+
 def stream_emitter(context: Any) -> Emit:
     """Send one chunk of a streaming answer now (TorchServe's intermediate responses)."""
 
@@ -115,6 +125,7 @@ class TorchServeAdapter:
     def __init__(self) -> None:
         self.initialized = False
         self._answerer: BatchAnswerer[Any] | None = None
+        self._codec: TensorCodec | None = None
         self._answer_limit = MAX_ANSWER_BYTES
 
     def initialize(self, context: Any) -> None:
@@ -131,7 +142,9 @@ class TorchServeAdapter:
             raise ConfigError(
                 "this archive names no model kind: it was built by an older builder; rebuild it"
             )
-        runtime: Runtime[Any] = kind_named(config["kind"]).load(files)
+        kind = kind_named(config["kind"])
+        runtime: Runtime[Any] = kind.load(files)
+        self._codec = kind.open_inference
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
@@ -146,7 +159,10 @@ class TorchServeAdapter:
         with times.phase("preprocess"):
             bodies = [request_body(row) for row in data]
         emit = capped_emitter(type(self).make_emitter(context), self._answer_limit)
-        answers = self._answerer.answer(bodies, emit, times)
+        protocols = [speaks_open_inference(context, index) for index in range(len(data))]
+        answers = answer_batch(
+            self._answerer, self._codec, context.model_name, bodies, protocols, emit, times
+        )
         with times.phase("postprocess"):
             outcomes = [encode(answer, self._answer_limit) for answer in answers]
             for index, outcome in enumerate(outcomes):
@@ -154,5 +170,8 @@ class TorchServeAdapter:
                 context.set_response_header(index, HANDLER_ANSWER, "1")
                 if outcome.status != HTTPStatus.OK:
                     context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
-        report_batch(getattr(context, "metrics", None), [outcome.status for outcome in outcomes], times)
+        statuses = [outcome.status for outcome in outcomes]
+        report_batch(getattr(context, "metrics", None), statuses, times)
+        # The trace id of each traced request (only with tracing on: Envoy drops it otherwise).
+        log_traced(context.model_name, request_traces(context, len(data)), statuses)
         return [outcome.body for outcome in outcomes]
