@@ -85,7 +85,8 @@ class FillMaskRuntime(TextRuntime):
             raise ConfigError("the tokenizer has no mask token")
         self.head = head
         # The longest token as JSON: a bound on token_str, and on what filling it adds to sequence.
-        self._token_bytes = max((json_size(token) for token in tokenizer.get_vocab()), default=0)
+        self._vocabulary: dict[str, int] = tokenizer.get_vocab()
+        self._token_bytes = max((json_size(token) for token in self._vocabulary), default=0)
 
     def parse(self, payload: Any) -> FillMaskRequest:
         """Validate one body: types, top_k, a mask in every text, a bounded answer size."""
@@ -98,11 +99,12 @@ class FillMaskRuntime(TextRuntime):
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
             masks += count
-        if self.target_ids(request.hub) == []:
+        request.restricted_to(self.target_ids(request.hub))
+        if request.target_ids == []:
             raise InvalidInput("parameters.targets: no target is a token of this model")
-        if masks * request.top_k > self._settings.max_candidates:
+        if masks * request.per_mask > self._settings.max_candidates:
             raise InvalidInput(
-                f"{masks} masks x top_k {request.top_k} asks for {masks * request.top_k} candidates; "
+                f"{masks} masks x top_k {request.per_mask} asks for {masks * request.per_mask} candidates; "
                 f"at most {self._settings.max_candidates} per request"
             )
         return request
@@ -116,7 +118,7 @@ class FillMaskRuntime(TextRuntime):
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
         ids = [encoded[i] for i in kept]
         top_ks = [requests[owners[i]].top_k for i in kept]
-        targets = [self.target_ids(requests[owners[i]].hub) for i in kept]
+        targets = [requests[owners[i]].target_ids for i in kept]
         answers = self._in_groups(
             ids,
             lambda group: self._fill(
@@ -131,7 +133,7 @@ class FillMaskRuntime(TextRuntime):
         if not isinstance(parameters, FillMaskParameters) or parameters.targets is None:
             return None
         words = [parameters.targets] if isinstance(parameters.targets, str) else parameters.targets
-        vocabulary = self._tokenizer.get_vocab()
+        vocabulary = self._vocabulary
         found: set[int] = set()
         for word in words:
             if word in vocabulary:

@@ -142,11 +142,15 @@ class HubTextClassificationRequest(HubRequest):
     parameters: TextClassificationParameters = Field(default_factory=TextClassificationParameters)
 
 
+# A word to score in place of a mask: a word is short, and each is tokenised once per request.
+Target = Annotated[str, StringConstraints(min_length=1, max_length=100, strict=True)]
+
+
 class FillMaskParameters(HubParameters):
     """The Hugging Face fill-mask parameters."""
 
     top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
-    targets: Text | Annotated[list[Text], Field(min_length=1, max_length=2000)] | None = Field(
+    targets: Target | Annotated[list[Target], Field(min_length=1, max_length=2000)] | None = Field(
         default=None, description="Score only these words (each by its first token)."
     )
 
@@ -164,6 +168,23 @@ class FillMaskRequest(TextRequest):
     """Texts with one or more `[MASK]` (or the model's own mask token)."""
 
     top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
+    # The token ids a Hugging Face `targets` parameter allows, found once when the body is read.
+    _target_ids: list[int] | None = PrivateAttr(default=None)
+
+    @property
+    def target_ids(self) -> list[int] | None:
+        """The only candidate tokens, or None for the whole vocabulary."""
+        return self._target_ids
+
+    def restricted_to(self, ids: list[int] | None) -> FillMaskRequest:
+        """This request, its candidates limited to `ids` (None: no limit)."""
+        self._target_ids = ids
+        return self
+
+    @property
+    def per_mask(self) -> int:
+        """Candidates each mask is answered with."""
+        return self.top_k if self._target_ids is None else min(self.top_k, len(self._target_ids))
 
 
 class Candidate(BaseModel):

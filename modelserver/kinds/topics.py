@@ -77,7 +77,10 @@ class TopicsRuntime:
         self._settings = settings
 
     def parse(self, payload: Any) -> TopicsRequest:
-        """Validate one body; every failure is the spec's 405."""
+        """Validate one body; every failure is the spec's 405. A Hugging Face Inference API
+        body (`inputs`, one text, and no `text`) is read as that text, not as an empty document."""
+        if isinstance(payload, dict) and "text" not in payload and isinstance(payload.get("inputs"), str):
+            payload = {**payload, "text": payload["inputs"]}
         request = validate_body(TopicsRequest, payload, "text", SpecValidationFailed)
         if len(request.text) > self._settings.max_chars:
             raise SpecValidationFailed(f"text is longer than {self._settings.max_chars} characters")

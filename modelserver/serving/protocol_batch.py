@@ -8,15 +8,18 @@ its own route would give (a 422 for bad data), never its neighbours.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from modelserver.errors import InvalidInput, ServingError
+from modelserver.errors import InvalidInput, ModelFailure, ServingError
 from modelserver.payload import decode_json_body
 from modelserver.protocols.open_inference import InferRequest, TensorCodec, parse_infer_request
 from modelserver.serving.batch import BatchAnswerer, BatchTimes, Emit, Outcome
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ def _expand(
         except ServingError as error:
             expanded.plans[index] = Outcome.of_error(error)
             continue
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            # A bug in the mapping must cost this request only, never its whole batch.
+            log.error("%s could not map a v2 request: %s", model_name, type(error).__name__)
+            expanded.plans[index] = Outcome.of_error(ModelFailure("the request could not be mapped"))
+            continue
         expanded.plans[index] = plan
         expanded.bodies.extend(own)
         expanded.owner_of.extend([index] * len(own))
@@ -103,7 +111,8 @@ def answer_batch(  # pylint: disable=too-many-arguments,too-many-positional-argu
 
 
 def _response(codec: TensorCodec, model_name: str, plan: _Plan, answers: list[Outcome]) -> Outcome:
-    """The v2 response, or the first failure among the request's own answers."""
+    """The v2 response, or the first failure among the request's own answers; a failure to
+    map the answers is this request's 500."""
     for answer in answers:
         if answer.status != HTTPStatus.OK:
             # The protocol's invalid input is a 422 (/prediction's own spec says 405 for it).
@@ -114,4 +123,12 @@ def _response(codec: TensorCodec, model_name: str, plan: _Plan, answers: list[Ou
             )
             body = {**answer.body, "code": int(status)} if isinstance(answer.body, dict) else answer.body
             return Outcome(int(status), body)
-    return Outcome(200, codec.to_response(model_name, plan.request, [a.body for a in answers], plan.shape))
+    try:
+        return Outcome(
+            200, codec.to_response(model_name, plan.request, [a.body for a in answers], plan.shape)
+        )
+    except ServingError as error:
+        return Outcome.of_error(error)
+    except Exception as error:  # pylint: disable=broad-exception-caught
+        log.error("%s could not map answers to v2 outputs: %s", model_name, type(error).__name__)
+        return Outcome.of_error(ModelFailure("the answers could not be mapped to output tensors"))

@@ -143,3 +143,15 @@ def test_a_hub_text_over_the_cap_fails_alone(sentiment: TextClassificationRuntim
     refused, fine = answer(sentiment, {"inputs": too_long}, {"inputs": "fine"})
     assert isinstance(refused, ServingError) and refused.status == 422
     assert isinstance(fine, list) and isinstance(fine[0], list) and fine[0][0]["label"]
+
+
+def test_targets_count_the_candidates_they_allow_and_are_bounded(fill_mask: FillMaskRuntime) -> None:
+    word = next(w for w in fill_mask.tokenizer.get_vocab() if w.isalpha())
+    many_masks = " ".join(["[MASK]"] * 41)
+    # 41 masks x top_k 50 would be 2,050 candidates; with one target it is 41.
+    request = fill_mask.parse({"inputs": many_masks, "parameters": {"top_k": 50, "targets": [word]}})
+    assert request.target_ids is not None and len(request.target_ids) == 1 and request.per_mask == 1
+    with pytest.raises(InvalidInput, match="candidates"):
+        fill_mask.parse({"inputs": many_masks, "parameters": {"top_k": 50}})
+    with pytest.raises(InvalidInput, match=r"parameters\.targets"):
+        fill_mask.parse({"inputs": "a [MASK]", "parameters": {"targets": ["x" * 101]}})

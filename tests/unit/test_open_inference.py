@@ -3,6 +3,7 @@ launcher's health and metadata pages. The live stack with tritonclient is in tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,36 @@ def test_a_stopping_server_is_not_ready() -> None:
     readiness.set_phase("stopping")
     assert (v2.answer("/v2/health/ready") or (0,))[0] == 503
     assert (v2.answer("/v2/models/crystal_sklearn/ready") or (0,))[0] == 503
+
+
+def test_a_huge_integer_or_too_many_texts_are_422_not_a_crash() -> None:
+    huge = {"name": "crystalData", "shape": [1, 4], "datatype": "FP32", "data": [10**310, 0, 0, 0]}
+    with pytest.raises(InvalidInput, match="finite number"):
+        open_inference.CRYSTAL.to_bodies(parse_infer_request({"inputs": [huge]}))
+    many = parse_infer_request(text_infer(["x"] * (open_inference.TOPICS_MAX_TEXTS + 1)))
+    with pytest.raises(InvalidInput, match="at most 64 elements"):
+        open_inference.TOPICS.to_bodies(many)
+
+
+def test_a_codec_failure_costs_its_request_only(
+    crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, context = crystal_handler(crystal_model_dirs["sklearn"])
+
+    def broken(*_: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(handler, "_codec", dataclasses.replace(open_inference.CRYSTAL, answers=broken))
+    batch = [{"body": crystal_infer(BRIEF_ROWS)}, {"body": {"crystalData": BRIEF_ROWS}}]
+    context.request_headers = {0: V2}
+    bodies = [json.loads(answer) for answer in handler.handle(batch, context)]
+    assert [context.status_of(0), context.status_of(1)] == [500, 200]
+    assert "output tensors" in bodies[0]["error"] and len(bodies[1]["prediction"]) == len(BRIEF_ROWS)
+
+
+def test_a_nan_in_a_json_answer_is_a_500() -> None:
+    from modelserver.errors import ModelFailure  # pylint: disable=import-outside-toplevel
+
+    request = parse_infer_request(text_infer(["a [MASK]"]))
+    with pytest.raises(ModelFailure):
+        open_inference.FILL_MASK.to_response("fill_mask", request, [[[{"score": float("nan")}]]], [1])

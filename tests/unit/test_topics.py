@@ -192,3 +192,10 @@ def test_bodies_that_are_not_json_are_405_here_too(runtime: TopicsRuntime) -> No
     )
     assert [o.status for o in outcomes] == [405, 405, 200, 405, 405, 200]
     assert outcomes[2].body == {"label": "space"}
+
+
+def test_a_hugging_face_body_is_read_as_its_text(runtime: TopicsRuntime) -> None:
+    text = "The goalie stopped the puck in overtime."
+    assert runtime.parse({"inputs": text}).text == text
+    assert runtime.parse({"inputs": text, "text": "other"}).text == "other"
+    assert runtime.parse({"inputs": ["a list is not one text"]}).text == ""
