@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,15 @@ def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         report = export(TINY_TASKS[name], folder.parent, {})
         assert report.passed, (name, report.problems)
     return folders
+
+
+@pytest.fixture(scope="session", name="pipelines")
+def fixture_pipelines(tiny_hf_models: dict[str, Path]) -> dict[str, Any]:
+    """The reference: transformers pipelines on the very tiny folders the runtimes and the stack serve."""
+    from transformers import pipeline  # pylint: disable=import-outside-toplevel
+
+    tasks = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
+    return {
+        name: pipeline(task, model=str(tiny_hf_models[name]), tokenizer=str(tiny_hf_models[name]))
+        for name, task in tasks.items()
+    }

@@ -8,25 +8,13 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from transformers import pipeline
 
 from load_tests.kit.stack import Launcher
 from tests.unit.test_text_models import same_answer
-
-
-@pytest.fixture(scope="module", name="pipelines")
-def fixture_pipelines(tiny_hf_models: dict[str, Path]) -> dict[str, Any]:
-    """The reference: transformers pipelines on the very folders the stack serves."""
-    tasks = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
-    return {
-        name: pipeline(task, model=str(tiny_hf_models[name]), tokenizer=str(tiny_hf_models[name]))
-        for name, task in tasks.items()
-    }
 
 
 def post(stack: Launcher, path: str, body: Any, **kwargs: Any) -> requests.Response:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import pipeline
 
 from modelserver.errors import InvalidInput, ServingError
 from modelserver.kinds import ModelFiles
@@ -53,10 +52,9 @@ def answer(runtime: Any, *bodies: Any) -> list[Any]:
 
 
 def test_fill_mask_in_the_hub_shape_equals_the_pipeline(
-    tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime
+    pipelines: dict[str, Any], fill_mask: FillMaskRuntime
 ) -> None:
-    folder = str(tiny_hf_models["fill_mask"])
-    reference = pipeline("fill-mask", model=folder, tokenizer=folder)
+    reference = pipelines["fill_mask"]
     text = "Hello I'm a [MASK] model."
     hub_one, hub_list, own = answer(
         fill_mask,
@@ -70,10 +68,9 @@ def test_fill_mask_in_the_hub_shape_equals_the_pipeline(
 
 
 def test_fill_mask_targets_restrict_the_candidates_as_the_pipeline_does(
-    tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime
+    pipelines: dict[str, Any], fill_mask: FillMaskRuntime
 ) -> None:
-    folder = str(tiny_hf_models["fill_mask"])
-    reference = pipeline("fill-mask", model=folder, tokenizer=folder)
+    reference = pipelines["fill_mask"]
     text = "Hello I'm a [MASK] model."
     vocabulary = list(fill_mask.tokenizer.get_vocab())
     targets = sorted(word for word in vocabulary if word.isalpha())[:3]
@@ -85,10 +82,9 @@ def test_fill_mask_targets_restrict_the_candidates_as_the_pipeline_does(
 
 
 def test_sentiment_in_the_hub_shape_is_every_label_best_first(
-    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime
+    pipelines: dict[str, Any], sentiment: TextClassificationRuntime
 ) -> None:
-    folder = str(tiny_hf_models["sentiment"])
-    reference = pipeline("text-classification", model=folder, tokenizer=folder)
+    reference = pipelines["sentiment"]
     texts = ["I love this movie, it is great.", "terrible and boring"]
     one, listed, top1, raw, own = answer(
         sentiment,
