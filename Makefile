@@ -3,14 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install browser run archives test lint unit live clean bench soak overload audit scale
+.PHONY: install browser run archives test lint unit live clean bench soak overload audit scale image
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check pip setuptools -c constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
@@ -39,6 +39,14 @@ RUN_DIR ?= run
 scale: install
 	@test -n "$(MODEL)" -a -n "$(WORKERS)" || { echo "usage: make scale MODEL=<name> WORKERS=<n>" >&2; exit 2; }
 	$(PY) -m modelserver.launcher.manage --runtime-dir $(RUN_DIR) scale $(MODEL) $(WORKERS)
+
+## The container image, tagged $(IMAGE) (default modelserver:latest): the pinned Python base, or
+## one built from Debian's packages where no registry answers; a proxy's CA bundle as a build
+## secret; torch from $$TORCH_WHEELS (or pip's find-links folder) where PyTorch's index is out of
+## reach. Unchanged inputs reuse the image. More: IMAGE_ARGS="--build-arg BUILD_MODELS=0 --force".
+IMAGE ?= modelserver:latest
+image: install
+	$(PY) -m modelserver image --tag $(IMAGE) $(IMAGE_ARGS)
 
 ## Build (or reuse) every archive of models.yaml into model_store/.
 archives: install

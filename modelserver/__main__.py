@@ -5,6 +5,7 @@
     python -m modelserver envoy-config [OPTIONS]     # Envoy's config for the launcher's OPTIONS
     python -m modelserver pin-revisions [NAME ...]   # models.yaml: each Hub model's current commit
     python -m modelserver image-digests [FILE ...]   # exit 1 unless every image is @sha256:<digest>
+    python -m modelserver image [OPTIONS]            # build the container image (make image)
 
 Serving is `python -m modelserver.launcher`; building archives `python -m archive_scripts.build_archives`.
 """
@@ -21,6 +22,7 @@ COMMANDS = {
     "envoy-config": "modelserver.launcher.envoy_config",
     "pin-revisions": "modelserver.tools.pin_revisions",
     "image-digests": "modelserver.tools.image_digests",
+    "image": "modelserver.tools.image",
 }
 
 

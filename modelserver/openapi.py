@@ -223,9 +223,11 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
         )
         paths[f"/predictions/{name}"] = {"post": operation}
     paths.update(_open_inference_paths(catalogue))
-    requests = {kind.request for kind in KINDS.values()} | {
-        kind.hub_request for kind in KINDS.values() if kind.hub_request
-    } | {open_inference.InferRequest}
+    requests = (
+        {kind.request for kind in KINDS.values()}
+        | {kind.hub_request for kind in KINDS.values() if kind.hub_request}
+        | {open_inference.InferRequest}
+    )
     answers = {kind.answer for kind in KINDS.values()} | {
         kind.hub_answer for kind in KINDS.values() if kind.hub_answer
     }

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelserver.launcher.runtime_folder import find_private_folder
 from modelserver.launcher.torchserve import (
     call_management,
     read_key_file,
@@ -34,6 +35,7 @@ class Management:
     """The management API of the stack whose runtime folder is `runtime_dir`."""
 
     def __init__(self, runtime_dir: Path, timeout_s: float = 180.0) -> None:
+        runtime_dir = find_private_folder(runtime_dir)
         self._runtime_dir = runtime_dir
         folder = runtime_dir / "torchserve"
         try:

@@ -37,6 +37,7 @@ from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_sour
 from modelserver.launcher.open_inference_pages import OpenInferencePages
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path
 from modelserver.openapi import build_openapi
@@ -46,11 +47,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def exclusive(runtime_dir: Path) -> Iterator[None]:
+def exclusive(requested: Path) -> Iterator[Path]:
     """Hold the runtime folder for this launcher; a second one on the same folder is refused.
-    The folder is the launcher's user's alone: it holds TorchServe's keys and Envoy's sockets."""
-    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    runtime_dir.chmod(0o700)
+    The folder is the launcher's user's alone (it holds TorchServe's keys and Envoy's sockets):
+    `requested` if this user owns it, else a private subfolder of it. Yields the folder."""
+    runtime_dir = make_private_folder(requested)
     with (runtime_dir / "launcher.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -58,7 +59,7 @@ def exclusive(runtime_dir: Path) -> Iterator[None]:
             raise ConfigError(
                 f"another launcher is running on {runtime_dir}; stop it or pass --runtime-dir"
             ) from None
-        yield
+        yield runtime_dir
 
 
 # The build CLI the launcher runs as a child process, and the report it writes for it.
@@ -149,6 +150,18 @@ def run_build(settings: LaunchSettings, environ: Mapping[str, str], names: tuple
     return report
 
 
+def unbuilt_reasons(store: Path, absent: set[str]) -> dict[str, str]:
+    """Why each model of `absent` has no archive in `store`: the reason the build that filled
+    the store recorded (an image build skips a Hub model it cannot fetch), else that it was
+    never built."""
+    try:
+        recorded = json.loads((store / BUILD_REPORT).read_text(encoding="utf-8")).get("skipped", {})
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    fallback = "no archive in the model store (served with --no-build): build it with `make archives`"
+    return {name: str(recorded.get(name) or fallback) for name in sorted(absent)}
+
+
 def _alive(process: ManagedProcess | None) -> bool:
     return process is not None and process.alive()
 
@@ -208,10 +221,12 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         }
         if not self._settings.build:
             store = self._settings.model_store
+            archives = {name: archive_path(catalogue.entry(name), store) for name in selected}
+            absent = {name for name, archive in archives.items() if not archive.exists()}
             recorded = {name: recorded_names(catalogue.entry(name), store) for name in selected}
             return Served(
-                archives={name: archive_path(catalogue.entry(name), store) for name in selected},
-                skipped=unselected,
+                archives={name: archive for name, archive in archives.items() if name not in absent},
+                skipped={**unselected, **unbuilt_reasons(store, absent)},
                 names={name: names for name, names in recorded.items() if names},
                 trained_on={
                     name: note
@@ -231,7 +246,10 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
 
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""
-        with exclusive(self._settings.runtime_dir):
+        with exclusive(self._settings.runtime_dir) as runtime_dir:
+            if runtime_dir != self._settings.runtime_dir:
+                log.info("runtime folder: %s (the folder given is not this user's)", runtime_dir)
+                self._settings = self._settings.model_copy(update={"runtime_dir": runtime_dir})
             end_orphans(self._settings.runtime_dir)
             try:
                 self._served = self.build()

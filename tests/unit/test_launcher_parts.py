@@ -366,7 +366,10 @@ def test_a_store_served_as_it_is_routes_by_the_names_its_build_recorded(
     )
     served = Supervisor(settings, {}).build()
     assert served.names == {"crystal_sklearn": ("crystal_sklearn",)}, "only the built archive has a record"
-    assert served.archives["crystal_sklearn"] == built.archive and not served.skipped
+    assert served.archives == {"crystal_sklearn": built.archive}
+    # The others have no archive in the store: skipped, saying so, never handed to TorchServe.
+    assert set(served.skipped) == set(catalogue["models"]) - {"crystal_sklearn"}
+    assert all("no archive in the model store" in reason for reason in served.skipped.values())
     routes = RouteTable(Catalogue.load(settings.catalogue), served.skipped, served.names)
     choices = routes.choices(Catalogue.load(settings.catalogue).routes["/predict"])
     assert "iris-classifier" not in choices and choices["crystal_sklearn"] == "crystal_sklearn"
@@ -450,3 +453,19 @@ def test_a_new_launcher_ends_the_groups_a_dead_one_left_and_nothing_else(tmp_pat
         other.kill()
         other.wait()
         left.stop(timeout_s=2)
+
+
+def test_a_model_the_image_build_skipped_says_why_when_served_as_it_is(tmp_path: Path) -> None:
+    """An image build skips a Hub model it cannot fetch and records why in the store's report;
+    the container (--no-build) repeats that reason instead of waiting for a missing archive."""
+    from modelserver.launcher.supervisor import BUILD_REPORT, unbuilt_reasons  # pylint: disable=import-outside-toplevel
+
+    store = tmp_path / "store"
+    store.mkdir()
+    reason = "cannot fetch bert-base-uncased: the Hub (huggingface.co) is not reachable"
+    (store / BUILD_REPORT).write_text(json.dumps({"skipped": {"fill_mask": reason}}), encoding="utf-8")
+    reasons = unbuilt_reasons(store, {"fill_mask", "camembert"})
+    assert reasons["fill_mask"] == reason
+    assert "no archive in the model store" in reasons["camembert"]
+    (store / BUILD_REPORT).write_text("not json", encoding="utf-8")
+    assert "no archive" in unbuilt_reasons(store, {"fill_mask"})["fill_mask"]
