@@ -14,12 +14,14 @@ of each source per second, never one per request.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,73 @@ ModelStatuses = Callable[[], Mapping[str, str]]  # model -> "ready" or why not
 SCRAPE_DEADLINE_S = 3.0
 # Scrapes within this share one reading (Prometheus scrapes every 15 s or so: none sees a change).
 SHARED_FOR_S = 1.0
+
+
+# The load gauges an autoscaler watches (deploy/k8s/hpa.yaml, through prometheus-adapter):
+# requests in flight on the public listener now, and the mean time the requests answered over
+# the last QUEUE_WINDOW_S waited in TorchServe's queue for a worker.
+IN_FLIGHT = "modelserver_requests_in_flight"
+QUEUE_SECONDS = "modelserver_queue_seconds"
+ENVOY_IN_FLIGHT = ("envoy_http_downstream_rq_active", '{envoy_http_conn_manager_prefix="public"}')
+TS_QUEUE_MICROSECONDS = "ts_queue_latency_microseconds"
+TS_REQUESTS = "ts_inference_requests_total"
+QUEUE_WINDOW_S = 30.0
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def series_total(text: str, name: str, labels: str | None = None) -> float | None:
+    """The sum of a metric's samples in exposition text (those with exactly `labels`, if
+    given), or None when it has none."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and match.group(1) == name and (labels is None or match.group(2) == labels):
+            total, found = total + float(match.group(3)), True
+    return total if found else None
+
+
+@dataclass
+class LoadGauges:
+    """Requests in flight and recent queue time, from the sources' own counters. The queue time
+    is a difference of TorchServe's cumulative counters over a sliding window, so it follows the
+    load within QUEUE_WINDOW_S and falls back to 0 when nothing was answered; a TorchServe
+    restart (counters back to 0) starts the window anew."""
+
+    window_s: float = QUEUE_WINDOW_S
+    clock: Callable[[], float] = time.monotonic
+    _history: deque[tuple[float, float, float]] = field(default_factory=deque)
+
+    def exposition(self, envoy: str | None, torchserve: str | None) -> str:
+        """The two gauges as exposition text (a gauge whose source was not read is left out)."""
+        parts = []
+        if envoy is not None and (active := series_total(envoy, *ENVOY_IN_FLIGHT)) is not None:
+            parts.append(_single(IN_FLIGHT, "Requests in flight on the public port.", active))
+        if torchserve is not None:
+            queued = series_total(torchserve, TS_QUEUE_MICROSECONDS) or 0.0
+            answered = series_total(torchserve, TS_REQUESTS) or 0.0
+            parts.append(
+                _single(
+                    QUEUE_SECONDS,
+                    f"Mean seconds the requests of the last {self.window_s:g} s waited for a worker.",
+                    self._mean_wait(queued, answered),
+                )
+            )
+        return "".join(parts)
+
+    def _mean_wait(self, queued_us: float, answered: float) -> float:
+        now = self.clock()
+        if self._history and (queued_us < self._history[-1][1] or answered < self._history[-1][2]):
+            self._history.clear()  # counters went back: TorchServe restarted
+        self._history.append((now, queued_us, answered))
+        while len(self._history) > 1 and now - self._history[1][0] >= self.window_s:
+            self._history.popleft()
+        _, first_us, first_answered = self._history[0]
+        count = answered - first_answered
+        return (queued_us - first_us) / count / 1e6 if count > 0 else 0.0
+
+
+def _single(name: str, help_text: str, value: float) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name} {value:g}\n"
 
 
 def http_source(url: str, timeout_s: float = SCRAPE_DEADLINE_S) -> Source:
@@ -58,6 +127,7 @@ class MetricsScraper:
 
     sources: Mapping[str, Source]
     model_statuses: ModelStatuses
+    load: LoadGauges = field(default_factory=LoadGauges)
 
     def scrape(self) -> bytes:
         """The whole exposition text. The sources are read in parallel, and whatever has not
@@ -69,6 +139,7 @@ class MetricsScraper:
             statuses = pool.submit(self.model_statuses)
             deadline = time.monotonic() + SCRAPE_DEADLINE_S
             parts: list[str] = []
+            texts: dict[str, str] = {}
             up: dict[str, float] = {}
             for name, future in fetches.items():
                 try:
@@ -78,6 +149,7 @@ class MetricsScraper:
                     up[name] = 0
                     continue
                 up[name] = 1
+                texts[name] = text
                 parts.append(text if text.endswith("\n") or not text else text + "\n")
             try:
                 models = statuses.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -87,6 +159,7 @@ class MetricsScraper:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         ready = {model: float(status == "ready") for model, status in models.items()}
+        parts.append(self.load.exposition(texts.get("envoy"), texts.get("torchserve")))
         parts.append(_gauge("modelserver_scrape_up", "1 if /metrics could read this source.", up, "source"))
         parts.append(
             _gauge(

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
+from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools.serve_closure import requirement_names
 from tests.container.pod import PodSpec, network_namespace_of, probe_once, unique_name, wait_probe
@@ -42,7 +43,7 @@ from tests.live.test_crystal_api import (  # noqa: F401  pylint: disable=unused-
 )
 from tests.live.test_launcher import read_response, send_until_refused
 
-IN_FLIGHT = 16
+STOPPED_IN_FLIGHT = 16
 HEALTHY_WAIT_S = 90  # the HEALTHCHECK runs every 15 s after the container starts
 
 
@@ -153,6 +154,20 @@ def test_the_runtime_holds_no_build_tool(pod: Pod) -> None:
     assert serve <= {name.replace("_", "-") for name in names}, serve - names
 
 
+def test_metrics_carry_the_load_gauges_the_autoscaler_reads(pod: Pod) -> None:
+    for _ in range(5):
+        requests.post(f"{pod.url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+    text = requests.get(f"{pod.url}/metrics", timeout=10).text
+    series = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    # Their inputs (Envoy's active requests, TorchServe's queue counters) and the gauges.
+    assert {
+        "envoy_http_downstream_rq_active",
+        "ts_queue_latency_microseconds",
+        "ts_inference_requests_total",
+    } <= series
+    assert {IN_FLIGHT, QUEUE_SECONDS} <= series
+
+
 def test_the_images_healthcheck_turns_healthy(pod: Pod) -> None:
     deadline = time.monotonic() + HEALTHY_WAIT_S
     while (status := pod.inspect("{{.State.Health.Status}}")) != "healthy" and time.monotonic() < deadline:
@@ -182,7 +197,7 @@ def test_prestop_then_sigterm_with_requests_in_flight_loses_none(pod: Pod) -> No
     assert hook.returncode == 0, hook.stderr
 
     body = json.dumps({"crystalData": BRIEF_ROWS}).encode()
-    in_flight = [half_sent_request(pod.spec.port, body) for _ in range(IN_FLIGHT)]
+    in_flight = [half_sent_request(pod.spec.port, body) for _ in range(STOPPED_IN_FLIGHT)]
     signalled = time.monotonic()
     assert pod.docker_cli("kill", "--signal", "TERM", pod.name).returncode == 0
     time.sleep(0.5)
@@ -193,7 +208,7 @@ def test_prestop_then_sigterm_with_requests_in_flight_loses_none(pod: Pod) -> No
     replies = [read_response(sock) for sock in in_flight]
     for sock in in_flight:
         sock.close()
-    assert [status for status, _ in replies] == [200] * IN_FLIGHT, replies
+    assert [status for status, _ in replies] == [200] * STOPPED_IN_FLIGHT, replies
     assert all(len(answer["prediction"]) == len(BRIEF_ROWS) for _, answer in replies)
 
     waited = pod.docker_cli("wait", pod.name, timeout=grace + 30)

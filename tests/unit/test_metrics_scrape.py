@@ -108,3 +108,54 @@ def test_manage_reports_an_unreachable_api(tmp_path: Path, capsys: pytest.Captur
     (folder / "key_file.json").write_text(json.dumps(keys), encoding="utf-8")
     assert manage.main(["--runtime-dir", str(tmp_path), "describe", "crystal_sklearn"]) == 1
     assert "not reachable" in capsys.readouterr().err
+
+
+def torchserve_counters(queued_us: float, answered: float) -> str:
+    """TorchServe's two cumulative counters the queue gauge reads, over two models."""
+    return "".join(
+        f'{name}{{model_name="{model}",model_version="default",hostname="vm",}} {value / 2}\n'
+        for model in ("crystal_sklearn", "crystal_pytorch")
+        for name, value in (
+            ("ts_queue_latency_microseconds", queued_us),
+            ("ts_inference_requests_total", answered),
+        )
+    )
+
+
+def test_load_gauges_follow_in_flight_requests_and_recent_queue_time() -> None:
+    clock = [100.0]
+    load = metrics.LoadGauges(window_s=30, clock=lambda: clock[0])
+    envoy = (
+        'envoy_http_downstream_rq_active{envoy_http_conn_manager_prefix="public"} 7\n'
+        'envoy_http_downstream_rq_active{envoy_http_conn_manager_prefix="admin"} 99\n'
+    )
+
+    def read(queued_us: float, answered: float) -> dict[str, float]:
+        text = load.exposition(envoy, torchserve_counters(queued_us, answered)).encode()
+        return {name: samples[0][1] for name, samples in families(text).items()}
+
+    assert read(0, 0) == {metrics.IN_FLIGHT: 7, metrics.QUEUE_SECONDS: 0}
+    clock[0] += 10
+    # 100 requests answered, 2 s of queueing among them: 20 ms each.
+    assert read(2_000_000, 100)[metrics.QUEUE_SECONDS] == pytest.approx(0.02)
+    clock[0] += 25
+    # The base is the newest reading at least 30 s old (here still the first): 52 s over 200.
+    assert read(52_000_000, 200)[metrics.QUEUE_SECONDS] == pytest.approx(0.26)
+    clock[0] += 10
+    # Now the second reading is 35 s old and becomes the base: 60 s over the 200 answered since.
+    assert read(62_000_000, 300)[metrics.QUEUE_SECONDS] == pytest.approx(0.3)
+    clock[0] += 60
+    assert read(62_000_000, 300)[metrics.QUEUE_SECONDS] == 0, "nothing answered lately: no wait"
+    clock[0] += 1
+    assert read(1_000_000, 10)[metrics.QUEUE_SECONDS] == 0, "counters went back (restart): a new window"
+    assert metrics.QUEUE_SECONDS not in families(load.exposition(envoy, None).encode())
+    assert metrics.IN_FLIGHT not in families(load.exposition(None, TORCHSERVE_TEXT).encode())
+
+
+def test_the_scrape_carries_the_load_gauges() -> None:
+    scraper = MetricsScraper(
+        sources={"torchserve": lambda: torchserve_counters(0, 0), "envoy": lambda: "envoy_up 1\n"},
+        model_statuses=dict,
+    )
+    found = families(scraper.scrape())
+    assert found[metrics.QUEUE_SECONDS] == [({}, 0.0)]
