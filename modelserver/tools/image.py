@@ -45,6 +45,31 @@ SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/c
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# What makes Debian's own slim images slim, as files in the base: dpkg leaves out documentation,
+# manuals and translations (copyright notices stay), and apt keeps no package caches.
+APT_CLEAN = "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"
+SLIM_CONFIG = {
+    "etc/dpkg/dpkg.cfg.d/slim-excludes": "\n".join(
+        [
+            "path-exclude /usr/share/doc/*",
+            "path-include /usr/share/doc/*/copyright",
+            "path-exclude /usr/share/man/*",
+            "path-exclude /usr/share/info/*",
+            "path-exclude /usr/share/locale/*",
+            "path-include /usr/share/locale/locale.alias",
+            "",
+        ]
+    ),
+    "etc/apt/apt.conf.d/slim-clean": "\n".join(
+        [
+            f'DPkg::Post-Invoke {{ "{APT_CLEAN}"; }};',
+            f'APT::Update::Post-Invoke {{ "{APT_CLEAN}"; }};',
+            'Dir::Cache::pkgcache "";',
+            'Dir::Cache::srcpkgcache "";',
+            "",
+        ]
+    ),
+}
 PULL_TIMEOUT_S = 300
 # Clients from 23.0 on build through the buildx plugin; older ones have BuildKit built in.
 FIRST_CLIENT_WITHOUT_BUILTIN_BUILDKIT = 23
@@ -137,8 +162,25 @@ def image_id(client: str, image: str) -> str:
 
 def debian_base_tag() -> str:
     """The tag of the Debian-built base: its recipe's hash, so a changed recipe builds anew."""
-    recipe = json.dumps([DEBIAN_SUITE, DEBIAN_PACKAGES, "minbase"]).encode()
+    recipe = json.dumps([DEBIAN_SUITE, DEBIAN_PACKAGES, "minbase", SLIM_CONFIG]).encode()
     return f"modelserver-base:{DEBIAN_SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+
+
+def slim_down(root: Path) -> None:
+    """Apply SLIM_CONFIG to a fresh Debian tree: write it, and remove what it would have left
+    out, and the package caches debootstrap filled."""
+    for relative, text in SLIM_CONFIG.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text, encoding="utf-8")
+    for folder in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"):
+        for item in sorted((root / folder).rglob("*"), reverse=True):
+            keep = item.name in {"copyright", "locale.alias"} or item.is_dir()
+            if not keep:
+                item.unlink()
+    for cache in ("var/cache/apt/archives", "var/cache/apt", "var/lib/apt/lists"):
+        for item in (root / cache).glob("*"):
+            if item.is_file():
+                item.unlink()
 
 
 def build_debian_base(client: str, mirror: str) -> str:
@@ -169,10 +211,7 @@ def build_debian_base(client: str, mirror: str) -> str:
         done = run(command, timeout=1800)
         if done.returncode != 0:
             raise ImageError(f"debootstrap failed: {(done.stderr or done.stdout).strip()[-400:]}")
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for item in (root / cache).glob("*"):
-                if item.is_file():
-                    item.unlink()
+        slim_down(root)
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             imported = subprocess.run(
                 [client, "import", "--change", 'CMD ["/bin/bash"]', "-", tag],

@@ -44,6 +44,7 @@ from tests.live.test_crystal_api import (  # noqa: F401  pylint: disable=unused-
 from tests.live.test_launcher import read_response, send_until_refused
 
 STOPPED_IN_FLIGHT = 16
+IMAGE_BUDGET_BYTES = 2_100_000_000  # 1.94 GB with the Debian-built base (docs/deployment.md)
 HEALTHY_WAIT_S = 90  # the HEALTHCHECK runs every 15 s after the container starts
 
 
@@ -141,6 +142,11 @@ def test_hub_models_the_build_could_not_fetch_are_skipped_with_the_reason(pod: P
     assert body["models"]["crystal_sklearn"] == "ready" and body["models"]["crystal_pytorch"] == "ready"
     for name in set(body.get("skipped", [])) & {"fill_mask", "camembert", "sentiment"}:
         assert "cannot fetch" in body["models"][name] or "not selected" in body["models"][name]
+
+
+def test_the_image_stays_under_its_size_budget(pod: Pod, image: str) -> None:
+    size = int(pod.docker_cli("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    assert size <= IMAGE_BUDGET_BYTES, f"{size / 1e9:.2f} GB (docs/deployment.md lists the largest parts)"
 
 
 def test_the_runtime_holds_no_build_tool(pod: Pod) -> None:

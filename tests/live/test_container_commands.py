@@ -1,8 +1,9 @@
 """The image's HEALTHCHECK, run as Docker runs it, against the real stack.
 
-No Docker engine here: the command is read out of the Dockerfile and run with the container's
-environment (PORT, and the venv's python first on PATH), so a broken one-liner, a wrong URL or
-a check that passes when nothing listens fails here rather than in a cluster.
+The command is read out of the Dockerfile and run with the container's environment (PORT, and
+the venv's python first on PATH), so a broken one-liner, a wrong URL or a check that passes when
+nothing listens fails here, in seconds, on a machine without Docker too; tests/container runs
+the image itself and waits for Docker to call it healthy.
 """
 
 from __future__ import annotations
