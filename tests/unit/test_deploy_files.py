@@ -9,7 +9,6 @@ is the repository's config files.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 import shlex
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -31,7 +29,7 @@ from modelserver.launcher.settings import settings_from_command_line
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools import image_digests
 from modelserver.tools.k8s_configmap import CONFIGMAP, SOURCES, read_sources, stale_files
-from modelserver.tools.serve_closure import requirement_names
+from modelserver.tools.serve_closure import closure, requirement_names
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 K8S = PROJECT_ROOT / "deploy" / "k8s"
@@ -577,23 +575,6 @@ def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
     return entries
 
 
-def installed_closure(names: list[str]) -> set[str]:
-    """The distributions `names` pull in, as installed here (the venv that runs the tests holds
-    the same pins as the image: constraints.txt), markers evaluated for this Python."""
-    seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in importlib.metadata.requires(name) or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return seen
-
-
 @pytest.mark.parametrize("lock", [IMAGE_LOCK, DEPLOY_LOCK], ids=lambda p: p.name)
 def test_a_lock_pins_constraints_exactly_with_hashes(lock: Path) -> None:
     """Every entry has a sha256 and the version constraints.txt pins (a local label such as
@@ -612,7 +593,7 @@ def test_a_lock_pins_constraints_exactly_with_hashes(lock: Path) -> None:
 def test_the_image_lock_is_the_whole_runtime_and_torch_is_the_cpu_build() -> None:
     entries = locked(IMAGE_LOCK)
     runtime = requirement_names(PROJECT_ROOT / "requirements.txt")  # with requirements-serve.txt
-    assert set(entries) == installed_closure(runtime), "make lock: the lock must hold what the image needs"
+    assert set(entries) == closure(runtime), "make lock: the lock must hold what the image needs"
     assert entries["torch"][0] == "2.13.0+cpu", "PyPI's torch==2.13.0 is the CUDA build"
 
 
