@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from modelserver.launcher.settings import LOG_FILE_BYTES, LOG_FILES_KEPT
@@ -71,9 +71,12 @@ class RotatingLog:
         self.problem: str | None = None
 
     def write(self, data: bytes) -> None:
-        """Append `data`, rotating first if it would not fit."""
+        """Append `data`, rotating first if it would not fit. More than a whole file's worth
+        (one read of a busy child's pipe can be) is written in pieces cut at line ends, so no
+        file ever grows past the limit."""
         with self._lock:
-            self._write(data)
+            for piece in line_pieces(data, self._max_bytes):
+                self._write(piece)
 
     def retry(self) -> None:
         """After a failed write: try again with a line saying how much output was lost. A
@@ -125,6 +128,16 @@ class RotatingLog:
         """Close the file (a later write opens it again)."""
         with self._lock:
             self._close()
+
+
+def line_pieces(data: bytes, limit: int) -> Iterator[bytes]:
+    """`data` in pieces of at most `limit` bytes, each ending at a line end where one fits."""
+    while len(data) > limit:
+        cut = data.rfind(b"\n", 0, limit) + 1 or limit
+        yield data[:cut]
+        data = data[cut:]
+    if data:
+        yield data
 
 
 class ChildLogs:

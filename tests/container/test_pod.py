@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import requests
@@ -43,6 +43,9 @@ from tests.live.test_crystal_api import (  # noqa: F401  pylint: disable=unused-
 )
 from tests.live.test_launcher import read_response, send_until_refused
 
+# What the run measured (start-up, stop, image size), for the record: not asserted beyond the
+# manifest's own budgets.
+ARTIFACT = PROJECT_ROOT / "test-artifacts" / "container" / "pod.json"
 STOPPED_IN_FLIGHT = 16
 IMAGE_BUDGET_BYTES = 2_100_000_000  # 1.94 GB with the Debian-built base (docs/deployment.md)
 HEALTHY_WAIT_S = 90  # the HEALTHCHECK runs every 15 s after the container starts
@@ -56,6 +59,7 @@ class Pod:
     docker: str
     name: str
     startup_s: float = 0.0
+    measured: dict[str, float | int | str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -98,6 +102,9 @@ def pod_fixture(docker: str, image: str, tmp_path_factory: pytest.TempPathFactor
                 pytest.fail(f"the startup probe never passed:\n{pod.logs()[-4000:]}", pytrace=False)
             yield pod
     finally:
+        pod.measured.update(startup_s=round(pod.startup_s, 2), image=image)
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        ARTIFACT.write_text(json.dumps(pod.measured, indent=2) + "\n", encoding="utf-8")
         pod.docker_cli("rm", "--force", pod.name)
         spec.release(folder)
 
@@ -146,6 +153,7 @@ def test_hub_models_the_build_could_not_fetch_are_skipped_with_the_reason(pod: P
 
 def test_the_image_stays_under_its_size_budget(pod: Pod, image: str) -> None:
     size = int(pod.docker_cli("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    pod.measured["image_bytes"] = size
     assert size <= IMAGE_BUDGET_BYTES, f"{size / 1e9:.2f} GB (docs/deployment.md lists the largest parts)"
 
 
@@ -219,6 +227,7 @@ def test_prestop_then_sigterm_with_requests_in_flight_loses_none(pod: Pod) -> No
 
     waited = pod.docker_cli("wait", pod.name, timeout=grace + 30)
     stopped_after = time.monotonic() - signalled
+    pod.measured.update(stop_after_sigterm_s=round(stopped_after, 2), grace_period_s=grace)
     traffic.join(timeout=60)
     logs = pod.logs()
     assert waited.stdout.strip() == "0", logs[-4000:]

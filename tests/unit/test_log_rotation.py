@@ -231,3 +231,20 @@ def test_the_serving_loop_survives_a_full_disk_and_reports_not_ready(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert any("writable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_write_larger_than_a_file_is_split_at_line_ends(tmp_path: Path) -> None:
+    """One read of a busy child's pipe can hold more than a whole file (64 KiB): no file may
+    grow past the limit all the same, and no line is split while a line end fits."""
+    sink = processes.RotatingLog(tmp_path / "out", max_bytes=1000, kept=100)
+    data = b"".join(f"line {i:05d}\n".encode() for i in range(500))  # 5,500 bytes in one write
+    sink.write(data)
+    files = _files(tmp_path, "out")
+    assert all(size <= 1000 for size in files.values()), files
+    pieces = [
+        (tmp_path / name).read_bytes()
+        for name in sorted(files, key=lambda n: -int(n.split(".")[-1]) if "." in n else 0)
+    ]
+    assert all(piece.endswith(b"\n") for piece in pieces)
+    assert b"".join(pieces) == data
+    assert list(processes.line_pieces(b"x" * 25, 10)) == [b"x" * 10, b"x" * 10, b"x" * 5]
