@@ -4,14 +4,15 @@ read it, so it must be a folder that user owns, mode 0700.
 Given a folder the user owns (`run/`, a path of its own), that folder is used. Given one it
 cannot own, such as a Kubernetes emptyDir (root's, group fsGroup, mode 2777: the pod's user can
 write in it but not chmod it), the launcher keeps its state in a private subfolder it creates
-there, named after its uid.
+there, named after its uid. That subfolder is checked and made private through a handle
+that never follows a link; a volume shared with other users' processes (none in a pod) could
+still rename it afterwards, so give the launcher a volume of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from pathlib import Path
 
 from modelserver.errors import ConfigError
@@ -39,13 +40,19 @@ def make_private_folder(requested: Path) -> Path:
     own = private_subfolder(requested)
     with contextlib.suppress(FileExistsError):
         own.mkdir(mode=0o700)
-    info = own.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise ConfigError(
-            f"{own} is not a folder of this user (uid {os.geteuid()}): "
-            "remove it or pass another --runtime-dir"
-        )
-    own.chmod(0o700)  # also clears the setgid bit it inherits from an fsGroup volume
+    refused = ConfigError(
+        f"{own} is not a folder of this user (uid {os.geteuid()}): remove it or pass another --runtime-dir"
+    )
+    try:
+        handle = os.open(own, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # a link, or not a folder
+        raise refused from None
+    try:
+        if os.fstat(handle).st_uid != os.geteuid():
+            raise refused
+        os.fchmod(handle, 0o700)  # also clears the setgid bit it inherits from an fsGroup volume
+    finally:
+        os.close(handle)
     return own
 
 

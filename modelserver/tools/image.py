@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,12 @@ SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/c
 # What the air-gapped base holds: the Debian release of the official image, and Python with venv.
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+DEBIAN_VARIANT = "minbase"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Predefined build arguments Docker hands to RUN steps without keeping them in the image.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+STORE_REPORT = "/app/model_store/build-report.json"  # the Dockerfile's archive build writes it
 # What makes Debian's own slim images slim, as files in the base: dpkg leaves out documentation,
 # manuals and translations (copyright notices stay), and apt keeps no package caches.
 APT_CLEAN = "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"
@@ -90,7 +96,8 @@ class ImageOptions:
     torch_index_url: str | None = None  # None: the Dockerfile's default (or none with wheels)
     build_args: tuple[str, ...] = ()
     debian_mirror: str = DEBIAN_MIRROR
-    force: bool = False
+    debian_security_mirror: str = DEBIAN_SECURITY_MIRROR
+    force: bool = False  # build even when the inputs did not change, and fetch the models anew
 
 
 @dataclass
@@ -131,6 +138,14 @@ def docker_client() -> str:
     raise ImageError(f"no docker client that builds with BuildKit (tried {', '.join(tried)}): install buildx")
 
 
+def build_command(client: str) -> list[str]:
+    """`docker build` as this client runs it with BuildKit: through buildx, loading the result
+    into the engine (a buildx builder of its own would otherwise keep it), or its own."""
+    if run([client, "buildx", "version"]).returncode == 0:
+        return [client, "buildx", "build", "--load"]
+    return [client, "build"]
+
+
 def engine_problem(client: str) -> str | None:
     """Why the Docker engine cannot be used, or None when it answers."""
     answer = run([client, "info", "--format", "{{.ServerVersion}}"], timeout=30)
@@ -160,10 +175,24 @@ def image_id(client: str, image: str) -> str:
     return run([client, "image", "inspect", "--format", "{{.Id}}", image]).stdout.strip()
 
 
-def debian_base_tag() -> str:
-    """The tag of the Debian-built base: its recipe's hash, so a changed recipe builds anew."""
-    recipe = json.dumps([DEBIAN_SUITE, DEBIAN_PACKAGES, "minbase", SLIM_CONFIG]).encode()
-    return f"modelserver-base:{DEBIAN_SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+def debian_base_tag(now: float | None = None) -> str:
+    """The tag of the Debian-built base: its recipe's hash (a changed recipe builds anew) and
+    the ISO week, so a kept base is rebuilt with the week's security updates."""
+    recipe = json.dumps([DEBIAN_SUITE, DEBIAN_PACKAGES, DEBIAN_VARIANT, SLIM_CONFIG]).encode()
+    week = time.strftime("%G.%V", time.gmtime(now))
+    return f"modelserver-base:{DEBIAN_SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}-{week}"
+
+
+def apt_sources(mirror: str, security_mirror: str) -> str:
+    """The base's apt sources: the release, its updates and its security updates."""
+    return "".join(
+        f"deb {url} {suite} main\n"
+        for url, suite in (
+            (mirror, DEBIAN_SUITE),
+            (mirror, f"{DEBIAN_SUITE}-updates"),
+            (security_mirror, f"{DEBIAN_SUITE}-security"),
+        )
+    )
 
 
 def slim_down(root: Path) -> None:
@@ -183,7 +212,7 @@ def slim_down(root: Path) -> None:
                 item.unlink()
 
 
-def build_debian_base(client: str, mirror: str) -> str:
+def build_debian_base(client: str, mirror: str, security_mirror: str) -> str:
     """A base image with Debian's Python, from Debian's packages alone (debootstrap, then `docker
     import`): for machines that reach Debian's archive but no image registry. Kept once built."""
     tag = debian_base_tag()
@@ -202,7 +231,7 @@ def build_debian_base(client: str, mirror: str) -> str:
         root = Path(folder) / "root"
         command = [
             debootstrap,
-            "--variant=minbase",
+            f"--variant={DEBIAN_VARIANT}",
             f"--include={','.join(DEBIAN_PACKAGES)}",
             DEBIAN_SUITE,
             str(root),
@@ -211,6 +240,18 @@ def build_debian_base(client: str, mirror: str) -> str:
         done = run(command, timeout=1800)
         if done.returncode != 0:
             raise ImageError(f"debootstrap failed: {(done.stderr or done.stdout).strip()[-400:]}")
+        # debootstrap knows the release alone: add its updates and security suites, and apply them.
+        (root / "etc/apt/sources.list").write_text(apt_sources(mirror, security_mirror), encoding="utf-8")
+        for step in (["apt-get", "update", "-qq"], ["apt-get", "upgrade", "-y", "-qq"]):
+            done = run(
+                ["chroot", str(root), *step],
+                timeout=1800,
+                env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            )
+            if done.returncode != 0:
+                raise ImageError(
+                    f"{' '.join(step)} in the base failed: {(done.stderr or done.stdout).strip()[-400:]}"
+                )
         slim_down(root)
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             imported = subprocess.run(
@@ -233,26 +274,35 @@ def choose_base(client: str, options: ImageOptions, notes: list[str]) -> str:
     default = dockerfile_default_base()
     if image_labels(client, default) is not None:
         return default
-    pulled = run([client, "pull", "--quiet", default], timeout=PULL_TIMEOUT_S)
-    if pulled.returncode == 0:
-        return default
-    reason = (pulled.stderr or pulled.stdout).strip().splitlines()[-1:] or ["no answer"]
+    try:
+        pulled = run([client, "pull", "--quiet", default], timeout=PULL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        reason = [f"no answer within {PULL_TIMEOUT_S} s"]
+    else:
+        if pulled.returncode == 0:
+            return default
+        reason = (pulled.stderr or pulled.stdout).strip().splitlines()[-1:] or ["no answer"]
     notes.append(
         f"{default.split('@')[0]} cannot be pulled here ({reason[0][:160]}): built on a base "
         f"from Debian's packages ({DEBIAN_SUITE}, debootstrap) instead"
     )
     log.warning("%s", notes[-1])
-    return build_debian_base(client, options.debian_mirror)
+    return build_debian_base(client, options.debian_mirror, options.debian_security_mirror)
 
 
 def link_torch_wheels(source: Path | None) -> list[Path]:
     """Put the torch wheels of `source` into image-wheels/ (hard links where the disk allows);
-    clear wheels an earlier build left. Returns the wheels now there."""
+    clear wheels an earlier build left. Returns the wheels now there; a `source` without a
+    torch wheel is an error, never a quiet fall-back to the index."""
+    if source is not None and source.resolve() == WHEEL_FOLDER.resolve():
+        return sorted(WHEEL_FOLDER.glob("torch-*.whl"))
     for stale in WHEEL_FOLDER.glob("*.whl"):
         stale.unlink()
     if source is None:
         return []
     wheels = sorted(source.glob("torch-*.whl"))
+    if not wheels:
+        raise ImageError(f"TORCH_WHEELS: {source} holds no torch-*.whl")
     WHEEL_FOLDER.mkdir(exist_ok=True)
     for wheel in wheels:
         target = WHEEL_FOLDER / wheel.name
@@ -354,9 +404,12 @@ def build_image(options: ImageOptions, environ: Mapping[str, str]) -> BuiltImage
     labels = image_labels(client, options.tag)
     if not options.force and labels and labels.get(INPUTS_LABEL) == digest:
         return BuiltImage(options.tag, image_id(client, options.tag), base, reused=True, notes=notes)
-    command = [client, "build", "--tag", options.tag, "--label", f"{INPUTS_LABEL}={digest}"]
+    command = [*build_command(client), "--tag", options.tag, "--label", f"{INPUTS_LABEL}={digest}"]
     for argument in arguments:
         command += ["--build-arg", argument]
+    if options.force:  # a new value re-runs the archive build: Hub models skipped before are tried again
+        command += ["--build-arg", f"ARCHIVES_ATTEMPT={time.time():.0f}"]
+    command += [arg for name in PROXY_VARIABLES if name in environ for arg in ("--build-arg", name)]
     if bundle := ca_bundle(options.ca_bundle, environ):
         command += ["--secret", f"id={CA_SECRET},src={bundle}"]
     if not has_bridge_network(client):
@@ -366,7 +419,24 @@ def build_image(options: ImageOptions, environ: Mapping[str, str]) -> BuiltImage
     done = subprocess.run(command, env={**environ, "DOCKER_BUILDKIT": "1"}, check=False)
     if done.returncode != 0:
         raise ImageError(f"docker build failed (exit {done.returncode}); its output is above")
+    if (image_labels(client, options.tag) or {}).get(INPUTS_LABEL) != digest:
+        raise ImageError(f"the build finished but {options.tag} is not the image it built (not loaded?)")
+    notes += skipped_models(client, options.tag)
     return BuiltImage(options.tag, image_id(client, options.tag), base, reused=False, notes=notes)
+
+
+def skipped_models(client: str, image: str) -> list[str]:
+    """One note per model the image's archive build skipped, with its reason (from the store's
+    build report): a Hub model out of reach at build time is not in the image."""
+    shown = run([client, "run", "--rm", "--network", "none", "--entrypoint", "cat", image, STORE_REPORT])
+    try:
+        skipped = json.loads(shown.stdout).get("skipped", {}) if shown.returncode == 0 else {}
+    except (ValueError, AttributeError):
+        skipped = {}
+    return [
+        f"{name} is not in the image: {reason} (make image IMAGE_ARGS=--force tries again)"
+        for name, reason in sorted(skipped.items())
+    ]
 
 
 def options_from_command_line(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ImageOptions:
@@ -381,7 +451,13 @@ def options_from_command_line(argv: Sequence[str] | None, environ: Mapping[str, 
     parser.add_argument("--torch-index-url", default=environ.get("TORCH_INDEX_URL"))
     parser.add_argument("--build-arg", action="append", default=[], help="NAME=VALUE, passed to docker build")
     parser.add_argument("--debian-mirror", default=environ.get("DEBIAN_MIRROR") or DEBIAN_MIRROR)
-    parser.add_argument("--force", action="store_true", help="build even when the inputs did not change")
+    parser.add_argument(
+        "--debian-security-mirror",
+        default=environ.get("DEBIAN_SECURITY_MIRROR") or DEBIAN_SECURITY_MIRROR,
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="build even when the inputs did not change; fetch models anew"
+    )
     args = parser.parse_args(argv)
     if args.torch_wheels is not None and not args.torch_wheels.is_dir():
         parser.error(f"TORCH_WHEELS: {args.torch_wheels} is not a folder")
@@ -393,6 +469,7 @@ def options_from_command_line(argv: Sequence[str] | None, environ: Mapping[str, 
         torch_index_url=args.torch_index_url,
         build_args=tuple(args.build_arg),
         debian_mirror=args.debian_mirror,
+        debian_security_mirror=args.debian_security_mirror,
         force=args.force,
     )
 
