@@ -67,16 +67,23 @@ RUN python serve_closure.py requirements-serve.txt --build-only > /tmp/build-onl
 FROM venv AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Only what .dockerignore lets through: the package, handlers, archive scripts and configs.
-COPY . .
+# What the archive build reads: the package, the handler, the build CLI and the configs.
+COPY modelserver/ ./modelserver/
+COPY handlers/ ./handlers/
+COPY archive_scripts/ ./archive_scripts/
+COPY proxy/ ./proxy/
+COPY config.properties log4j2.xml models.yaml ./
 
 # BUILD_MODELS=1 bakes the archives of MODELS into /app/model_store. The default list is every
 # catalogue model whose source the build can reach: `topics` trains on data that is not in the
 # repository (TOPICS_TRAIN/TOPICS_TEST), so mount a store holding topics.mar to serve it.
 # MODELS must match the --models of CMD below (a test checks it). A model whose source cannot
 # be had (the Hub out of reach) is skipped; build-report.json in the store keeps the reason.
-# `COPY . .` above makes any source change rebuild this layer: the Hub downloads (gigabytes)
-# go to a BuildKit cache mount, kept between builds and never part of an image layer.
+# Any source change above rebuilds this layer: the Hub downloads (gigabytes) go to a BuildKit
+# cache mount, kept between builds and never part of an image layer. A build whose sources did
+# not change reuses the layer, skipped models included: `make image IMAGE_ARGS=--force` gives
+# ARCHIVES_ATTEMPT a new value, which runs the archive build (and the Hub fetch) again.
+ARG ARCHIVES_ATTEMPT=0
 ARG BUILD_MODELS=1
 ARG MODELS="crystal_sklearn crystal_pytorch fill_mask camembert sentiment"
 RUN --mount=type=cache,target=/root/.cache/huggingface,sharing=locked \
@@ -115,36 +122,35 @@ ENV VIRTUAL_ENV=/opt/venv \
     XDG_CACHE_HOME=/tmp/.cache \
     HF_HOME=/tmp/huggingface \
     HF_HUB_OFFLINE=1 \
-    PORT=8080
+    PORT=8080 \
+    METRICS_PORT=3001
 
 WORKDIR /app
 COPY --from=serve-venv /opt/venv /opt/venv
 # The source stays owned by root: the server cannot modify its own code, configs or models.
 COPY modelserver/ ./modelserver/
 COPY handlers/ ./handlers/
-COPY archive_scripts/ ./archive_scripts/
 COPY proxy/ ./proxy/
 COPY config.properties log4j2.xml models.yaml ./
 COPY --from=builder /app/model_store/ ./model_store/
 # Bytecode compiled now, since the running container cannot write it; /app/run is the one
 # writable folder under /app (TorchServe logs, keys and temp files, Envoy's config and socket).
-RUN python -m compileall -q modelserver handlers archive_scripts \
+RUN python -m compileall -q modelserver handlers \
     && mkdir -p /app/run \
     && chown 10001:10001 /app/run
 
 USER 10001:10001
 
-# The launcher listens on $PORT (Envoy, the only public listener); everything else is loopback.
-EXPOSE 8080
+# Envoy listens on $PORT (the API) and $METRICS_PORT (GET /metrics); everything else is loopback.
+EXPOSE 8080 3001
 STOPSIGNAL SIGTERM
 
 # /healthcheck answers 200 only when every served model has a ready worker (503 before, and
 # while stopping). Before the models are loaded nothing listens yet: the start period covers the
 # launcher's own startup timeout (180 s). Slim has no curl: python's urllib, which raises (exit
-# 1) on a 503 or a refused connection. Exec form (no shell): the one-liner reads $PORT itself,
-# with the launcher's own default.
+# 1) on a 503 or a refused connection. Exec form (no shell): the one-liner reads $PORT (ENV above).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthcheck' % os.environ.get('PORT', '3000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthcheck' % os.environ['PORT'], timeout=4)"]
 
 # Exactly what `make run` runs, with the runtime folder made explicit. CMD is the model choice
 # for the baked image; a mounted store passes its own (`--no-build --models ...`).

@@ -273,7 +273,7 @@ def floods(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[s
     raise_open_files_limit(IDLE_CONNECTIONS + 512)
     with idle_connections(live.ports.public, IDLE_CONNECTIONS) as idle:
         during_idle = flood_probes(live.url, seconds)
-    with metrics_crowd(live.url, METRICS_CLIENTS, seconds) as crowd:
+    with metrics_crowd(live.metrics_url, METRICS_CLIENTS, seconds) as crowd:
         time.sleep(1.0)  # let the crowd arrive
         during_metrics = flood_probes(live.url, seconds - 2)
     figures = {

@@ -202,17 +202,6 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
                 },
             }
         },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus text: TorchServe's, the handlers' per-model and Envoy's metrics",
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
     }
     for path, route in catalogue.routes.items():
         paths[path] = {"post": _route_operation(route, kind_of)}

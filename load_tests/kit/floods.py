@@ -144,7 +144,7 @@ def _poll_metrics(url: str, until: float, outcome: MetricsFlood, lock: threading
     with requests.Session() as session:
         while time.monotonic() < until:
             try:
-                response = session.get(f"{url}/metrics", timeout=10)
+                response = session.get(url, timeout=10)
             except requests.RequestException as error:
                 with lock:
                     outcome.failures.append(type(error).__name__)
@@ -187,7 +187,7 @@ def _flood_metrics(url: str, clients: int, seconds: float, results: Any) -> None
 
 @contextlib.contextmanager
 def metrics_crowd(url: str, clients: int, seconds: float) -> Iterator[MetricsFlood]:
-    """`clients` keep-alive clients polling `url`/metrics for `seconds`, in a child process (so
+    """`clients` keep-alive clients polling `url` (a /metrics) for `seconds`, in a child process (so
     their threads never hold the prober's interpreter lock: the probes time the server). The
     outcome is filled in when the block ends, after the crowd has left."""
     context = multiprocessing.get_context("fork")

@@ -85,6 +85,11 @@ class Launcher:
         return f"http://127.0.0.1:{self.ports.public}"
 
     @property
+    def metrics_url(self) -> str:
+        """GET /metrics here: the Prometheus port (Envoy), apart from the API."""
+        return f"http://127.0.0.1:{self.ports.prometheus}/metrics"
+
+    @property
     def runtime_dir(self) -> Path:
         """Where the launcher keeps configs, keys and logs."""
         return self.workdir / "run"

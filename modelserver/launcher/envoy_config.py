@@ -39,6 +39,10 @@ from modelserver.serving.headers import HANDLER_ANSWER
 
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
 PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
+# Prometheus text on a port of its own (METRICS_PORT), as Triton, TorchServe and MLServer do:
+# the public port answers /metrics with a 404, so host and traffic figures are never public.
+PROMETHEUS_LISTENER = "prometheus"
+METRICS_ONLY = "this port serves GET /metrics (Prometheus text) only"
 HEALTH_CLUSTER = "health"  # the launcher's own server: health, documents, metrics
 # /metrics goes to the same server through a cluster of its own whose circuit breaker lets
 # METRICS_READERS scrapes through at once and queues a few more; beyond that Envoy answers its
@@ -88,8 +92,8 @@ GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
 # /docs and its Swagger UI files (/docs/swagger-ui.css, ...): one file name with an extension,
 # never a dot segment nor a deeper path.
 DOCS_PATHS = r"docs(/[A-Za-z0-9_-]+(\.[A-Za-z0-9]+)+)?"
-LAUNCHER_PAGES = rf"^/(openapi\.json|{DOCS_PATHS}|metrics)$"
-GET_PAGES = rf"^/(healthcheck|openapi\.json|{DOCS_PATHS}|metrics)$"
+LAUNCHER_PAGES = rf"^/(openapi\.json|{DOCS_PATHS})$"
+GET_PAGES = rf"^/(healthcheck|openapi\.json|{DOCS_PATHS})$"
 # Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
 # Python worker per request (docs/BENCHMARKS.md, "Request headers").
 UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
@@ -293,23 +297,21 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
                 default_source_code={"inline_string": LUA_SOURCE.read_text(encoding="utf-8")},
             ),
         },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": _typed(
-                "envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True
-            ),
-        },
+        ROUTER,
     ]
+
+
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
+}
 
 
 def fixed_routes_before() -> list[dict[str, Any]]:
     """The launcher's pages, ahead of the catalogue's routes."""
     health = {"cluster": HEALTH_CLUSTER, "timeout": "5s"}
-    metrics = {"cluster": METRICS_CLUSTER, "timeout": "5s"}
     return [
         {"match": {"path": "/healthcheck", "headers": _method_is("GET")}, "route": health},
-        # TorchServe's, Envoy's and the launcher's series in one scrape, within METRICS_LIMITS.
-        {"match": {"path": "/metrics", "headers": _method_is("GET")}, "route": metrics},
         # The API's documents, generated from the request models at start, from the launcher.
         {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
         # The Open Inference Protocol's health and metadata, from the launcher's memory.
@@ -381,11 +383,13 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
     }
 
 
-def public_listener(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
-    """The only listener reachable from other machines."""
-    manager = _typed(
+def connection_manager(stat_prefix: str, **config: Any) -> dict[str, Any]:
+    """An HTTP connection manager with the protections every listener reachable from other
+    machines has: timeouts for headers, requests and idle streams, bounded headers, HTTP/1.0
+    served, bounded HTTP/2, and Envoy's own answers as JSON."""
+    return _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        stat_prefix=PUBLIC_LISTENER,
+        stat_prefix=stat_prefix,
         codec_type="AUTO",
         server_name="modelserver",
         # No x-request-id: nothing downstream reads it, and TorchServe's Python worker parses
@@ -411,6 +415,38 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
             "initial_connection_window_size": H2_CONNECTION_WINDOW_BYTES,
         },
         local_reply_config=local_replies(),
+        **config,
+    )
+
+
+def listener(name: str, settings: LaunchSettings, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+    """A listener on the listen address: a connection buffers at most one body, and one that
+    sends nothing within FIRST_BYTES_TIMEOUT_S is closed."""
+    address = {"address": settings.listen_address, "port_value": port}
+    return {
+        "name": name,
+        "address": {"socket_address": address},
+        "per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES,
+        # The HTTP inspector waits for a connection's first bytes (to tell HTTP/1 from HTTP/2):
+        # one that sends none within FIRST_BYTES_TIMEOUT_S is closed.
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": _typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+            }
+        ],
+        "listener_filters_timeout": f"{FIRST_BYTES_TIMEOUT_S}s",
+        "continue_on_listener_filters_timeout": False,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def public_listener(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
+    """The API's listener: every public route."""
+    manager = connection_manager(
+        PUBLIC_LISTENER,
         http_filters=[ACCESS_LOG_PATH_FILTER, *http_filters(routes)],
         route_config={
             "name": PUBLIC_LISTENER,
@@ -431,26 +467,38 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
     )
     # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/tracing.py).
     labels = {GENERIC_PATH: "/predictions/{model}"}
-    manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER, METRICS_CLUSTER))
-    address = {"address": settings.listen_address, "port_value": settings.ports.public}
-    return {
-        "name": PUBLIC_LISTENER,
-        "address": {"socket_address": address},
-        "per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES,
-        # The HTTP inspector waits for a connection's first bytes (to tell HTTP/1 from HTTP/2):
-        # one that sends none within FIRST_BYTES_TIMEOUT_S is closed.
-        "listener_filters": [
-            {
-                "name": "envoy.filters.listener.http_inspector",
-                "typed_config": _typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
-            }
-        ],
-        "listener_filters_timeout": f"{FIRST_BYTES_TIMEOUT_S}s",
-        "continue_on_listener_filters_timeout": False,
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
-    }
+    manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER,))
+    return listener(PUBLIC_LISTENER, settings, settings.ports.public, manager)
+
+
+def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
+    """GET /metrics on METRICS_PORT: TorchServe's, Envoy's and the launcher's series in one
+    scrape, through the `metrics` cluster and its limits (METRICS_LIMITS); anything else is a
+    JSON 404 or 405. Never traced, never in the access log."""
+    routes = [
+        {
+            "match": {"path": "/metrics", "headers": _method_is("GET")},
+            "route": {"cluster": METRICS_CLUSTER, "timeout": "5s"},
+        },
+        {"match": {"path": "/metrics"}, **direct(405, "method not allowed; use GET", allow="GET")},
+        {"match": {"prefix": "/"}, **direct(404, METRICS_ONLY)},
+    ]
+    manager = connection_manager(
+        PROMETHEUS_LISTENER,
+        http_filters=[ROUTER],
+        route_config={
+            "name": PROMETHEUS_LISTENER,
+            "virtual_hosts": [
+                {
+                    "name": PROMETHEUS_LISTENER,
+                    "domains": ["*"],
+                    "request_headers_to_remove": UNREAD_HEADERS,
+                    "routes": routes,
+                }
+            ],
+        },
+    )
+    return listener(PROMETHEUS_LISTENER, settings, settings.ports.prometheus, manager)
 
 
 def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
@@ -461,7 +509,7 @@ def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTa
         "overload_manager": overload_manager(settings),
         **({"layered_runtime": runtime_layers(settings.tracing)} if settings.tracing else {}),
         "static_resources": {
-            "listeners": [public_listener(settings, inference_token, routes)],
+            "listeners": [public_listener(settings, inference_token, routes), prometheus_listener(settings)],
             # One cluster per catalogue model with its admission limits, and the generic one.
             "clusters": [
                 *routes.clusters(settings.ports.inference),

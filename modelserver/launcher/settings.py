@@ -1,5 +1,5 @@
-"""Launcher settings: parsed once from the command line, `PORT` and the OpenTelemetry variables,
-never re-read later."""
+"""Launcher settings: parsed once from the command line, `PORT`, `METRICS_PORT` and the
+OpenTelemetry variables, never re-read later."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ LOG_FILES_KEPT = 3
 
 
 class Ports(BaseModel):
-    """Every TCP port the stack listens on. Only `public` is reachable from other machines."""
+    """Every TCP port the stack listens on. Only `public` (the API) and `prometheus` (GET
+    /metrics) are reachable from other machines."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     public: Port = Field(default=3000, ge=1, le=65535)
+    prometheus: Port = Field(default=3001, ge=1, le=65535)
     inference: Port = 9080
     management: Port = 9081
     metrics: Port = 9082
@@ -79,7 +81,8 @@ LAUNCHER_HELP = (
     "Serve the catalogue's models: TorchServe on loopback, Envoy on the public port "
     "(`PORT`, default 3000, or --port); every other port is loopback-only."
 )
-# Every internal (loopback) port gets a --NAME-port option.
+# Every port but the public one gets a --NAME-port option; these two also read a variable.
+PORT_VARIABLES = {"public": "PORT", "prometheus": "METRICS_PORT"}
 PORT_OPTIONS = tuple(name for name in Ports().model_dump() if name != "public")
 
 
@@ -90,10 +93,19 @@ def settings_from_command_line(
     launcher reads them); every default is `LaunchSettings`'s own."""
     defaults = LaunchSettings()
     parser = argparse.ArgumentParser(prog=prog, description=LAUNCHER_HELP)
-    parser.add_argument("--port", type=int, default=int(environ.get("PORT", defaults.ports.public)))
+
+    def port_default(name: str) -> int:
+        variable = PORT_VARIABLES.get(name)
+        return int(
+            environ.get(variable, getattr(defaults.ports, name))
+            if variable
+            else getattr(defaults.ports, name)
+        )
+
+    parser.add_argument("--port", type=int, default=port_default("public"))
     for name in PORT_OPTIONS:
         parser.add_argument(
-            f"--{name.replace('_', '-')}-port", dest=name, type=int, default=getattr(defaults.ports, name)
+            f"--{name.replace('_', '-')}-port", dest=name, type=int, default=port_default(name)
         )
     parser.add_argument("--listen-address", default=defaults.listen_address)
     parser.add_argument("--catalogue", type=Path, default=defaults.catalogue)

@@ -288,8 +288,17 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         self._envoy.wait_ready()
         self._readiness.set_phase("serving")
         if self._readiness.phase == "serving":
-            log.info("serving on port %d (models: %s)", settings.ports.public, ", ".join(archives))
-            print(f"API ready on http://localhost:{settings.ports.public}  (Ctrl-C to stop)", flush=True)
+            log.info(
+                "serving on port %d, metrics on port %d (models: %s)",
+                settings.ports.public,
+                settings.ports.prometheus,
+                ", ".join(archives),
+            )
+            print(
+                f"API ready on http://localhost:{settings.ports.public}  "
+                f"(metrics: http://localhost:{settings.ports.prometheus}/metrics; Ctrl-C to stop)",
+                flush=True,
+            )
         while not self._wait(0.5):
             self._tend()
         return 0

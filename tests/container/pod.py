@@ -82,9 +82,9 @@ class PodSpec:
 
     @property
     def port(self) -> int:
-        """The container's (only) port."""
-        (port,) = self.container["ports"]
-        return int(port["containerPort"])
+        """The API's port: the one the Service sends clients to."""
+        (service_port,) = documents("service.yaml")["Service"]["spec"]["ports"]
+        return self.named_port(service_port["targetPort"])
 
     def named_port(self, port: int | str) -> int:
         """A probe's port: a number or the name of a container port."""
@@ -120,8 +120,9 @@ class PodSpec:
 
     def docker_run(self, image: str, name: str, folder: Path, own_network: bool) -> list[str]:
         """The `docker run` command line of this pod's container. `own_network`: a network
-        namespace of its own with loopback alone, as a pod has (the test joins it); otherwise
-        the host's network. Either way nothing is reachable from another machine."""
+        namespace of its own with loopback alone, as a pod has (the test joins it; needs root).
+        Otherwise the host's network: the pod's ports (8080, 3001) and its loopback ones
+        (9070-9090) are then the host's, and must be free."""
         container = self.container
         context = container["securityContext"]
         uid, gid = self.user()
@@ -138,8 +139,9 @@ class PodSpec:
         for variable in container.get("env", []):
             command += ["--env", f"{variable['name']}={variable['value']}"]
         limits = container.get("resources", {}).get("limits", {})
-        if "memory" in limits:
-            command += ["--memory", str(quantity_bytes(limits["memory"]))]
+        if "memory" in limits:  # and no swap beyond it, as the kubelet runs a container
+            memory = str(quantity_bytes(limits["memory"]))
+            command += ["--memory", memory, "--memory-swap", memory]
         if "cpu" in limits:
             command += ["--cpus", str(min(cpu_cores(limits["cpu"]), os.cpu_count() or 1))]
         command += ["--stop-timeout", str(self.pod["terminationGracePeriodSeconds"])]

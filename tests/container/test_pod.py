@@ -27,7 +27,7 @@ from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools.serve_closure import requirement_names
-from tests.container.pod import PodSpec, network_namespace_of, probe_once, unique_name, wait_probe
+from tests.container.pod import PodSpec, documents, network_namespace_of, probe_once, unique_name, wait_probe
 
 # The crystal contract, run against the pod (only tests that speak HTTP to the public port).
 from tests.live.test_crystal_api import (  # noqa: F401  pylint: disable=unused-import
@@ -65,6 +65,14 @@ class Pod:
     def url(self) -> str:
         """The public port, as the Service reaches it."""
         return f"http://127.0.0.1:{self.spec.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """GET /metrics on the port Prometheus scrapes (the Deployment's annotation)."""
+        annotations = documents("deployment.yaml")["Deployment"]["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        return f"http://127.0.0.1:{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}"
 
     def docker_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A docker command about this container."""
@@ -168,10 +176,25 @@ def test_the_runtime_holds_no_build_tool(pod: Pod) -> None:
     assert serve <= {name.replace("_", "-") for name in names}, serve - names
 
 
+def gauge(text: str, name: str) -> float:
+    """The value of an unlabelled gauge in Prometheus text."""
+    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
 def test_metrics_carry_the_load_gauges_the_autoscaler_reads(pod: Pod) -> None:
     for _ in range(5):
         requests.post(f"{pod.url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-    text = requests.get(f"{pod.url}/metrics", timeout=10).text
+    assert requests.get(f"{pod.url}/metrics", timeout=10).status_code == 404, "not on the API's port"
+    body = json.dumps({"crystalData": BRIEF_ROWS}).encode()
+    held = [half_sent_request(pod.spec.port, body) for _ in range(6)]
+    try:
+        time.sleep(1.2)  # a new reading: one is shared for a second
+        text = requests.get(pod.metrics_url, timeout=10).text
+        assert gauge(text, IN_FLIGHT) >= len(held), "requests whose bodies are still arriving are in flight"
+    finally:
+        for sock in held:
+            sock.close()
     series = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
     # Their inputs (Envoy's active requests, TorchServe's queue counters) and the gauges.
     assert {
@@ -207,6 +230,7 @@ def test_prestop_then_sigterm_with_requests_in_flight_loses_none(pod: Pod) -> No
     answered: list[int] = []
     traffic = threading.Thread(target=send_until_refused, args=(pod.url, answered))
     traffic.start()
+    terminating = time.monotonic()  # the grace period counts from here: preStop is part of it
     hook = pod.docker_cli("exec", pod.name, *container["lifecycle"]["preStop"]["exec"]["command"])
     assert hook.returncode == 0, hook.stderr
 
@@ -226,12 +250,16 @@ def test_prestop_then_sigterm_with_requests_in_flight_loses_none(pod: Pod) -> No
     assert all(len(answer["prediction"]) == len(BRIEF_ROWS) for _, answer in replies)
 
     waited = pod.docker_cli("wait", pod.name, timeout=grace + 30)
-    stopped_after = time.monotonic() - signalled
-    pod.measured.update(stop_after_sigterm_s=round(stopped_after, 2), grace_period_s=grace)
+    stopped_after, terminated_after = time.monotonic() - signalled, time.monotonic() - terminating
+    pod.measured.update(
+        stop_after_sigterm_s=round(stopped_after, 2),
+        stop_after_prestop_s=round(terminated_after, 2),
+        grace_period_s=grace,
+    )
     traffic.join(timeout=60)
     logs = pod.logs()
     assert waited.stdout.strip() == "0", logs[-4000:]
-    assert stopped_after < grace, f"{stopped_after:.1f} s of a {grace} s grace period"
+    assert terminated_after < grace, f"{terminated_after:.1f} s of a {grace} s grace period"
     assert pod.inspect("{{.State.OOMKilled}}") == "false"
     assert "stopped" in logs and "killing it" not in logs, logs[-4000:]
     served = answered[:-1] if answered and answered[-1] == -1 else answered

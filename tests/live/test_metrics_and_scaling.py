@@ -19,8 +19,9 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(stack: Launcher) -> Series:
-    """Every sample of the public /metrics, parsed as Prometheus does (a malformed line fails)."""
-    response = requests.get(f"{stack.url}/metrics", timeout=10)
+    """Every sample of /metrics on the Prometheus port, parsed as Prometheus does (a malformed
+    line fails)."""
+    response = requests.get(stack.metrics_url, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     return {
@@ -94,9 +95,21 @@ def test_metrics_count_each_models_requests_by_status(stack: Launcher) -> None:
 
 
 def test_metrics_only_answer_get(stack: Launcher) -> None:
-    response = requests.post(f"{stack.url}/metrics", timeout=10)
+    response = requests.post(stack.metrics_url, timeout=10)
     assert response.status_code == 405 and response.headers["allow"] == "GET"
     assert "error" in response.json()
+
+
+def test_metrics_have_a_port_of_their_own(stack: Launcher) -> None:
+    """The API's port answers /metrics with a JSON 404; the Prometheus port serves nothing but
+    /metrics (JSON 404 elsewhere), with Envoy's protections and the API's error shape."""
+    public = requests.get(f"{stack.url}/metrics", timeout=10)
+    assert public.status_code == 404 and public.json()["code"] == 404, public.text
+    base = stack.metrics_url.removesuffix("/metrics")
+    for path in ("/healthcheck", "/sklearn", "/", "/metrics/"):
+        other = requests.get(f"{base}{path}", timeout=10)
+        assert other.status_code == 404 and "GET /metrics" in other.json()["error"], (path, other.text)
+    assert requests.get(stack.metrics_url, timeout=10).text.startswith("# HELP")
 
 
 @pytest.fixture(name="traffic")

@@ -77,8 +77,8 @@ def drive(url: str, expected: object, seconds: float) -> Outcomes:
 
 
 def overflowed(launcher: Launcher) -> float:
-    """Requests Envoy refused for crystal_sklearn's full queue, from the public /metrics."""
-    text = requests.get(f"{launcher.url}/metrics", timeout=10).text
+    """Requests Envoy refused for crystal_sklearn's full queue, from /metrics."""
+    text = requests.get(launcher.metrics_url, timeout=10).text
     for family in text_string_to_metric_families(text):
         if family.name == "envoy_cluster_upstream_rq_pending_overflow":
             for sample in family.samples:

@@ -20,7 +20,7 @@ def test_health_probes_answer_in_time_while_metrics_is_flooded(crystal_stack: La
     def health() -> requests.Response:
         return requests.get(f"{crystal_stack.url}/healthcheck", timeout=2, headers={"Connection": "close"})
 
-    with metrics_crowd(crystal_stack.url, FLOOD_CLIENTS, FLOOD_S) as crowd:
+    with metrics_crowd(crystal_stack.metrics_url, FLOOD_CLIENTS, FLOOD_S) as crowd:
         time.sleep(1.0)  # let the crowd arrive
         probes = probe_for(FLOOD_S - 2, 0.25, health, lambda r: r.status_code == 200)
     print(

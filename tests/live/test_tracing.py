@@ -255,6 +255,6 @@ def test_the_launcher_says_where_spans_go_and_metrics_count_them(
 ) -> None:
     _, port = collector
     assert f"http://127.0.0.1:{port}/v1/traces" in Path(traced.log_file).read_text(encoding="utf-8")
-    scrape = requests.get(f"{traced.url}/metrics", timeout=10).text
+    scrape = requests.get(traced.metrics_url, timeout=10).text
     sent = [line for line in scrape.splitlines() if line.startswith("envoy_tracing_opentelemetry_spans_sent")]
     assert sent and float(sent[0].split()[-1]) > 0, sent

@@ -240,13 +240,19 @@ def test_healthcheck_asks_the_public_port_for_healthcheck() -> None:
 
 
 def test_port_is_one_number_everywhere() -> None:
-    port = int(image_env()["PORT"])
-    assert [i.args for i in final_stage("EXPOSE")] == [str(port)]
+    port, metrics = int(image_env()["PORT"]), int(image_env()["METRICS_PORT"])
+    assert [i.args for i in final_stage("EXPOSE")] == [f"{port} {metrics}"]
     server = container()
-    assert {e["name"]: e["value"] for e in server["env"]}["PORT"] == str(port)
-    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [("http", port)]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["PORT"] == str(port) and env["METRICS_PORT"] == str(metrics)
+    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [
+        ("http", port),
+        ("metrics", metrics),
+    ]
+    settings = settings_from_command_line(effective_args(), env)
+    assert (settings.ports.public, settings.ports.prometheus) == (port, metrics)
     annotations = manifests(K8S)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/port"] == str(metrics)
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
@@ -374,6 +380,21 @@ def test_workflow_tests_builds_and_deploys_main_only() -> None:
     assert any(u.startswith("docker/build-push-action@") for u in uses)
     deploy = jobs["deploy"]
     assert "refs/heads/main" in deploy["if"] and deploy["environment"]["name"]
+    # Only the job that pushes may write packages, and it runs on main alone.
+    writers = [name for name, job in jobs.items() if job.get("permissions", {}).get("packages") == "write"]
+    assert writers == ["image"] and "refs/heads/main" in jobs["image"]["if"]
+    assert workflow["permissions"] == {"contents": "read"}
+
+
+def test_checkouts_leave_no_credentials_behind() -> None:
+    jobs = yaml.safe_load((WORKFLOWS / "ci.yml").read_text(encoding="utf-8"))["jobs"]
+    checkouts = [
+        step
+        for job in jobs.values()
+        for step in job["steps"]
+        if step.get("uses", "").startswith("actions/checkout@")
+    ]
+    assert checkouts and all(step["with"]["persist-credentials"] is False for step in checkouts)
 
 
 # Where an action is pinned: `uses: owner/repo[/path]@<40 hex> # vX.Y.Z` (a local `./` action
@@ -610,27 +631,40 @@ def test_the_image_installs_the_lock_with_require_hashes_only() -> None:
     assert [IMAGE_LOCK.name, "./"] in copies
 
 
-def test_the_autoscaler_scales_on_the_launchers_load_gauges_with_cpu_as_fallback() -> None:
-    """The HPA's Pods metrics are the gauges /metrics exports, each one a rule of the adapter;
-    CPU stays in the list, so a cluster without the adapter still scales."""
+def test_the_load_autoscaling_overlay_scales_on_the_launchers_gauges_and_cpu(tmp_path: Path) -> None:
+    """deploy/k8s scales on CPU alone (an HPA missing a metric never scales down); the overlay
+    replaces the metrics with the gauges /metrics exports, each one a rule of the adapter, and
+    CPU. The merged HPA validates strictly."""
     from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS  # pylint: disable=import-outside-toplevel
 
-    hpa = manifests(K8S)["HorizontalPodAutoscaler"]["spec"]["metrics"]
-    pods = {m["pods"]["metric"]["name"] for m in hpa if m["type"] == "Pods"}
+    base = manifests(K8S)["HorizontalPodAutoscaler"]
+    assert [m["type"] for m in base["spec"]["metrics"]] == ["Resource"]
+    overlay = K8S / "load-autoscaling"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["resources"] == ["../"] and kustomization["patches"] == [{"path": "hpa.yaml"}]
+    patch = yaml.safe_load((overlay / "hpa.yaml").read_text(encoding="utf-8"))
+    assert patch["metadata"]["name"] == base["metadata"]["name"] and set(patch["spec"]) == {"metrics"}
+    metrics = patch["spec"]["metrics"]
+    pods = {m["pods"]["metric"]["name"] for m in metrics if m["type"] == "Pods"}
     assert pods == {IN_FLIGHT, QUEUE_SECONDS}
-    assert [m["resource"]["name"] for m in hpa if m["type"] == "Resource"] == ["cpu"]
-    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text(encoding="utf-8"))
+    assert [m for m in metrics if m["type"] == "Resource"] == base["spec"]["metrics"], "CPU as in the base"
+    merged = {**base, "spec": {**base["spec"], "metrics": metrics}}
+    (tmp_path / "hpa.yaml").write_text(yaml.safe_dump(merged), encoding="utf-8")
+    checked = run_tool("kubernetes-validate", "--strict", tmp_path / "hpa.yaml")
+    assert checked.returncode == 0 and " passed " in checked.stdout, checked.stdout + checked.stderr
+    adapter = yaml.safe_load((overlay / "prometheus-adapter-values.yaml").read_text(encoding="utf-8"))
     rules = adapter["rules"]["custom"]
     assert {rule["name"]["as"] for rule in rules} == pods
     for rule in rules:
         assert rule["name"]["as"] in rule["seriesQuery"]
         assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        assert rule["metricsQuery"].startswith("max by (<<.GroupBy>>)"), "one value per pod"
 
 
-def test_the_network_policy_admits_the_public_port_only() -> None:
+def test_the_network_policy_admits_the_api_and_metrics_ports_only() -> None:
     policy = manifests(K8S)["NetworkPolicy"]["spec"]
     assert policy["podSelector"] == manifests(K8S)["Deployment"]["spec"]["selector"]
     assert policy["policyTypes"] == ["Ingress"]
-    (rule,) = policy["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert [p["name"] for p in container()["ports"]] == ["http"]
+    admitted = [port for rule in policy["ingress"] for port in rule["ports"]]
+    assert admitted == [{"port": name, "protocol": "TCP"} for name in ("http", "metrics")]
+    assert [p["name"] for p in container()["ports"]] == ["http", "metrics"]

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -18,6 +19,8 @@ from modelserver.launcher.envoy_config import (
     METRICS_CLUSTER,
     METRICS_LIMITS,
     METRICS_READERS,
+    PROMETHEUS_LISTENER,
+    PUBLIC_LISTENER,
     envoy_config,
 )
 from modelserver.launcher.health import (
@@ -324,11 +327,16 @@ def test_metrics_has_its_own_envoy_cluster_with_a_circuit_breaker() -> None:
         **clusters[HEALTH_CLUSTER]["load_assignment"],
         "cluster_name": METRICS_CLUSTER,
     }
-    manager = built["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    listeners = {listener["name"]: listener for listener in built["static_resources"]["listeners"]}
+
+    def routes_of(name: str) -> list[dict[str, Any]]:
+        manager = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
+        return manager["route_config"]["virtual_hosts"][0]["routes"]
+
+    # /metrics lives on the Prometheus listener alone; no public route reaches the cluster.
     first_for_metrics = next(
-        r
-        for r in routes
-        if r["match"].get("path") == "/metrics" or "metrics" in str(r["match"].get("safe_regex"))
+        r for r in routes_of(PROMETHEUS_LISTENER) if r["match"].get("path") == "/metrics"
     )
     assert first_for_metrics["route"]["cluster"] == METRICS_CLUSTER
+    assert listeners[PROMETHEUS_LISTENER]["address"]["socket_address"]["port_value"] == 3001
+    assert METRICS_CLUSTER not in str(routes_of(PUBLIC_LISTENER))

@@ -85,9 +85,16 @@ def test_envoy_validation_catches_a_broken_config(tmp_path: Path) -> None:
 def test_every_limit_is_written_once_into_the_envoy_config() -> None:
     settings = LaunchSettings(max_connections=77)
     built = envoy_config(settings, "t", RouteTable(Catalogue.load(), {}))
-    [listener] = built["static_resources"]["listeners"]
+    listener, prometheus = built["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert listener["per_connection_buffer_limit_bytes"] == BODY_LIMIT_BYTES
+    # The Prometheus listener has the public one's protections, from the same functions.
+    scrape = prometheus["filter_chains"][0]["filters"][0]["typed_config"]
+    assert {key: prometheus[key] for key in ("listener_filters", "listener_filters_timeout")} == {
+        key: listener[key] for key in ("listener_filters", "listener_filters_timeout")
+    }
+    for key in ("request_headers_timeout", "request_timeout", "max_request_headers_kb", "local_reply_config"):
+        assert scrape[key] == manager[key], key
     buffer = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.buffer")
     assert buffer["typed_config"]["max_request_bytes"] == BODY_LIMIT_BYTES
     assert "1 MiB" in manager["local_reply_config"]["mappers"][0]["body"]["inline_string"]
@@ -111,6 +118,8 @@ def test_the_rendered_config_command_prints_what_the_launcher_runs() -> None:
             "envoy-config",
             "--port",
             "3456",
+            "--prometheus-port",
+            "3457",
             "--max-connections",
             "99",
         ],
@@ -120,8 +129,11 @@ def test_the_rendered_config_command_prints_what_the_launcher_runs() -> None:
         cwd=PROJECT_ROOT,
     )
     printed = yaml.safe_load(done.stdout)
-    [listener] = printed["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 3456
+    ports = {
+        found["name"]: found["address"]["socket_address"]["port_value"]
+        for found in printed["static_resources"]["listeners"]
+    }
+    assert ports == {"public": 3456, "prometheus": 3457}
     assert (
         printed["overload_manager"]["resource_monitors"][1]["typed_config"][
             "max_active_downstream_connections"
@@ -396,11 +408,11 @@ def test_envoy_gets_the_open_files_its_connection_limit_needs() -> None:
 
 def test_idle_and_silent_connections_are_bounded_under_pressure() -> None:
     config = envoy_config(LaunchSettings(max_connections=500), "token", RouteTable(Catalogue.load(), {}))
-    [listener] = config["static_resources"]["listeners"]
-    assert (
-        listener["listener_filters_timeout"] == "5s"
-        and listener["continue_on_listener_filters_timeout"] is False
-    )
+    for listener in config["static_resources"]["listeners"]:  # the API's and the Prometheus one
+        assert (
+            listener["listener_filters_timeout"] == "5s"
+            and listener["continue_on_listener_filters_timeout"] is False
+        )
     [action] = [a for a in config["overload_manager"]["actions"] if a["name"].endswith("reduce_timeouts")]
     [trigger] = action["triggers"]
     assert trigger["name"].endswith("global_downstream_max_connections")
@@ -469,3 +481,10 @@ def test_a_model_the_image_build_skipped_says_why_when_served_as_it_is(tmp_path:
     assert "no archive in the model store" in reasons["camembert"]
     (store / BUILD_REPORT).write_text("not json", encoding="utf-8")
     assert "no archive" in unbuilt_reasons(store, {"fill_mask"})["fill_mask"]
+
+
+def test_metrics_port_comes_from_its_variable_or_option() -> None:
+    assert settings_from_command_line([], {}).ports.prometheus == 3001
+    assert settings_from_command_line([], {"METRICS_PORT": "9100"}).ports.prometheus == 9100
+    from_option = settings_from_command_line(["--prometheus-port", "9200"], {"METRICS_PORT": "9100"})
+    assert from_option.ports.prometheus == 9200

@@ -15,7 +15,12 @@ from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.envoy import validate
-from modelserver.launcher.envoy_config import envoy_config, render_config
+from modelserver.launcher.envoy_config import (
+    PROMETHEUS_LISTENER,
+    PUBLIC_LISTENER,
+    envoy_config,
+    render_config,
+)
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.launcher.tracing import (
@@ -34,9 +39,9 @@ SAMPLED = f"00-{TRACE_ID}-{SPAN_ID}-01"
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
 
 
-def manager_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The public listener's HttpConnectionManager."""
-    [listener] = config["static_resources"]["listeners"]
+def manager_of(config: dict[str, Any], name: str = PUBLIC_LISTENER) -> dict[str, Any]:
+    """A listener's HttpConnectionManager, the public one's by default."""
+    [listener] = [found for found in config["static_resources"]["listeners"] if found["name"] == name]
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
@@ -221,7 +226,8 @@ def test_on_routes_are_named_know_their_model_and_probes_are_not_traced() -> Non
     # Probes and scrapes (the launcher's pages) are never traced; the model routes are.
     health = route_to(manager, "/healthcheck")
     assert health["tracing"]["random_sampling"] == {"numerator": 0}
-    assert route_to(manager, "/metrics")["tracing"]["client_sampling"] == {"numerator": 0}
+    metrics = manager_of(config_for(ENDPOINT), PROMETHEUS_LISTENER)
+    assert "tracing" not in metrics, "scrapes are never traced"
     assert "tracing" not in sklearn and "tracing" not in generic
     # The Lua filter's metadata on a selecting route is kept.
     predict = [r for r in host["routes"] if r["match"].get("path") == "/predict"]
