@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelserver.launcher.envoy_config import ACCESS_LOG_NAME, PUBLIC_LISTENER, render_config
-from modelserver.launcher.processes import ManagedProcess, raise_open_files_limit, shift_rotated
+from modelserver.launcher.processes import (
+    PRIVATE_UMASK,
+    ManagedProcess,
+    raise_open_files_limit,
+    shift_rotated,
+)
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.unix_http import unix_request
@@ -99,12 +104,15 @@ def allow_open_files(client_connections: int) -> int:
 
 
 def validate(config_file: Path) -> subprocess.CompletedProcess[str]:
-    """Run `envoy --mode validate` on a rendered config."""
+    """Run `envoy --mode validate` on a rendered config. Validating opens the access log, and
+    creates it when it is missing: under the same private umask as Envoy itself, so the log of
+    clients' requests is the launcher's user's alone (0600) from the start."""
     return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(config_file)],
         capture_output=True,
         text=True,
         check=False,
+        umask=PRIVATE_UMASK,
     )
 
 

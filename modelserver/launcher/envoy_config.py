@@ -210,6 +210,8 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
 
 
 NO_ROUTE = "no such route; see the README for the public API"
+NO_TUNNEL = "CONNECT is not served: this is a model server, not a proxy"
+NO_UPGRADE = "this server does not upgrade connections (WebSocket, h2c): send plain HTTP requests"
 
 
 def local_replies() -> dict[str, Any]:
@@ -229,6 +231,17 @@ def local_replies() -> dict[str, Any]:
         if retry_after:
             mapper["headers_to_add"] = [_header("retry-after", retry_after)]
         return mapper
+
+    def details(code_details: str) -> dict[str, Any]:
+        expression = f'response.code_details == "{code_details}"'
+        return {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": _typed(
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+                ),
+            }
+        }
 
     malformed = {
         "extension_filter": {
@@ -258,6 +271,8 @@ def local_replies() -> dict[str, Any]:
                 RETRY_AFTER_S["unreachable"],
             ),
             reply(flags("UT", "SI"), "the model did not answer in time", 504),
+            # An `Upgrade:` request (WebSocket, h2c): Envoy refuses it with its own 403.
+            reply(details("upgrade_failed"), NO_UPGRADE),
             # Requests Envoy refuses before routing (an escaped slash or a backslash in the path,
             # a fragment, an underscore in a header name) come with no sentence of their own.
             reply(malformed, "the request is malformed: its path or headers are not valid HTTP"),
@@ -278,7 +293,7 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
             ),
         },
         {
-            "name": "envoy.filters.http.buffer",
+            "name": BUFFER_FILTER,
             "typed_config": _typed(
                 "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=BODY_LIMIT_BYTES
             ),
@@ -307,10 +322,25 @@ ROUTER = {
 }
 
 
+BUFFER_FILTER = "envoy.filters.http.buffer"
+
+
+def refused_tunnel() -> dict[str, Any]:
+    """CONNECT (a tunnel through a proxy) gets a JSON 405 before the connection closes. The
+    filters that wait for a body are off on this route: a tunnel's body never ends."""
+    skip = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+    return {
+        "match": {"connect_matcher": {}},
+        **direct(405, NO_TUNNEL, allow="GET, POST"),
+        "typed_per_filter_config": {BUFFER_FILTER: skip, BODY_FIELDS_FILTER: skip},
+    }
+
+
 def fixed_routes_before() -> list[dict[str, Any]]:
     """The launcher's pages, ahead of the catalogue's routes."""
     health = {"cluster": HEALTH_CLUSTER, "timeout": "5s"}
     return [
+        refused_tunnel(),
         {"match": {"path": "/healthcheck", "headers": _method_is("GET")}, "route": health},
         # The API's documents, generated from the request models at start, from the launcher.
         {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
@@ -415,6 +445,8 @@ def connection_manager(stat_prefix: str, **config: Any) -> dict[str, Any]:
             "initial_connection_window_size": H2_CONNECTION_WINDOW_BYTES,
         },
         local_reply_config=local_replies(),
+        # CONNECT reaches the routes (which refuse it with a JSON 405) instead of hanging.
+        upgrade_configs=[{"upgrade_type": "CONNECT"}],
         **config,
     )
 
@@ -476,6 +508,7 @@ def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
     scrape, through the `metrics` cluster and its limits (METRICS_LIMITS); anything else is a
     JSON 404 or 405. Never traced, never in the access log."""
     routes = [
+        refused_tunnel(),
         {
             "match": {"path": "/metrics", "headers": _method_is("GET")},
             "route": {"cluster": METRICS_CLUSTER, "timeout": "5s"},

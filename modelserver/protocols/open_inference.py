@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -40,6 +41,19 @@ NUMBER_TYPES = (
     "UINT32",
     "UINT64",
 )
+# What each numeric datatype holds: the largest magnitude of a float type, the bounds of an
+# integer type (whose elements must be whole numbers).
+FLOAT_LIMITS = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": sys.float_info.max}
+INTEGER_BITS = {
+    "INT8": 8,
+    "INT16": 16,
+    "INT32": 32,
+    "INT64": 64,
+    "UINT8": 8,
+    "UINT16": 16,
+    "UINT32": 32,
+    "UINT64": 64,
+}
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BF16", "BYTES",
@@ -113,6 +127,42 @@ def _flat(data: list[Any]) -> list[Any]:
     return flat
 
 
+def integer_bounds(datatype: str) -> tuple[int, int]:
+    """The smallest and largest value of an integer datatype."""
+    bits = INTEGER_BITS[datatype]
+    return (0, 2**bits - 1) if datatype.startswith("U") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def out_of_range(value: float, datatype: str) -> str | None:
+    """Why a finite number cannot be an element of `datatype`, or None when it can."""
+    if datatype in FLOAT_LIMITS:
+        limit = FLOAT_LIMITS[datatype]
+        return None if abs(value) <= limit else f"{value:g} is outside {datatype}'s range (±{limit:g})"
+    if datatype in INTEGER_BITS:
+        if isinstance(value, float) and not value.is_integer():
+            return f"{value:g} is not a whole number, as {datatype} elements must be"
+        low, high = integer_bounds(datatype)
+        return None if low <= value <= high else f"{value:g} is outside {datatype}'s range ({low} to {high})"
+    return None
+
+
+def nested_as_shape(data: list[Any], shape: Sequence[int]) -> bool:
+    """Whether nested data follows the declared shape level by level (flat data always may)."""
+    if not any(isinstance(item, list) for item in data):
+        return True
+
+    def follows(node: Any, dims: Sequence[int]) -> bool:
+        if not dims:
+            return not isinstance(node, list)
+        return (
+            isinstance(node, list)
+            and len(node) == dims[0]
+            and all(follows(child, dims[1:]) for child in node)
+        )
+
+    return follows(data, shape)
+
+
 def tensor_values(tensor: RequestInput, expected: TensorSpec) -> list[Any]:
     """The tensor's values, flat, checked against its shape and the datatype the kind takes."""
     if tensor.parameters and tensor.parameters.get("binary_data_size") is not None:
@@ -132,6 +182,11 @@ def tensor_values(tensor: RequestInput, expected: TensorSpec) -> list[Any]:
             raise InvalidInput(
                 f"input {quoted(tensor.name)} has shape {tensor.shape}; it must be {list(expected.shape)}"
             )
+    if not nested_as_shape(tensor.data, tensor.shape):
+        raise InvalidInput(
+            f"input {quoted(tensor.name)}: its nested data does not follow its shape {tensor.shape} "
+            "(send the values flat, or nested exactly as the shape)"
+        )
     values = _flat(tensor.data)
     if len(values) != math.prod(tensor.shape):
         raise InvalidInput(
@@ -140,8 +195,12 @@ def tensor_values(tensor: RequestInput, expected: TensorSpec) -> list[Any]:
         )
     if expected.datatype == "BYTES" and not all(isinstance(value, str) for value in values):
         raise InvalidInput(f"input {quoted(tensor.name)}: every BYTES element must be a string")
-    if expected.datatype in NUMBER_TYPES and not all(map(_finite_number, values)):
-        raise InvalidInput(f"input {quoted(tensor.name)}: every element must be a finite number")
+    if expected.datatype in NUMBER_TYPES:
+        if not all(map(_finite_number, values)):
+            raise InvalidInput(f"input {quoted(tensor.name)}: every element must be a finite number")
+        for value in values:
+            if problem := out_of_range(value, tensor.datatype):
+                raise InvalidInput(f"input {quoted(tensor.name)}: {problem}")
     return values
 
 

@@ -16,6 +16,7 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, running
+from modelserver.launcher.envoy_config import ACCESS_LOG_NAME
 from modelserver.launcher.torchserve import KEY_FILE, Tokens
 
 
@@ -61,6 +62,7 @@ def test_secrets_and_sockets_are_private_and_nothing_outlives_a_killed_launcher(
         run = live.runtime_dir
         assert mode(run) == 0o700
         assert mode(run / "torchserve" / KEY_FILE) == 0o600
+        assert mode(run / "envoy" / ACCESS_LOG_NAME) == 0o600, "clients' requests are the launcher's alone"
         sockets = [path for path in (run / "envoy").iterdir() if stat.S_ISSOCK(path.stat().st_mode)]
         hot_restart = [path for path in sockets if path.name.startswith("hot_restart")]
         assert hot_restart and all(mode(path) == 0o600 for path in sockets), sockets

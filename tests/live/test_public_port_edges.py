@@ -372,3 +372,39 @@ def test_a_client_that_leaves_mid_stream_holds_no_worker(stack: Launcher) -> Non
         assert b"application/x-ndjson" in received.partition(b"\r\n\r\n")[0]
     check_all_freed(stack, pids)
     check_fill_mask_serves(stack, expected)
+
+
+def raw_exchange(port: int, request: bytes, timeout_s: float = PROMPT_S) -> tuple[int, dict[str, str], Any]:
+    """Send raw bytes, read until the server closes: the status, headers and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("which", ["public", "prometheus"])
+def test_connect_is_a_json_405_before_the_close(stack: Launcher, which: str) -> None:
+    """A tunnel request is answered at once, on either port, never left hanging."""
+    port = getattr(stack.ports, which)
+    request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    started = time.monotonic()
+    status, headers, body = raw_exchange(port, request)
+    assert time.monotonic() - started < 1.0
+    assert status == 405 and headers["allow"] == "GET, POST"
+    assert body == {"code": 405, "error": "CONNECT is not served: this is a model server, not a proxy"}
+
+
+def test_an_upgrade_request_gets_a_sentence(stack: Launcher) -> None:
+    response = requests.post(
+        f"{stack.url}/sklearn",
+        json=CRYSTAL,
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        timeout=PROMPT_S,
+    )
+    assert response.status_code == 403
+    assert "does not upgrade connections" in response.json()["error"], response.text

@@ -488,3 +488,21 @@ def test_metrics_port_comes_from_its_variable_or_option() -> None:
     assert settings_from_command_line([], {"METRICS_PORT": "9100"}).ports.prometheus == 9100
     from_option = settings_from_command_line(["--prometheus-port", "9200"], {"METRICS_PORT": "9100"})
     assert from_option.ports.prometheus == 9200
+
+
+def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
+    """CONNECT reaches a route answering a JSON 405 (the filters that wait for a body are off
+    there), on both listeners; Envoy's 403 for an Upgrade gets a sentence of its own."""
+    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+
+    built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
+    for listener in built["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert manager["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
+        first = manager["route_config"]["virtual_hosts"][0]["routes"][0]
+        assert first["match"] == {"connect_matcher": {}}
+        assert first["direct_response"]["status"] == 405
+        if listener["name"] == config.PUBLIC_LISTENER:
+            assert {config.BUFFER_FILTER, config.BODY_FIELDS_FILTER} <= set(first["typed_per_filter_config"])
+    mappers = config.local_replies()["mappers"]
+    assert any(m["body"]["inline_string"] == config.NO_UPGRADE for m in mappers)

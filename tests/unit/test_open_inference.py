@@ -228,6 +228,64 @@ def test_a_stopping_server_is_not_ready() -> None:
     assert (v2.answer("/v2/models/crystal_sklearn/ready") or (0,))[0] == 503
 
 
+def crystal_tensor(datatype: str, data: list[Any], shape: list[int] | None = None) -> dict[str, Any]:
+    """A crystal infer body with one input tensor."""
+    tensor = {"name": "crystalData", "shape": shape or [1, 4], "datatype": datatype, "data": data}
+    return {"inputs": [tensor]}
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "says"),
+    [
+        ("FP32", [1e39, 0, 0, 0], "outside FP32's range"),
+        ("FP16", [70000.0, 0, 0, 0], "outside FP16's range"),
+        ("INT8", [128, 0, 0, 0], "outside INT8's range (-128 to 127)"),
+        ("UINT8", [-1, 0, 0, 0], "outside UINT8's range (0 to 255)"),
+        ("INT64", [2**63, 0, 0, 0], "outside INT64's range"),
+        ("UINT64", [2**64, 0, 0, 0], "outside UINT64's range"),
+        ("INT32", [1.5, 0, 0, 0], "not a whole number"),
+        ("UINT16", [0.25, 1, 2, 3], "not a whole number"),
+    ],
+)
+def test_each_datatype_holds_only_its_own_values(datatype: str, data: list[Any], says: str) -> None:
+    with pytest.raises(InvalidInput, match="crystalData") as refused:
+        open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
+    assert says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("FP32", [3.4e38, -3.4e38, 0.5, 0]),
+        ("FP16", [65504.0, -65504.0, 0.5, 0]),
+        ("INT8", [-128, 127, 0, 1]),
+        ("UINT8", [0, 255, 1, 2]),
+        ("INT64", [-(2**63), 2**63 - 1, 0, 1]),
+        ("INT32", [2.0, 3, 0, 1]),  # a whole number written as a float is still one
+    ],
+)
+def test_values_at_a_datatypes_limits_are_taken(datatype: str, data: list[Any]) -> None:
+    (body,) = open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
+    assert len(body["crystalData"]) == 1
+
+
+def test_nested_data_must_follow_the_declared_shape() -> None:
+    rows = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]
+    assert (
+        len(
+            open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", rows, [2, 4])))[0][
+                "crystalData"
+            ]
+        )
+        == 2
+    )
+    deeper = [[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.6], [0.7, 0.8]]]  # 8 values, but 3 levels for 2
+    ragged = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7, 0.8]]  # 8 values in rows of 3 and 5
+    for data in (deeper, ragged):
+        with pytest.raises(InvalidInput, match="does not follow its shape"):
+            open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", data, [2, 4])))
+
+
 def test_a_huge_integer_or_too_many_texts_are_422_not_a_crash() -> None:
     huge = {"name": "crystalData", "shape": [1, 4], "datatype": "FP32", "data": [10**310, 0, 0, 0]}
     with pytest.raises(InvalidInput, match="finite number"):
