@@ -129,14 +129,19 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def test_only_the_public_port_listens_beyond_loopback(stack: Launcher) -> None:
+# Envoy's two listeners, on the launcher's listen address; every other port is loopback-only.
+OUTWARD = ("public", "prometheus")
+
+
+def test_only_envoys_ports_listen_beyond_loopback(stack: Launcher) -> None:
     assert stack.process is not None
     sockets = listening(stack.process.pid)
     ports = stack.ports
-    internal = {port for name, port in ports.model_dump().items() if name != "public"}
-    assert internal <= {port for _, port in sockets}
+    internal = {port for name, port in ports.model_dump().items() if name not in OUTWARD}
+    outward = {getattr(ports, name) for name in OUTWARD}
+    assert internal | outward <= {port for _, port in sockets}
     for address, port in sockets:
-        if port != ports.public:
+        if port not in outward:
             assert is_loopback(address), (address, port, sorted(sockets))
 
 
@@ -146,4 +151,4 @@ def test_envoy_admin_is_a_private_unix_socket(stack: Launcher) -> None:
     assert stat.S_IMODE(admin.stat().st_mode) & 0o077 == 0, oct(admin.stat().st_mode)
     [envoy] = [p for p in psutil.Process(stack.process.pid).children(recursive=True) if "envoy" in p.name()]
     tcp = {c.laddr.port for c in envoy.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-    assert tcp == {stack.ports.public}
+    assert tcp == {stack.ports.public, stack.ports.prometheus}, "the API and /metrics; admin on no TCP port"
