@@ -79,8 +79,9 @@ soak: install
 	$(PY) -m load_tests.soak $(SOAK_ARGS)
 
 ## Overload: fill-mask offered 4x what it sustains; excess refused at once, the rest
-## served with a bounded wait, /healthcheck answering; then an idle-connection flood and a
-## /metrics crowd, with probes answered within 1 s (results in load_tests/results/overload).
+## served with a bounded wait, /healthcheck answering; then an idle-connection flood and crowds
+## on /metrics, /openapi.json and /v2/health/ready, with probes answered within 1 s
+## (results in load_tests/results/overload).
 overload: install
 	$(PY) -m load_tests.overload $(OVERLOAD_ARGS)
 

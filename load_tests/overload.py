@@ -9,11 +9,11 @@ served by the real stack with the catalogue's admission limits. First its capaci
 a fixed rate, whatever the answers, in three phases: half the capacity, `factor` times it, and
 half again. Every answer is checked: a correct 200, or a 503 that says the model is at capacity
 with Retry-After; anything else, and any request without an answer in 60 s, is an error.
-/healthcheck is polled throughout and the stack's RSS sampled. Then two hostile crowds, one
-after the other: one client holding 1,100 idle connections (reopening each one closed), and 128
-clients polling /metrics; meanwhile health and model probes, each on a new connection, must be
-answered right within 1 s. A table goes to stdout, the figures to `results.json`; the exit
-status says whether every expectation held.
+/healthcheck is polled throughout and the stack's RSS sampled. Then hostile crowds, one after
+the other: one client holding 1,100 idle connections (reopening each one closed), then 128
+clients polling /metrics, /openapi.json and /v2/health/ready in turn; meanwhile health and model
+probes, each on a new connection, must be answered right within 1 s. A table goes to stdout,
+the figures to `results.json`; the exit status says whether every expectation held.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import uvloop
 from load_tests.bench.scenarios import SCENARIOS
 from load_tests.bench.servers import tree_rss
 from load_tests.bench.timing_model import build_timing_model
-from load_tests.kit.floods import Probes, idle_connections, metrics_crowd, probe_for
+from load_tests.kit.floods import Probes, idle_connections, page_crowd, probe_for
 from load_tests.kit.http import ClientPool, PreparedRequest, Reply, prepare_requests
 from load_tests.kit.routes import answer_failure
 from load_tests.kit.stack import Launcher, running
@@ -52,7 +52,7 @@ from modelserver.project import PROJECT_ROOT
 TIMEOUT_S = 60.0
 SCENARIO = SCENARIOS["fill_mask"]
 IDLE_CONNECTIONS = 1100
-METRICS_CLIENTS = 128
+CROWD_CLIENTS = 128
 PROBE_EVERY_S = 0.25
 PROBE_DEADLINE_S = 1.0
 
@@ -268,42 +268,48 @@ def post_on_new_connection(url: str, body: str) -> requests.Response:
     return requests.post(url, data=body, timeout=2 * PROBE_DEADLINE_S, headers=headers)
 
 
+# The pages a crowd polls in turn: /metrics (its own port), the API's documents, the v2 health page.
+CROWDED_PAGES = ("/metrics", "/openapi.json", "/v2/health/ready")
+
+
 def floods(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
-    """The two hostile crowds in turn, what the probes saw meanwhile, and the verdicts."""
+    """The hostile crowds in turn, what the probes saw meanwhile, and the verdicts."""
     raise_open_files_limit(IDLE_CONNECTIONS + 512)
     with idle_connections(live.ports.public, IDLE_CONNECTIONS) as idle:
         during_idle = flood_probes(live.url, seconds)
-    with metrics_crowd(live.metrics_url, METRICS_CLIENTS, seconds) as crowd:
-        time.sleep(1.0)  # let the crowd arrive
-        during_metrics = flood_probes(live.url, seconds - 2)
-    figures = {
-        "idle_connections": {**vars(idle), **_probe_figures(during_idle)},
-        "metrics_crowd": {
-            "statuses": dict(crowd.statuses),
-            "prometheus_answers": crowd.prometheus_answers,
-            "failures": len(crowd.failures),
-            **_probe_figures(during_metrics),
-        },
-    }
+    figures: dict[str, Any] = {"idle_connections": {**vars(idle), **_probe_figures(during_idle)}}
     checks = [
         (
             f"{IDLE_CONNECTIONS} idle connections: every probe answered within {PROBE_DEADLINE_S:g} s "
             f"({_answered(during_idle)})",
             all(not p.failures and p.total > 0 for p in during_idle.values())
             and idle.held_at_most >= IDLE_CONNECTIONS,
-        ),
-        (
-            # Health only: the crowd's 128 client threads share this machine's cores with the
-            # model, so a model probe's time says more about the client than the server.
-            f"{METRICS_CLIENTS} clients on /metrics: every /healthcheck answered within "
-            f"{PROBE_DEADLINE_S:g} s ({_answered(during_metrics)})",
-            not during_metrics["health"].failures and during_metrics["health"].total > 0,
-        ),
-        (
-            "the /metrics crowd got Prometheus text or JSON 503 with Retry-After, nothing else",
-            not crowd.failures and crowd.prometheus_answers > 0,
-        ),
+        )
     ]
+    for page in CROWDED_PAGES:
+        url = live.metrics_url if page == "/metrics" else f"{live.url}{page}"
+        with page_crowd(url, CROWD_CLIENTS, seconds) as crowd:
+            time.sleep(1.0)  # let the crowd arrive
+            during = flood_probes(live.url, seconds - 2)
+        figures[f"crowd on {page}"] = {
+            "statuses": dict(crowd.statuses),
+            "right_answers": crowd.right_answers,
+            "failures": len(crowd.failures),
+            **_probe_figures(during),
+        }
+        checks += [
+            (
+                # Health only: the crowd's 128 client threads share this machine's cores with the
+                # model, so a model probe's time says more about the client than the server.
+                f"{CROWD_CLIENTS} clients on {page}: every /healthcheck answered within "
+                f"{PROBE_DEADLINE_S:g} s ({_answered(during)})",
+                not during["health"].failures and during["health"].total > 0,
+            ),
+            (
+                f"the {page} crowd got the page or JSON 503 with Retry-After, nothing else",
+                not crowd.failures and crowd.right_answers > 0,
+            ),
+        ]
     return figures, checks
 
 

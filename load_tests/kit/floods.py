@@ -1,5 +1,6 @@
 """Hostile clients, shared by the live tests and `make overload`: one that holds idle
-connections (reopening each one the server closes), a crowd polling /metrics, and the probes
+connections (reopening each one the server closes), a crowd polling one page (/metrics, the
+documents, the v2 health page), and the probes
 other clients keep sending meanwhile, each on a new connection as a kubelet or a load balancer
 does."""
 
@@ -129,18 +130,27 @@ def probe_for(
     return probes
 
 
+# What a right answer of each polled page holds (a crowd's 200 without it is a failure).
+PAGE_MARKS = {
+    "/metrics": "# TYPE modelserver_model_ready gauge",
+    "/openapi.json": '"openapi"',
+    "/docs": "swagger-ui",
+    "/v2/health/ready": '"ready"',
+}
+
+
 @dataclass
-class MetricsFlood:
-    """What the /metrics crowd saw."""
+class PageFlood:
+    """What a crowd polling one page saw."""
 
     statuses: Counter[int] = field(default_factory=Counter)
-    prometheus_answers: int = 0
+    right_answers: int = 0
     refusals_as_json_with_retry_after: int = 0
     failures: list[str] = field(default_factory=list)
 
 
-def _poll_metrics(url: str, until: float, outcome: MetricsFlood, lock: threading.Lock) -> None:
-    """One client: GET /metrics on one keep-alive connection, again and again."""
+def _poll_page(url: str, mark: str, until: float, outcome: PageFlood, lock: threading.Lock) -> None:
+    """One client: GET the page on one keep-alive connection, again and again."""
     with requests.Session() as session:
         while time.monotonic() < until:
             try:
@@ -150,14 +160,14 @@ def _poll_metrics(url: str, until: float, outcome: MetricsFlood, lock: threading
                     outcome.failures.append(type(error).__name__)
                 continue
             with lock:
-                _count(response, outcome)
+                _count(response, mark, outcome)
 
 
-def _count(response: requests.Response, outcome: MetricsFlood) -> None:
-    """A Prometheus answer, a JSON 503 with Retry-After (a refusal), or a failure."""
+def _count(response: requests.Response, mark: str, outcome: PageFlood) -> None:
+    """The page's answer, a JSON 503 with Retry-After (a refusal), or a failure."""
     outcome.statuses[response.status_code] += 1
-    if response.status_code == 200 and "# TYPE modelserver_model_ready gauge" in response.text:
-        outcome.prometheus_answers += 1
+    if response.status_code == 200 and mark in response.text:
+        outcome.right_answers += 1
         return
     if response.status_code == 503:
         try:
@@ -170,12 +180,12 @@ def _count(response: requests.Response, outcome: MetricsFlood) -> None:
     outcome.failures.append(f"HTTP {response.status_code}: {response.text[:80]!r}")
 
 
-def _flood_metrics(url: str, clients: int, seconds: float, results: Any) -> None:
-    outcome = MetricsFlood()
+def _flood_page(url: str, mark: str, clients: int, seconds: float, results: Any) -> None:
+    outcome = PageFlood()
     lock = threading.Lock()
     until = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=_poll_metrics, args=(url, until, outcome, lock), daemon=True)
+        threading.Thread(target=_poll_page, args=(url, mark, until, outcome, lock), daemon=True)
         for _ in range(clients)
     ]
     for thread in threads:
@@ -186,20 +196,21 @@ def _flood_metrics(url: str, clients: int, seconds: float, results: Any) -> None
 
 
 @contextlib.contextmanager
-def metrics_crowd(url: str, clients: int, seconds: float) -> Iterator[MetricsFlood]:
-    """`clients` keep-alive clients polling `url` (a /metrics) for `seconds`, in a child process (so
-    their threads never hold the prober's interpreter lock: the probes time the server). The
-    outcome is filled in when the block ends, after the crowd has left."""
+def page_crowd(url: str, clients: int, seconds: float) -> Iterator[PageFlood]:
+    """`clients` keep-alive clients polling `url` (one of PAGE_MARKS's pages) for `seconds`, in
+    a child process (so their threads never hold the prober's interpreter lock: the probes time
+    the server). The outcome is filled in when the block ends, after the crowd has left."""
+    mark = next(mark for page, mark in PAGE_MARKS.items() if url.endswith(page))
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    process = context.Process(target=_flood_metrics, args=(url, clients, seconds, results), daemon=True)
+    process = context.Process(target=_flood_page, args=(url, mark, clients, seconds, results), daemon=True)
     process.start()
-    outcome = MetricsFlood()
+    outcome = PageFlood()
     try:
         yield outcome
         found = results.get(timeout=seconds + 60)
         outcome.statuses, outcome.failures = found.statuses, found.failures
-        outcome.prometheus_answers = found.prometheus_answers
+        outcome.right_answers = found.right_answers
         outcome.refusals_as_json_with_retry_after = found.refusals_as_json_with_retry_after
     finally:
         process.join(timeout=60)

@@ -43,18 +43,33 @@ PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's sta
 # the public port answers /metrics with a 404, so host and traffic figures are never public.
 PROMETHEUS_LISTENER = "prometheus"
 METRICS_ONLY = "this port serves GET /metrics (Prometheus text) only"
-HEALTH_CLUSTER = "health"  # the launcher's own server: health, documents, metrics
-# /metrics goes to the same server through a cluster of its own whose circuit breaker lets
-# METRICS_READERS scrapes through at once and queues a few more; beyond that Envoy answers its
-# JSON 503 "at capacity" with Retry-After at once, and /healthcheck never queues behind them.
-# The launcher makes /metrics for at most METRICS_READERS requests at once too (loopback callers).
-METRICS_CLUSTER = "metrics"
-METRICS_READERS = 2
-METRICS_LIMITS = {
-    "max_connections": METRICS_READERS,
-    "max_pending_requests": 2,
-    "max_requests": METRICS_READERS + 2,
-    "max_retries": 0,
+HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes this way
+# Every other page of that server goes through a cluster of its own whose circuit breaker lets
+# its readers through at once and queues a few more; beyond that Envoy answers its JSON 503
+# "at capacity" with Retry-After at once, so /healthcheck never queues behind a crowd on one of
+# them. The launcher serves each group for at most that many requests at once too (loopback
+# callers; modelserver/launcher/health.py keeps threads for /healthcheck beyond them all).
+METRICS_CLUSTER = "metrics"  # GET /metrics (the Prometheus listener)
+DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files
+OPEN_INFERENCE_PAGES_CLUSTER = "v2_pages"  # /v2 health and metadata
+METRICS_READERS = DOCUMENT_READERS = OPEN_INFERENCE_READERS = 2
+
+
+def reader_limits(readers: int) -> dict[str, int]:
+    """A page cluster's circuit breaker: `readers` at once, two more waiting, no retries."""
+    return {
+        "max_connections": readers,
+        "max_pending_requests": 2,
+        "max_requests": readers + 2,
+        "max_retries": 0,
+    }
+
+
+METRICS_LIMITS = reader_limits(METRICS_READERS)
+PAGE_CLUSTERS = {
+    METRICS_CLUSTER: METRICS_LIMITS,
+    DOCUMENTS_CLUSTER: reader_limits(DOCUMENT_READERS),
+    OPEN_INFERENCE_PAGES_CLUSTER: reader_limits(OPEN_INFERENCE_READERS),
 }
 BODY_LIMIT_BYTES = 1 << 20  # a request body (413 beyond), and what one connection buffers
 # Envoy's heap: from 90% it returns freed memory to the system, from 95% it refuses new
@@ -343,9 +358,15 @@ def fixed_routes_before() -> list[dict[str, Any]]:
         refused_tunnel(),
         {"match": {"path": "/healthcheck", "headers": _method_is("GET")}, "route": health},
         # The API's documents, generated from the request models at start, from the launcher.
-        {"match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")}, "route": health},
+        {
+            "match": {"safe_regex": {"regex": LAUNCHER_PAGES}, "headers": _method_is("GET")},
+            "route": {"cluster": DOCUMENTS_CLUSTER, "timeout": "5s"},
+        },
         # The Open Inference Protocol's health and metadata, from the launcher's memory.
-        {"match": {"safe_regex": {"regex": V2_PAGES}, "headers": _method_is("GET")}, "route": health},
+        {
+            "match": {"safe_regex": {"regex": V2_PAGES}, "headers": _method_is("GET")},
+            "route": {"cluster": OPEN_INFERENCE_PAGES_CLUSTER, "timeout": "5s"},
+        },
     ]
 
 
@@ -499,7 +520,7 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
     )
     # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/tracing.py).
     labels = {GENERIC_PATH: "/predictions/{model}"}
-    manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER,))
+    manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER, *PAGE_CLUSTERS))
     return listener(PUBLIC_LISTENER, settings, settings.ports.public, manager)
 
 
@@ -547,7 +568,10 @@ def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTa
             "clusters": [
                 *routes.clusters(settings.ports.inference),
                 loopback_cluster(HEALTH_CLUSTER, settings.ports.health),
-                loopback_cluster(METRICS_CLUSTER, settings.ports.health, METRICS_LIMITS),
+                *(
+                    loopback_cluster(name, settings.ports.health, limits)
+                    for name, limits in PAGE_CLUSTERS.items()
+                ),
                 *([collector_cluster(settings.tracing)] if settings.tracing else []),
             ],
         },

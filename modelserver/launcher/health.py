@@ -13,6 +13,7 @@ concurrent readers (`limited`) so `/metrics` never takes every thread from `/hea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -20,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -39,8 +40,10 @@ READ_EVERY_S = 1.0
 STATUS_WAIT_S = 2.5
 STALE_AFTER_S = 5.0
 # The loopback server: handler threads, accepted connections waiting for one, and the socket
-# timeout that keeps a stalled client from holding a thread.
-HANDLER_THREADS = 4
+# timeout that keeps a stalled client from holding a thread. Three groups of pages (/metrics,
+# the documents, the Open Inference pages) may hold 2 threads each (`ReaderLimit`), so 2 are
+# always left for /healthcheck, whatever crowd polls the others.
+HANDLER_THREADS = 8
 WAITING_CONNECTIONS = 32
 CLIENT_TIMEOUT_S = 5.0
 BUSY_RETRY_AFTER_S = 1
@@ -246,20 +249,52 @@ def static_pages(documents: dict[str, Document]) -> Pages:
     return {path: (lambda document=document: document) for path, document in documents.items()}
 
 
-def limited(path: str, page: Page, readers: int) -> Page:
-    """`page` made by at most `readers` requests at once; one more is refused (PageBusy) at
-    once rather than queued, so the page never holds more than `readers` handler threads."""
-    slots = threading.BoundedSemaphore(readers)
+class ReaderLimit:
+    """A group of pages made for at most `readers` requests at once; one more is refused
+    (PageBusy) at once rather than queued, so the group never holds more than `readers`
+    handler threads."""
 
-    def answer() -> Document:
-        if not slots.acquire(blocking=False):  # pylint: disable=consider-using-with  # no wait
-            raise PageBusy(f"{path} is being read by {readers} other requests; retry shortly")
+    def __init__(self, what: str, readers: int) -> None:
+        self._what = what
+        self._readers = readers
+        self._slots = threading.BoundedSemaphore(readers)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the readers' places, or refuse at once."""
+        if not self._slots.acquire(blocking=False):  # pylint: disable=consider-using-with  # no wait
+            raise PageBusy(f"{self._what} is being read by {self._readers} other requests; retry shortly")
         try:
-            return page()
+            yield
         finally:
-            slots.release()
+            self._slots.release()
 
-    return answer
+    def page(self, page: Page) -> Page:
+        """`page`, within this limit."""
+
+        def answer() -> Document:
+            with self.slot():
+                return page()
+
+        return answer
+
+    def pages(self, pages: Pages) -> Pages:
+        """Every page of `pages`, within this one limit (shared by all of them)."""
+        return {path: self.page(page) for path, page in pages.items()}
+
+    def json_pages(self, pages: JsonPages) -> JsonPages:
+        """Paths `pages` answers, within this limit."""
+
+        def answer(path: str) -> tuple[int, dict[str, Any]] | None:
+            with self.slot():
+                return pages(path)
+
+        return answer
+
+
+def limited(path: str, page: Page, readers: int) -> Page:
+    """`page` made by at most `readers` requests at once (a limit of its own)."""
+    return ReaderLimit(path, readers).page(page)
 
 
 class _BoundedHTTPServer(HTTPServer):

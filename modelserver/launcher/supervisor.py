@@ -30,8 +30,16 @@ from modelserver.errors import ConfigError
 from modelserver.kinds.registry import KINDS
 from modelserver.launcher.docs_pages import docs_pages
 from modelserver.launcher.envoy import Envoy
-from modelserver.launcher.envoy_config import METRICS_READERS
-from modelserver.launcher.health import Document, HealthServer, Pages, Readiness, limited, static_pages
+from modelserver.launcher.envoy_config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
+from modelserver.launcher.health import (
+    Document,
+    HealthServer,
+    Pages,
+    ReaderLimit,
+    Readiness,
+    limited,
+    static_pages,
+)
 from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
 from modelserver.launcher.open_inference_pages import OpenInferencePages
@@ -276,7 +284,9 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             settings.ports.health,
             self._readiness,
             self._pages(self._readiness),
-            json_pages=OpenInferencePages(codecs, self._readiness).answer,
+            json_pages=ReaderLimit("the Open Inference pages", OPEN_INFERENCE_READERS).json_pages(
+                OpenInferencePages(codecs, self._readiness).answer
+            ),
         )
         self._health.start()
         torchserve.start()
@@ -434,8 +444,9 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
 
     def _pages(self, readiness: Readiness) -> Pages:
         """What the loopback health server answers besides /healthcheck: the API's documents
-        and /metrics (TorchServe's, Envoy's and the launcher's series in one scrape, shared for
-        about a second, and made for at most METRICS_READERS requests at once)."""
+        (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's, Envoy's and
+        the launcher's series in one scrape, shared for about a second, and made for at most
+        METRICS_READERS requests at once)."""
         scraper = MetricsScraper(
             sources={
                 "torchserve": http_source(f"http://127.0.0.1:{self._settings.ports.metrics}/metrics"),
@@ -444,8 +455,9 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             model_statuses=readiness.statuses,
         )
         shared = CachedScrape(scraper.scrape)
+        documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
         return {
-            **static_pages(api_documents(self._catalogue)),
+            **documents.pages(static_pages(api_documents(self._catalogue))),
             "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
         }
 

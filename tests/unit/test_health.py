@@ -24,8 +24,10 @@ from modelserver.launcher.envoy_config import (
     envoy_config,
 )
 from modelserver.launcher.health import (
+    HANDLER_THREADS,
     HealthServer,
     PageBusy,
+    ReaderLimit,
     Readiness,
     ReadingTiming,
     limited,
@@ -340,3 +342,49 @@ def test_metrics_has_its_own_envoy_cluster_with_a_circuit_breaker() -> None:
     assert first_for_metrics["route"]["cluster"] == METRICS_CLUSTER
     assert listeners[PROMETHEUS_LISTENER]["address"]["socket_address"]["port_value"] == 3001
     assert METRICS_CLUSTER not in str(routes_of(PUBLIC_LISTENER))
+
+
+def test_only_healthcheck_reaches_the_unlimited_cluster() -> None:
+    """The documents and the v2 pages have clusters of their own, each with a circuit breaker;
+    the health cluster serves /healthcheck alone, so no crowd on a page queues a probe."""
+    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+
+    built = envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
+    clusters = {cluster["name"]: cluster for cluster in built["static_resources"]["clusters"]}
+    for name, limits in config.PAGE_CLUSTERS.items():
+        [thresholds] = clusters[name]["circuit_breakers"]["thresholds"]
+        assert {key: thresholds[key] for key in limits} == limits, name
+    [public] = [found for found in built["static_resources"]["listeners"] if found["name"] == PUBLIC_LISTENER]
+    routes = public["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
+    to_health = [r["match"] for r in routes if r.get("route", {}).get("cluster") == HEALTH_CLUSTER]
+    assert to_health == [
+        {"path": "/healthcheck", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}
+    ]
+    clusters_of = {
+        r["route"]["cluster"]
+        for r in routes
+        if "safe_regex" in r["match"] and "cluster" in r.get("route", {})
+    }
+    assert {config.DOCUMENTS_CLUSTER, config.OPEN_INFERENCE_PAGES_CLUSTER} <= clusters_of
+    threads_for_pages = sum(limits["max_connections"] for limits in config.PAGE_CLUSTERS.values())
+    assert HANDLER_THREADS - threads_for_pages >= 2, "threads left for /healthcheck whatever the crowds"
+
+
+def test_a_reader_limit_is_shared_by_its_pages() -> None:
+    limit = ReaderLimit("the documents", 1)
+    gate = threading.Event()
+    pages = limit.pages(
+        {"/a": lambda: (gate.wait(5), ("text/plain", b"a"))[1], "/b": lambda: ("text/plain", b"b")}
+    )
+    reader = threading.Thread(target=pages["/a"])
+    reader.start()
+    time.sleep(0.2)
+    with pytest.raises(PageBusy, match="the documents is being read by 1 other requests"):
+        pages["/b"]()
+    gate.set()
+    reader.join(timeout=5)
+    assert pages["/b"]() == ("text/plain", b"b")
+    json_pages = limit.json_pages(lambda path: (200, {"path": path}))
+    assert json_pages("/v2") == (200, {"path": "/v2"})
