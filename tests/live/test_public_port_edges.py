@@ -374,17 +374,36 @@ def test_a_client_that_leaves_mid_stream_holds_no_worker(stack: Launcher) -> Non
     check_fill_mask_serves(stack, expected)
 
 
-def raw_exchange(port: int, request: bytes, timeout_s: float = PROMPT_S) -> tuple[int, dict[str, str], Any]:
-    """Send raw bytes, read until the server closes: the status, headers and JSON body."""
+@dataclass
+class RawAnswer:
+    """A response read off the socket, how long it took, and whether the server then closed."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+    answered_s: float
+    closed: bool
+
+
+def raw_exchange(port: int, request: bytes, timeout_s: float = PROMPT_S) -> RawAnswer:
+    """Send raw bytes; read one response (its Content-Length body), then wait for the close."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        started = time.monotonic()
         sock.sendall(request)
         data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, json.loads(body)
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536) or b""
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        while len(body) < int(headers["content-length"]):
+            body += sock.recv(65536)
+        answered_s = time.monotonic() - started
+        try:
+            closed = sock.recv(1) == b""
+        except OSError:
+            closed = True
+    return RawAnswer(int(lines[0].split()[1]), headers, json.loads(body), answered_s, closed)
 
 
 @pytest.mark.parametrize("which", ["public", "prometheus"])
@@ -392,11 +411,10 @@ def test_connect_is_a_json_405_before_the_close(stack: Launcher, which: str) -> 
     """A tunnel request is answered at once, on either port, never left hanging."""
     port = getattr(stack.ports, which)
     request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
-    started = time.monotonic()
-    status, headers, body = raw_exchange(port, request)
-    assert time.monotonic() - started < 1.0
-    assert status == 405 and headers["allow"] == "GET, POST"
-    assert body == {"code": 405, "error": "CONNECT is not served: this is a model server, not a proxy"}
+    answer = raw_exchange(port, request)
+    assert answer.answered_s < 1.0 and answer.closed
+    assert answer.status == 405 and answer.headers["allow"] == "GET, POST"
+    assert answer.body == {"code": 405, "error": "CONNECT is not served: this is a model server, not a proxy"}
 
 
 def test_an_upgrade_request_gets_a_sentence(stack: Launcher) -> None:
