@@ -301,6 +301,13 @@ def local_replies() -> dict[str, Any]:
     }
 
 
+BUFFER_FILTER = "envoy.filters.http.buffer"
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
+}
+
+
 def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
     """JSON content type, the body buffered within its limit, the model-picking body field,
     the Lua filter, the router."""
@@ -334,15 +341,6 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
         },
         ROUTER,
     ]
-
-
-ROUTER = {
-    "name": "envoy.filters.http.router",
-    "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
-}
-
-
-BUFFER_FILTER = "envoy.filters.http.buffer"
 
 
 def refused_tunnel() -> dict[str, Any]:

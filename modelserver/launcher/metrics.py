@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from modelserver.launcher.envoy_config import PUBLIC_LISTENER
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +41,10 @@ SHARED_FOR_S = 1.0
 # the last QUEUE_WINDOW_S waited in TorchServe's queue for a worker.
 IN_FLIGHT = "modelserver_requests_in_flight"
 QUEUE_SECONDS = "modelserver_queue_seconds"
-ENVOY_IN_FLIGHT = ("envoy_http_downstream_rq_active", '{envoy_http_conn_manager_prefix="public"}')
+ENVOY_IN_FLIGHT = (
+    "envoy_http_downstream_rq_active",
+    f'{{envoy_http_conn_manager_prefix="{PUBLIC_LISTENER}"}}',
+)
 TS_QUEUE_MICROSECONDS = "ts_queue_latency_microseconds"
 TS_REQUESTS = "ts_inference_requests_total"
 QUEUE_WINDOW_S = 30.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -92,7 +93,8 @@ class ImageOptions:
     tag: str = DEFAULT_TAG
     base: str | None = None  # None: the Dockerfile's default, else a Debian-built one
     torch_wheels: Path | None = None
-    ca_bundle: Path | None = None
+    ca_bundle: Path | None = None  # handed in as the `pip_cert` secret
+    proxy_variables: tuple[str, ...] = ()  # PROXY_VARIABLES set here, passed to the build
     torch_index_url: str | None = None  # None: the Dockerfile's default (or none with wheels)
     build_args: tuple[str, ...] = ()
     debian_mirror: str = DEBIAN_MIRROR
@@ -126,7 +128,7 @@ def docker_client() -> str:
     for client in candidates:
         if not os.access(client, os.X_OK):
             continue
-        if run([client, "buildx", "version"]).returncode == 0:
+        if has_buildx(client):
             return client
         version = run([client, "version", "--format", "{{.Client.Version}}"]).stdout.strip()
         major = re.match(r"(\d+)\.", version)
@@ -138,12 +140,16 @@ def docker_client() -> str:
     raise ImageError(f"no docker client that builds with BuildKit (tried {', '.join(tried)}): install buildx")
 
 
+@functools.cache
+def has_buildx(client: str) -> bool:
+    """Whether this client has the buildx plugin (asked once per client)."""
+    return run([client, "buildx", "version"]).returncode == 0
+
+
 def build_command(client: str) -> list[str]:
     """`docker build` as this client runs it with BuildKit: through buildx, loading the result
     into the engine (a buildx builder of its own would otherwise keep it), or its own."""
-    if run([client, "buildx", "version"]).returncode == 0:
-        return [client, "buildx", "build", "--load"]
-    return [client, "build"]
+    return [client, "buildx", "build", "--load"] if has_buildx(client) else [client, "build"]
 
 
 def engine_problem(client: str) -> str | None:
@@ -409,9 +415,9 @@ def build_image(options: ImageOptions, environ: Mapping[str, str]) -> BuiltImage
         command += ["--build-arg", argument]
     if options.force:  # a new value re-runs the archive build: Hub models skipped before are tried again
         command += ["--build-arg", f"ARCHIVES_ATTEMPT={time.time():.0f}"]
-    command += [arg for name in PROXY_VARIABLES if name in environ for arg in ("--build-arg", name)]
-    if bundle := ca_bundle(options.ca_bundle, environ):
-        command += ["--secret", f"id={CA_SECRET},src={bundle}"]
+    command += [arg for name in options.proxy_variables for arg in ("--build-arg", name)]
+    if options.ca_bundle is not None:
+        command += ["--secret", f"id={CA_SECRET},src={options.ca_bundle}"]
     if not has_bridge_network(client):
         command += ["--network", "host"]
     command.append(str(PROJECT_ROOT))
@@ -465,7 +471,8 @@ def options_from_command_line(argv: Sequence[str] | None, environ: Mapping[str, 
         tag=args.tag,
         base=args.base,
         torch_wheels=args.torch_wheels,
-        ca_bundle=args.ca_bundle,
+        ca_bundle=ca_bundle(args.ca_bundle, environ),
+        proxy_variables=tuple(name for name in PROXY_VARIABLES if name in environ),
         torch_index_url=args.torch_index_url,
         build_args=tuple(args.build_arg),
         debian_mirror=args.debian_mirror,

@@ -161,11 +161,11 @@ class PodSpec:
             options += ["--volume", f"{folder / 'config' / key}:{path}{':ro' if read_only else ''}"]
         return options
 
-    def prepare(self, folder: Path, as_root: bool) -> bool:
+    def prepare(self, folder: Path, as_root: bool) -> None:
         """Lay out the volumes in `folder`: the ConfigMap's files, and each emptyDir as kubelet
         makes it. As root, an emptyDir is a tmpfs mounted here (size = sizeLimit, mode 2777,
         group fsGroup), exactly kubelet's folder; otherwise Docker's own tmpfs with those
-        options. Returns whether the tmpfs mounts were made here."""
+        options (`docker_run` sees which by whether the folder is a mount point)."""
         config = folder / "config"
         config.mkdir(parents=True)
         for key, _path, _read_only in self.config_files():
@@ -174,7 +174,7 @@ class PodSpec:
         config.chmod(0o755)
         folder.chmod(0o755)
         if not as_root:
-            return False
+            return
         for volume, settings in self.empty_dirs().items():
             target = folder / volume
             target.mkdir()
@@ -182,7 +182,6 @@ class PodSpec:
             if "sizeLimit" in settings:
                 options += f",size={quantity_bytes(settings['sizeLimit'])}"
             subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True)
-        return True
 
     def release(self, folder: Path) -> None:
         """Unmount the tmpfs volumes `prepare` mounted."""

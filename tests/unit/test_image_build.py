@@ -69,8 +69,12 @@ def test_the_ca_bundle_is_the_option_else_pip_cert_else_the_systems(tmp_path: Pa
 
 
 def test_options_read_image_and_base_from_the_environment(tmp_path: Path) -> None:
-    options = image.options_from_command_line([], {"IMAGE": "me/server:1", "BASE_IMAGE": "debian:12"})
+    bundle = tmp_path / "proxy.pem"
+    bundle.write_text("x", encoding="utf-8")
+    environ = {"IMAGE": "me/server:1", "BASE_IMAGE": "debian:12", "PIP_CERT": str(bundle), "HTTPS_PROXY": "p"}
+    options = image.options_from_command_line([], environ)
     assert options.tag == "me/server:1" and options.base == "debian:12"
+    assert options.ca_bundle == bundle and options.proxy_variables == ("HTTPS_PROXY",)
     assert image.options_from_command_line([], {}).tag == image.DEFAULT_TAG
     with pytest.raises(SystemExit):
         image.options_from_command_line([], {"TORCH_WHEELS": str(tmp_path / "absent")})
