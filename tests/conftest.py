@@ -13,8 +13,8 @@ from load_tests.kit.tiny_models import (
     make_camembert_fill_mask,
     make_distilbert_sentiment,
 )
+from modelserver.export import export
 from modelserver.project import PROJECT_ROOT
-from modelserver.runtimes.export import export
 from modelserver.training import run_recipe
 
 TINY_TASKS = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}

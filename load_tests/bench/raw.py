@@ -26,9 +26,9 @@ from threadpoolctl import threadpool_limits
 from load_tests.bench.scenarios import SENTENCES
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stats import percentile
+from modelserver.export import export
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
 from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRuntime, load_fill_mask_runtime
-from modelserver.runtimes.export import export
 
 # Label in the results -> the handler settings that select it.
 RUNTIMES: dict[str, dict[str, Any]] = {

@@ -19,12 +19,7 @@ from modelserver import archive
 from modelserver.archive import build_archive
 from modelserver.catalogue import Catalogue, ModelEntry
 from modelserver.errors import ConfigError
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import load_fill_mask_runtime
-from modelserver.kinds.text_classification import load_text_classification_runtime
-from modelserver.project import PROJECT_ROOT
-from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT, place
-from modelserver.runtimes.export import (
+from modelserver.export import (
     SCORE_TOLERANCE,
     TASKS,
     ParityReport,
@@ -34,6 +29,11 @@ from modelserver.runtimes.export import (
     main,
     probe_texts,
 )
+from modelserver.kinds import ModelFiles
+from modelserver.kinds.fill_mask import load_fill_mask_runtime
+from modelserver.kinds.text_classification import load_text_classification_runtime
+from modelserver.project import PROJECT_ROOT
+from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT, place
 from modelserver.runtimes.forward import OpenVinoForward, TorchForward
 from modelserver.serving.torchserve_adapter import gpu_of
 from tests.helpers import FakeContext

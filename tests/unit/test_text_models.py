@@ -11,11 +11,11 @@ from transformers import pipeline
 
 from handlers.model_handler import ModelHandler
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
+from modelserver.export import export
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
 from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime
 from modelserver.kinds.text_schemas import TextModelSettings
-from modelserver.runtimes.export import export
 from modelserver.serving import torchserve_adapter
 from modelserver.serving.batch import BatchAnswerer, Outcome
 from modelserver.serving.torchserve_adapter import encode
