@@ -156,6 +156,11 @@ class ModelEntry(BaseModel):
         return self
 
     @property
+    def settings(self) -> BaseModel:
+        """`handler_config` parsed by the kind's settings model (checked when the entry loaded)."""
+        return KINDS[self.kind].settings.model_validate(self.handler_config)
+
+    @property
     def export_task(self) -> str | None:
         """The export task of a kind whose forward pass can be compiled at build, else None."""
         return KINDS[self.kind].export_task

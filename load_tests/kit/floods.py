@@ -1,8 +1,8 @@
 """Hostile clients, shared by the live tests and `make overload`: one that holds idle
-connections (reopening each one the server closes), a crowd polling one page (/metrics, the
-documents, the v2 health page), and the probes
-other clients keep sending meanwhile, each on a new connection as a kubelet or a load balancer
-does."""
+connections (reopening each one the server closes), one whose connections send slowly (headers
+a line at a time, or bodies that never end), a crowd polling one page (/metrics, the documents,
+the v2 health page), and the probes other clients keep sending meanwhile, each on a new
+connection as a kubelet or a load balancer does."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+
+from modelserver.launcher.processes import raise_open_files_limit
 
 
 @dataclass
@@ -81,6 +83,173 @@ def idle_connections(port: int, count: int) -> Iterator[IdleFlood]:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+@dataclass
+class SlowFlood:
+    """What a slow sender managed: connections it held at most, how many the server closed on
+    it (each reopened at once), the answers it got before a close, and connects that failed."""
+
+    held_at_most: int = 0
+    closed_by_server: int = 0
+    refused: int = 0
+    answers: Counter[str] = field(default_factory=Counter)
+
+
+# The crowd's own address (any 127/8 address reaches a loopback listener on Linux): one client,
+# apart from the probes' 127.0.0.1, as a remote attacker is apart from a kubelet.
+CROWD_SOURCE = "127.0.0.2"
+
+
+class _SlowSenders:
+    """`count` connections from CROWD_SOURCE that each send `opening` as fast as the server
+    reads it, then `drip` every `drip_every_s` (nothing if empty), each reopened when the server
+    closes it. One selector loop; what is left to send is a view, never a copy."""
+
+    def __init__(self, port: int, count: int, opening: bytes, drip: bytes, drip_every_s: float) -> None:
+        self.port, self.count, self.opening = port, count, memoryview(opening)
+        self.drip, self.drip_every_s = memoryview(drip), drip_every_s
+        self.flood = SlowFlood()
+        self.selector = selectors.DefaultSelector()
+        self.pending: dict[socket.socket, memoryview] = {}
+        self.next_drip: dict[socket.socket, float] = {}
+        self.answers: dict[socket.socket, bytes] = {}
+
+    def open_up_to_count(self, until: float) -> None:
+        """Open connections until `count` are held (or one fails)."""
+        while len(self.pending) < self.count and time.monotonic() < until:
+            try:
+                connection = socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=2, source_address=(CROWD_SOURCE, 0)
+                )
+            except OSError:
+                self.flood.refused += 1
+                return
+            connection.setblocking(False)
+            self.pending[connection] = self.opening
+            self.next_drip[connection] = time.monotonic() + self.drip_every_s
+            self.answers[connection] = b""
+            self.selector.register(connection, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        self.flood.held_at_most = max(self.flood.held_at_most, len(self.pending))
+
+    def close(self, connection: socket.socket) -> None:
+        """The server closed it: note its answer, if any."""
+        answer = self.answers.pop(connection)
+        if answer:
+            self.flood.answers[answer.split(b"\r\n", 1)[0].decode("latin-1")[:40]] += 1
+        del self.pending[connection], self.next_drip[connection]
+        self.selector.unregister(connection)
+        connection.close()
+        self.flood.closed_by_server += 1
+
+    def send(self, connection: socket.socket) -> None:
+        """Send what may be sent now; wait for writability while some is left."""
+        try:
+            sent = connection.send(self.pending[connection])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close(connection)
+            return
+        left = self.pending[connection][sent:]
+        self.pending[connection] = left
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if left else 0)
+        if self.selector.get_key(connection).events != wanted:
+            self.selector.modify(connection, wanted)
+
+    def serve_events(self) -> None:
+        """Read what the server says (a close reopens), write what is waiting."""
+        for key, events in self.selector.select(timeout=0.05):
+            connection = key.fileobj
+            assert isinstance(connection, socket.socket)
+            if events & selectors.EVENT_READ:
+                try:
+                    data = connection.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.close(connection)
+                    continue
+                self.answers[connection] += data[:200]
+            if events & selectors.EVENT_WRITE:
+                self.send(connection)
+
+    def drip_due(self) -> None:
+        """Connections that have sent everything send their next drip when it is due."""
+        now = time.monotonic()
+        for connection, due in list(self.next_drip.items()):
+            if due <= now and connection in self.pending and not self.pending[connection]:
+                self.pending[connection], self.next_drip[connection] = self.drip, now + self.drip_every_s
+                self.send(connection)
+
+    def run(self, seconds: float) -> SlowFlood:
+        """Hold the crowd for `seconds`."""
+        until = time.monotonic() + seconds
+        try:
+            while time.monotonic() < until:
+                self.open_up_to_count(until)
+                self.serve_events()
+                if self.drip:
+                    self.drip_due()
+        finally:
+            for connection in self.pending:
+                connection.close()
+            self.selector.close()
+        return self.flood
+
+
+def _slow_senders(arguments: tuple[int, int, bytes, bytes, float], seconds: float, results: Any) -> None:
+    """The crowd, in its own process."""
+    raise_open_files_limit(arguments[1] + 256)
+    results.put(_SlowSenders(*arguments).run(seconds))
+
+
+@contextlib.contextmanager
+def slow_senders(
+    port: int, count: int, opening: bytes, seconds: float, drip: bytes = b"", drip_every_s: float = 2.0
+) -> Iterator[SlowFlood]:
+    """While the block runs (at most `seconds`), one client (CROWD_SOURCE) holds `count`
+    connections that each send `opening`, then `drip` every `drip_every_s`, reopening each one
+    the server closes. In a child process, so its loop never holds the prober's interpreter
+    lock; the outcome is filled in when the block ends."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    arguments = ((port, count, opening, drip, drip_every_s), seconds, results)
+    process = context.Process(target=_slow_senders, args=arguments, daemon=True)
+    process.start()
+    outcome = SlowFlood()
+    try:
+        yield outcome
+        found = results.get(timeout=seconds + 60)
+        outcome.held_at_most, outcome.closed_by_server = found.held_at_most, found.closed_by_server
+        outcome.refused, outcome.answers = found.refused, found.answers
+    finally:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
+
+
+def slow_headers_opening(path: str) -> bytes:
+    """A POST's request line and first header: the rest of its headers drip in."""
+    return f"POST {path} HTTP/1.1\r\nHost: modelserver\r\n".encode()
+
+
+SLOW_HEADER_DRIP = b"X-Slow: 1\r\n"
+# The crowds of the hostile-client audit, as the tests and `make overload` send them: 8,300
+# connections dripping a header line every 2 s, and 560 connections each holding all of a
+# 1 MiB body but its last byte.
+SLOW_HEADER_CONNECTIONS = 8300
+UNFINISHED_BODIES = 560
+UNFINISHED_BODY_BYTES = 1 << 20
+
+
+def unfinished_body_opening(path: str, body_bytes: int) -> bytes:
+    """A POST's headers announcing `body_bytes` and all of its body but the last byte."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: modelserver\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {body_bytes}\r\n\r\n"
+    )
+    return head.encode() + b" " * (body_bytes - 1)
 
 
 @dataclass

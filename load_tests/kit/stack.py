@@ -76,6 +76,7 @@ class Launcher:
     catalogue: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     models: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # more launcher options, e.g. ("--max-connections", "1024")
     ports: Ports = field(default_factory=stack_ports)
     process: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +89,11 @@ class Launcher:
     def metrics_url(self) -> str:
         """GET /metrics here: the Prometheus port (Envoy), apart from the API."""
         return f"http://127.0.0.1:{self.ports.prometheus}/metrics"
+
+    @property
+    def health_url(self) -> str:
+        """GET /healthcheck on the operations port (the kubelet's probes), apart from the API."""
+        return f"http://127.0.0.1:{self.ports.prometheus}/healthcheck"
 
     @property
     def runtime_dir(self) -> Path:
@@ -121,7 +127,7 @@ class Launcher:
             command += ["--catalogue", str(self.catalogue)]
         if self.models:
             command += ["--models", *self.models]
-        return command
+        return [*command, *self.options]
 
     def start(self) -> Launcher:
         """Start the launcher in the background."""

@@ -30,6 +30,12 @@ FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Row = Annotated[list[FiniteNumber], Field(min_length=1)]
 
 
+# A row as a client's JSON encoder writes it at its longest: four float64 values of 24
+# characters ("-2.2250738585072014e-308") with separators, and room for a fifth.
+ROW_BYTES = 128
+BODY_OVERHEAD_BYTES = 4096  # the object around the rows: `crystalData`, `model`, whitespace
+
+
 class CrystalSettings(BaseModel):
     """The `handler:` section of a crystal model's model-config.yaml."""
 
@@ -39,6 +45,10 @@ class CrystalSettings(BaseModel):
     labels_file: str = "labels.json"
     max_rows: int = Field(default=10_000, ge=1)
     threads: int = Field(default=1, ge=1)
+
+    def max_body_bytes(self) -> int:
+        """The largest body a request within `max_rows` can need (Envoy refuses longer ones)."""
+        return self.max_rows * ROW_BYTES + BODY_OVERHEAD_BYTES
 
 
 class CrystalRequest(BaseModel):

@@ -27,6 +27,10 @@ REQUEST_CHARS_PER_TOKEN = 8
 # not model, and far more than any sensible answer needs (2,000 candidates over 512-token texts
 # of English is about 5 MB).
 MAX_ANSWER_BYTES = 8 * 2**20
+# The most bytes one character can take in a JSON body: a character outside the BMP written as
+# an escaped surrogate pair (\ud83d\ude00).
+JSON_BYTES_PER_CHAR = 12
+BODY_OVERHEAD_BYTES = 4096  # field names, `parameters`, `model_name`, whitespace
 
 
 class TextModelSettings(BaseModel):
@@ -57,6 +61,13 @@ class TextModelSettings(BaseModel):
     # (padded) tokens, so one long text does not pad every short one to its length.
     forward_tokens: int = Field(default=4096, ge=64)
     stream_chunk: int = Field(default=4, ge=1)
+
+    def max_body_bytes(self) -> int:
+        """The largest body a request within the character caps can need (Envoy refuses longer
+        ones before they are read to the end): every character escaped at its longest, plus
+        each text's quotes and the request's other fields."""
+        chars = self.max_request_chars or REQUEST_CHARS_PER_TOKEN * self.max_request_tokens
+        return chars * JSON_BYTES_PER_CHAR + self.max_texts * 8 + BODY_OVERHEAD_BYTES
 
     @model_validator(mode="after")
     def _int8_is_compiled(self) -> TextModelSettings:

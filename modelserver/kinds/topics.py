@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError, SpecValidationFailed
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.text_schemas import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
 from modelserver.validation import parse_settings, validate_body
 
 # What a saved topics model may contain; anything else makes the load fail.
@@ -45,6 +46,11 @@ class TopicsSettings(BaseModel):
 
     threads: int = Field(default=1, ge=1)
     max_chars: int = Field(default=200_000, ge=1)
+
+    def max_body_bytes(self) -> int:
+        """The largest body a text within `max_chars` can need, every character escaped at its
+        longest (Envoy's own body limit caps it)."""
+        return self.max_chars * JSON_BYTES_PER_CHAR + BODY_OVERHEAD_BYTES
 
 
 class TopicsRequest(BaseModel):

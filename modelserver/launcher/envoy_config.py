@@ -22,12 +22,17 @@ import yaml
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.routes import (
     BODY_FIELDS_FILTER,
+    BODY_LIMIT_BYTES,
+    BUFFER_FILTER,
     CONNECTION_RETRIES,
     GENERIC_CLUSTER,
     LUA_FILTER,
+    METADATA_NAMESPACE,
     V2_INFER_PATH,
     V2_PAGES,
     RouteTable,
+    body_limit,
+    combined,
     direct,
     loopback_cluster,
 )
@@ -39,10 +44,14 @@ from modelserver.serving.headers import HANDLER_ANSWER
 
 LUA_SOURCE = PROJECT_ROOT / "proxy" / "lua" / "public.lua"
 PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's stats
-# Prometheus text on a port of its own (METRICS_PORT), as Triton, TorchServe and MLServer do:
-# the public port answers /metrics with a 404, so host and traffic figures are never public.
+# The operations port (METRICS_PORT): Prometheus text on a port of its own, as Triton, TorchServe
+# and MLServer do (the public port answers /metrics with a 404, so host and traffic figures are
+# never public), and /healthcheck for the kubelet's probes. Its connections are outside the
+# public port's budget (`--max-connections`) and bounded by a budget of their own, so a crowd
+# that fills the public port never makes a replica fail its probes.
 PROMETHEUS_LISTENER = "prometheus"
-METRICS_ONLY = "this port serves GET /metrics (Prometheus text) only"
+OPERATIONS_ONLY = "this port serves GET /metrics (Prometheus text) and GET /healthcheck only"
+OPERATIONS_CONNECTIONS = 64
 HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes this way
 # Every other page of that server goes through a cluster of its own whose circuit breaker lets
 # its readers through at once and queues a few more; beyond that Envoy answers its JSON 503
@@ -76,10 +85,9 @@ PAGE_CLUSTERS = {
     DOCUMENTS_CLUSTER: reader_limits(DOCUMENT_READERS, DOCUMENTS_WAITING),
     OPEN_INFERENCE_PAGES_CLUSTER: reader_limits(OPEN_INFERENCE_READERS),
 }
-BODY_LIMIT_BYTES = 1 << 20  # a request body (413 beyond), and what one connection buffers
 # Envoy's heap: from 90% it returns freed memory to the system, from 95% it refuses new
 # requests with 503 until the heap shrinks.
-HEAP_LIMIT_BYTES = 512 << 20
+HEAP_LIMIT_BYTES = 768 << 20
 SHRINK_HEAP_AT = 0.90
 REFUSE_REQUESTS_AT = 0.95
 # TorchServe's HTTP decoder refuses more than 8 KiB of headers (a 400 "Invalid HTTP message");
@@ -88,7 +96,7 @@ MAX_REQUEST_HEADERS_KB = 7
 # Slow or stalled clients: headers within 10 s, the whole request (at most 1 MiB) also within
 # 10 s, a 408. Shorter than the routes' idle timeouts (15 s and more), so a client that stops
 # sending its body is a 408, never a 504 blamed on the model.
-REQUEST_HEADERS_TIMEOUT_S = 10
+REQUEST_HEADERS_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 10
 STREAM_IDLE_TIMEOUT_S = 30
 DOWNSTREAM_IDLE_S = 300
@@ -100,6 +108,9 @@ FIRST_BYTES_TIMEOUT_S = 5
 PRESSURE_STARTS_AT = 0.5
 PRESSURE_SATURATES_AT = 0.8
 IDLE_UNDER_PRESSURE_S = 2
+SLOW_SENDER_UNDER_PRESSURE_S = 1
+RESET_STREAMS_FROM = 0.75
+TRACK_STREAMS_FROM_POWER_OF_TWO = 16
 GENERIC_IDLE_S = 60  # /predictions/<any other name>: TorchServe answers 404 for unknown models
 # HTTP/2 (cleartext, with prior knowledge, or via upgrade): every stream may buffer a whole body,
 # so one connection may hold streams x BODY_LIMIT_BYTES = 16 MiB, not Envoy's default 2^31
@@ -205,6 +216,18 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
                 "triggers": [{"name": heap, "threshold": {"value": REFUSE_REQUESTS_AT}}],
             },
             {
+                "name": "envoy.overload_actions.reset_high_memory_stream",
+                "triggers": [
+                    {
+                        "name": heap,
+                        "scaled": {
+                            "scaling_threshold": RESET_STREAMS_FROM,
+                            "saturation_threshold": SHRINK_HEAP_AT,
+                        },
+                    }
+                ],
+            },
+            {
                 "name": "envoy.overload_actions.reduce_timeouts",
                 "triggers": [
                     {
@@ -213,7 +236,14 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
                             "scaling_threshold": PRESSURE_STARTS_AT,
                             "saturation_threshold": PRESSURE_SATURATES_AT,
                         },
-                    }
+                    },
+                    {
+                        "name": heap,
+                        "scaled": {
+                            "scaling_threshold": PRESSURE_STARTS_AT,
+                            "saturation_threshold": PRESSURE_SATURATES_AT,
+                        },
+                    },
                 ],
                 "typed_config": _typed(
                     "envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
@@ -221,11 +251,16 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
                         {
                             "timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE",
                             "min_timeout": f"{IDLE_UNDER_PRESSURE_S}s",
-                        }
+                        },
+                        {
+                            "timer": "HTTP_DOWNSTREAM_STREAM_IDLE",
+                            "min_timeout": f"{SLOW_SENDER_UNDER_PRESSURE_S}s",
+                        },
                     ],
                 ),
             },
         ],
+        "buffer_factory_config": {"minimum_account_to_track_power_of_two": TRACK_STREAMS_FROM_POWER_OF_TWO},
     }
 
 
@@ -274,7 +309,17 @@ def local_replies() -> dict[str, Any]:
     }
     return {
         "mappers": [
-            reply(status_is(413), f"the request body is larger than the {BODY_LIMIT_BYTES >> 20} MiB limit"),
+            # The route's own limit (its metadata: `routes.body_limit`) in the sentence.
+            {
+                "filter": status_is(413),
+                "body_format_override": {
+                    "json_format": {
+                        "error": "the request body is larger than this route's limit of"
+                        f" %METADATA(ROUTE:{METADATA_NAMESPACE}:body_limit)%",
+                        "code": "%RESPONSE_CODE%",
+                    }
+                },
+            },
             # A model at its admission limit (its cluster's circuit breaker), or Envoy itself
             # near its memory limit: refused at once, to be retried in a moment.
             reply(flags("UO"), "the model is at capacity; retry shortly", 503, RETRY_AFTER_S["at capacity"]),
@@ -290,7 +335,19 @@ def local_replies() -> dict[str, Any]:
                 503,
                 RETRY_AFTER_S["unreachable"],
             ),
+            # A client too slow to send its request (headers, body, or a stall under pressure).
+            reply(
+                status_is(408),
+                f"the request did not arrive in time: headers within {REQUEST_HEADERS_TIMEOUT_S} s,"
+                f" the whole request within {REQUEST_TIMEOUT_S} s",
+            ),
             reply(flags("UT", "SI"), "the model did not answer in time", 504),
+            reply(
+                details("overload"),
+                "the server is short of memory; retry shortly",
+                503,
+                RETRY_AFTER_S["short of memory"],
+            ),
             # An `Upgrade:` request (WebSocket, h2c): Envoy refuses it with its own 403.
             reply(details("upgrade_failed"), NO_UPGRADE),
             # Requests Envoy refuses before routing (an escaped slash or a backslash in the path,
@@ -301,7 +358,6 @@ def local_replies() -> dict[str, Any]:
     }
 
 
-BUFFER_FILTER = "envoy.filters.http.buffer"
 ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
@@ -415,6 +471,9 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
     body, which a keep-alive client then reads as the start of its next response."""
 
     def own_answer(route: dict[str, Any]) -> dict[str, Any]:
+        # Every route names its body limit, for the 413's sentence: the catalogue's routes their
+        # model's, the others Envoy's own.
+        route = combined(body_limit(BODY_LIMIT_BYTES), route)
         reads_body = LUA_FILTER in route.get("metadata", {}).get("filter_metadata", {})
         if "direct_response" not in route or reads_body:
             return route
@@ -475,12 +534,26 @@ def connection_manager(stat_prefix: str, **config: Any) -> dict[str, Any]:
     )
 
 
-def listener(name: str, settings: LaunchSettings, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+def listener(
+    name: str, settings: LaunchSettings, port: int, manager: dict[str, Any], *, own_budget: int = 0
+) -> dict[str, Any]:
     """A listener on the listen address: a connection buffers at most one body, and one that
-    sends nothing within FIRST_BYTES_TIMEOUT_S is closed."""
+    sends nothing within FIRST_BYTES_TIMEOUT_S is closed. With `own_budget`, its connections
+    are not counted against `--max-connections` and at most `own_budget` are open at once."""
     address = {"address": settings.listen_address, "port_value": port}
+    limit = [
+        {
+            "name": "envoy.filters.network.connection_limit",
+            "typed_config": _typed(
+                "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+                stat_prefix=name,
+                max_connections=own_budget,
+            ),
+        }
+    ]
     return {
         "name": name,
+        **({"ignore_global_conn_limit": True} if own_budget else {}),
         "address": {"socket_address": address},
         "per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES,
         # The HTTP inspector waits for a connection's first bytes (to tell HTTP/1 from HTTP/2):
@@ -494,7 +567,12 @@ def listener(name: str, settings: LaunchSettings, port: int, manager: dict[str, 
         "listener_filters_timeout": f"{FIRST_BYTES_TIMEOUT_S}s",
         "continue_on_listener_filters_timeout": False,
         "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+            {
+                "filters": [
+                    *(limit if own_budget else []),
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager},
+                ]
+            }
         ],
     }
 
@@ -528,17 +606,25 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
 
 
 def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
-    """GET /metrics on METRICS_PORT: TorchServe's, Envoy's and the launcher's series in one
-    scrape, through the `metrics` cluster and its limits (METRICS_LIMITS); anything else is a
-    JSON 404 or 405. Never traced, never in the access log."""
+    """The operations port: GET /metrics (TorchServe's, Envoy's and the launcher's series in one
+    scrape, through the `metrics` cluster and its limits, METRICS_LIMITS) and GET /healthcheck
+    (the probes'), with OPERATIONS_CONNECTIONS of its own; anything else is a JSON 404 or 405.
+    Never traced, never in the access log."""
     routes = [
         refused_tunnel(),
         {
             "match": {"path": "/metrics", "headers": _method_is("GET")},
             "route": {"cluster": METRICS_CLUSTER, "timeout": "5s"},
         },
-        {"match": {"path": "/metrics"}, **direct(405, "method not allowed; use GET", allow="GET")},
-        {"match": {"prefix": "/"}, **direct(404, METRICS_ONLY)},
+        {
+            "match": {"path": "/healthcheck", "headers": _method_is("GET")},
+            "route": {"cluster": HEALTH_CLUSTER, "timeout": "5s"},
+        },
+        {
+            "match": {"safe_regex": {"regex": "^/(metrics|healthcheck)$"}},
+            **direct(405, "method not allowed; use GET", allow="GET"),
+        },
+        {"match": {"prefix": "/"}, **direct(404, OPERATIONS_ONLY)},
     ]
     manager = connection_manager(
         PROMETHEUS_LISTENER,
@@ -555,7 +641,9 @@ def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
             ],
         },
     )
-    return listener(PROMETHEUS_LISTENER, settings, settings.ports.prometheus, manager)
+    return listener(
+        PROMETHEUS_LISTENER, settings, settings.ports.prometheus, manager, own_budget=OPERATIONS_CONNECTIONS
+    )
 
 
 def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:

@@ -18,6 +18,11 @@ from modelserver.serving.headers import HANDLER_ANSWER
 METADATA_NAMESPACE = "modelserver"
 BODY_FIELDS_FILTER = "envoy.filters.http.json_to_metadata"
 LUA_FILTER = "envoy.filters.http.lua"
+BUFFER_FILTER = "envoy.filters.http.buffer"
+# A request body: 413 beyond it, and what one connection buffers. A model's routes take less
+# where its kind's limits allow (`max_body_bytes` of its settings): a language model's body is
+# bounded by its character caps, so a client cannot make Envoy hold a megabyte there.
+BODY_LIMIT_BYTES = 1 << 20
 # Retried once, and only where the model never gave an answer: a request that never reached
 # TorchServe (connect failure, refused stream, reset before the request was sent), and a reply
 # TorchServe made itself, without the handler's mark: the worker holding the batch died or was
@@ -65,6 +70,34 @@ def direct(status: int, message: str, **headers: str) -> dict[str, Any]:
             for key, value in headers.items()
         ]
     return action
+
+
+def combined(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Route fragments in one route: their per-filter settings and metadata merged."""
+    route: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key in ("typed_per_filter_config", "metadata") and key in route:
+                merged = {**route[key], **value}
+                if key == "metadata":
+                    merged["filter_metadata"] = {**route[key]["filter_metadata"], **value["filter_metadata"]}
+                route[key] = merged
+            else:
+                route[key] = value
+    return route
+
+
+def body_limit(limit_bytes: int) -> dict[str, Any]:
+    """A route's body limit: the buffer filter's, and its figure for the 413's sentence."""
+    return {
+        "typed_per_filter_config": {
+            BUFFER_FILTER: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "buffer": {"max_request_bytes": limit_bytes},
+            }
+        },
+        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {"body_limit": f"{limit_bytes:,} bytes"}}},
+    }
 
 
 def _field_is(field: str, value: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,7 +163,7 @@ class RouteTable:
             return direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
         # No total timeout: a stream may run long. The idle timeout bounds the wait for each
         # answer or chunk, which for a plain answer is the whole wait.
-        return {
+        action = {
             "route": {
                 "cluster": model_cluster(name),
                 "prefix_rewrite": f"/predictions/{name}",
@@ -139,6 +172,13 @@ class RouteTable:
                 "retry_policy": SAFE_RETRIES,
             }
         }
+        return combined(action, body_limit(self.body_limit(name)))
+
+    def body_limit(self, name: str) -> int:
+        """The body limit of a model's routes: what its kind's limits need, at most
+        BODY_LIMIT_BYTES."""
+        settings: Any = self._catalogue.models[name].settings
+        return min(BODY_LIMIT_BYTES, settings.max_body_bytes())
 
     @staticmethod
     def _plain(spec: RouteSpec | None) -> dict[str, Any]:
@@ -181,13 +221,17 @@ class RouteTable:
                     "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
                 }
                 routes.append({"match": match, **direct(400, unknown)})
+            # A route that picks its model from the body reads the body first, within the
+            # largest limit of the models it may pick.
             default = self._to_model(spec.model, spec.timeout_s) if spec.model else direct(400, unknown)
-            routes.append({"match": {"path": path, "headers": POST}, **default, **self._plain(spec)})
+            if spec.select_by:
+                default = combined(default, body_limit(max(self.body_limit(m) for m in choices.values())))
+            routes.append(combined({"match": {"path": path, "headers": POST}}, default, self._plain(spec)))
         # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
         for name, entry in sorted(self._catalogue.models.items()):
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
             match = {"path": f"/predictions/{name}", "headers": POST}
-            routes.append({"match": match, **self._to_model(name, timeout), **self._plain(None)})
+            routes.append(combined({"match": match}, self._to_model(name, timeout), self._plain(None)))
         routes.extend(self._open_inference_routes())
         paths = "|".join(re.escape(path) for path in self._catalogue.routes)
         if paths:
@@ -218,12 +262,12 @@ class RouteTable:
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
             for path in (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"):
                 routes.append(
-                    {
-                        "match": {"path": path, "headers": POST},
-                        **self._to_model(name, timeout),
-                        **self._plain(None),
-                        "request_headers_to_add": mark,
-                    }
+                    combined(
+                        {"match": {"path": path, "headers": POST}},
+                        self._to_model(name, timeout),
+                        self._plain(None),
+                        {"request_headers_to_add": mark},
+                    )
                 )
         return routes
 

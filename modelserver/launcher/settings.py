@@ -59,7 +59,7 @@ class LaunchSettings(BaseModel):
     # 1 MiB body, so this also bounds Envoy's memory).
     # ~8 KB of Envoy's heap per idle connection, ~30 KB once it has served a request: 8192 fit
     # the 512 MiB heap, and are more than one client's usual limit of open files (1024).
-    max_connections: int = Field(default=8192, ge=16, le=100_000)
+    max_connections: int = Field(default=16_384, ge=16, le=100_000)
     # Envoy's worker threads. Its default is one per hardware thread, which in a container is the
     # node's, not the pod's CPU limit; two carry ~4,000 requests/s here (docs/BENCHMARKS.md).
     envoy_workers: int = Field(default=2, ge=1, le=64)

@@ -19,6 +19,8 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
+from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.launcher import envoy_config as envoy_config_module
 from modelserver.launcher.envoy import envoy_binary
 from modelserver.launcher.envoy_config import render_config
 from modelserver.launcher.routes import RouteTable
@@ -146,12 +148,12 @@ def port_open(port: int) -> bool:
 @contextlib.contextmanager
 def envoy_alone(tmp_path: Path, upstream: int, token: str = "token") -> Iterator[str]:
     """Envoy with the project's config, its TorchServe upstream at `upstream` (given `token`)."""
-    ports = free_ports(2)
-    public, health = ports[0], ports[1]
+    ports = free_ports(3)
+    public, health, prometheus = ports[0], ports[1], ports[2]
     settings = LaunchSettings(
         listen_address="127.0.0.1",
         runtime_dir=tmp_path,
-        ports=Ports(public=public, inference=upstream, health=health),
+        ports=Ports(public=public, inference=upstream, health=health, prometheus=prometheus),
     )
     (tmp_path / "envoy").mkdir()
     config = tmp_path / "envoy.yaml"
@@ -261,3 +263,38 @@ def test_the_api_documents_are_served(stack: Launcher) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/openapi.json" in page.text
     check_json_error(requests.post(f"{stack.url}/docs", timeout=10), 405)
+
+
+def test_an_overloaded_envoy_answers_our_json_with_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Envoy with a heap limit below what it uses at start: its overload manager refuses every
+    request, and the refusal is our JSON sentence with Retry-After, not "envoy overloaded"."""
+    monkeypatch.setattr(envoy_config_module, "HEAP_LIMIT_BYTES", 1 << 20)
+    with envoy_alone(tmp_path, free_ports(1)[0]) as url:
+        deadline = time.monotonic() + 10
+        while (response := requests.get(f"{url}/healthcheck", timeout=10)).status_code != 503:
+            assert time.monotonic() < deadline, response.text  # the monitor reads every 0.25 s
+            time.sleep(0.25)
+        deadline = time.monotonic() + 10
+        while "short of memory" not in response.text and time.monotonic() < deadline:
+            response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
+        body = check_json_error(response, 503)
+        assert body["error"] == "the server is short of memory; retry shortly", body
+        assert response.headers["retry-after"] == "1"
+
+
+def test_a_language_model_route_refuses_a_body_beyond_its_character_caps(stack: Launcher) -> None:
+    """/inference (fill-mask) takes at most what 16,384 characters can need; a bigger body is a
+    413 naming that limit, and a body within it still reaches the model."""
+    limit = TextModelSettings().max_body_bytes()
+    big = json.dumps({"text": "x" * limit})
+    response = requests.post(f"{stack.url}/inference", data=big, timeout=30)
+    body = check_json_error(response, 413)
+    assert f"{limit:,} bytes" in str(body["error"]), body
+    crystal = check_json_error(
+        requests.post(f"{stack.url}/sklearn", data=big + " " * (1 << 20), timeout=30), 413
+    )
+    assert "1,048,576 bytes" in str(crystal["error"])
+    ok = requests.post(f"{stack.url}/inference", json={"text": "Paris is the [MASK] of France."}, timeout=30)
+    assert ok.status_code == 200, ok.text

@@ -332,7 +332,7 @@ def test_metrics_has_its_own_envoy_cluster_with_a_circuit_breaker() -> None:
     listeners = {listener["name"]: listener for listener in built["static_resources"]["listeners"]}
 
     def routes_of(name: str) -> list[dict[str, Any]]:
-        manager = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
+        manager = listeners[name]["filter_chains"][0]["filters"][-1]["typed_config"]
         return manager["route_config"]["virtual_hosts"][0]["routes"]
 
     # /metrics lives on the Prometheus listener alone; no public route reaches the cluster.
@@ -355,7 +355,7 @@ def test_only_healthcheck_reaches_the_unlimited_cluster() -> None:
         [thresholds] = clusters[name]["circuit_breakers"]["thresholds"]
         assert {key: thresholds[key] for key in limits} == limits, name
     [public] = [found for found in built["static_resources"]["listeners"] if found["name"] == PUBLIC_LISTENER]
-    routes = public["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+    routes = public["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0][
         "routes"
     ]
     to_health = [r["match"] for r in routes if r.get("route", {}).get("cluster") == HEALTH_CLUSTER]

@@ -66,7 +66,7 @@ def test_envoy_config_renders_and_validates(tmp_path: Path) -> None:
     settings = LaunchSettings(runtime_dir=tmp_path)
     config.write_text(render_config(settings, "t0ken", RouteTable(Catalogue.load(), {})))
     built = yaml.safe_load(config.read_text())
-    [host] = built["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+    [host] = built["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"][
         "route_config"
     ]["virtual_hosts"]
     assert host["request_headers_to_add"][0]["header"]["value"] == "Bearer t0ken"
@@ -86,10 +86,10 @@ def test_every_limit_is_written_once_into_the_envoy_config() -> None:
     settings = LaunchSettings(max_connections=77)
     built = envoy_config(settings, "t", RouteTable(Catalogue.load(), {}))
     listener, prometheus = built["static_resources"]["listeners"]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     assert listener["per_connection_buffer_limit_bytes"] == BODY_LIMIT_BYTES
     # The Prometheus listener has the public one's protections, from the same functions.
-    scrape = prometheus["filter_chains"][0]["filters"][0]["typed_config"]
+    scrape = prometheus["filter_chains"][0]["filters"][-1]["typed_config"]
     assert {key: prometheus[key] for key in ("listener_filters", "listener_filters_timeout")} == {
         key: listener[key] for key in ("listener_filters", "listener_filters_timeout")
     }
@@ -97,7 +97,12 @@ def test_every_limit_is_written_once_into_the_envoy_config() -> None:
         assert scrape[key] == manager[key], key
     buffer = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.buffer")
     assert buffer["typed_config"]["max_request_bytes"] == BODY_LIMIT_BYTES
-    assert "1 MiB" in manager["local_reply_config"]["mappers"][0]["body"]["inline_string"]
+    too_large = manager["local_reply_config"]["mappers"][0]
+    assert too_large["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 413
+    assert (
+        "%METADATA(ROUTE:modelserver:body_limit)%"
+        in too_large["body_format_override"]["json_format"]["error"]
+    )
     monitors = built["overload_manager"]["resource_monitors"]
     assert monitors[1]["typed_config"]["max_active_downstream_connections"] == 77
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
@@ -414,11 +419,18 @@ def test_idle_and_silent_connections_are_bounded_under_pressure() -> None:
             and listener["continue_on_listener_filters_timeout"] is False
         )
     [action] = [a for a in config["overload_manager"]["actions"] if a["name"].endswith("reduce_timeouts")]
-    [trigger] = action["triggers"]
-    assert trigger["name"].endswith("global_downstream_max_connections")
-    assert 0 < trigger["scaled"]["scaling_threshold"] < trigger["scaled"]["saturation_threshold"] <= 1
-    [timer] = action["typed_config"]["timer_scale_factors"]
-    assert timer == {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "2s"}
+    # Pressure on connections or on Envoy's heap: idle connections, and requests that stall
+    # while they are sent (a header a line at a time, a body that never ends), are cut sooner.
+    assert [t["name"].rsplit(".", 1)[1] for t in action["triggers"]] == [
+        "global_downstream_max_connections",
+        "fixed_heap",
+    ]
+    for trigger in action["triggers"]:
+        assert 0 < trigger["scaled"]["scaling_threshold"] < trigger["scaled"]["saturation_threshold"] <= 1
+    assert action["typed_config"]["timer_scale_factors"] == [
+        {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "2s"},
+        {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_timeout": "1s"},
+    ]
 
 
 def test_a_stop_signal_only_sets_a_flag_and_the_main_thread_acts_on_it(tmp_path: Path) -> None:
@@ -497,7 +509,7 @@ def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
 
     built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     for listener in built["static_resources"]["listeners"]:
-        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        manager = listener["filter_chains"][0]["filters"][-1]["typed_config"]
         assert manager["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
         first = manager["route_config"]["virtual_hosts"][0]["routes"][0]
         assert first["match"] == {"connect_matcher": {}}
@@ -505,4 +517,45 @@ def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
         if listener["name"] == config.PUBLIC_LISTENER:
             assert {config.BUFFER_FILTER, config.BODY_FIELDS_FILTER} <= set(first["typed_per_filter_config"])
     mappers = config.local_replies()["mappers"]
-    assert any(m["body"]["inline_string"] == config.NO_UPGRADE for m in mappers)
+    assert any(m.get("body", {}).get("inline_string") == config.NO_UPGRADE for m in mappers)
+
+
+def test_the_operations_port_has_a_connection_budget_of_its_own() -> None:
+    """/healthcheck and /metrics on the operations port: outside the public port's
+    `--max-connections`, and at most OPERATIONS_CONNECTIONS of its own."""
+    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+
+    built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
+    listeners = {found["name"]: found for found in built["static_resources"]["listeners"]}
+    operations, public = listeners[config.PROMETHEUS_LISTENER], listeners[config.PUBLIC_LISTENER]
+    assert operations["ignore_global_conn_limit"] is True and "ignore_global_conn_limit" not in public
+    limit, manager = operations["filter_chains"][0]["filters"]
+    assert limit["name"] == "envoy.filters.network.connection_limit"
+    assert limit["typed_config"]["max_connections"] == config.OPERATIONS_CONNECTIONS
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    clusters = {r["match"].get("path"): r["route"]["cluster"] for r in routes if "route" in r}
+    assert clusters == {"/metrics": config.METRICS_CLUSTER, "/healthcheck": HEALTH_CLUSTER}
+
+
+def test_memory_pressure_resets_big_streams_and_its_refusals_are_ours() -> None:
+    """Before Envoy's heap is full enough to refuse every request, the streams holding the most
+    memory are reset (HTTP/2, where Envoy accounts memory per stream); a refusal is our JSON with
+    Retry-After, matched by its code details (Envoy sets no response flag on it)."""
+    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+
+    manager = config.overload_manager(LaunchSettings())
+    actions = {a["name"].rsplit(".", 1)[1]: a["triggers"] for a in manager["actions"]}
+    [reset] = actions["reset_high_memory_stream"]
+    [refuse] = actions["stop_accepting_requests"]
+    assert (
+        reset["scaled"]["scaling_threshold"]
+        < reset["scaled"]["saturation_threshold"]
+        < refuse["threshold"]["value"]
+    )
+    assert manager["buffer_factory_config"]["minimum_account_to_track_power_of_two"] >= 10
+    [overload] = [
+        m
+        for m in config.local_replies()["mappers"]
+        if "overload" in str(m["filter"].get("extension_filter", {}))
+    ]
+    assert overload["status_code"] == 503 and overload["headers_to_add"][0]["header"]["key"] == "retry-after"

@@ -10,9 +10,13 @@ import yaml
 
 from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
+from modelserver.kinds.crystal import CrystalSettings
+from modelserver.kinds.text_schemas import TextModelSettings
 from modelserver.launcher.envoy_config import envoy_config
 from modelserver.launcher.routes import (
     BINARY_TENSORS_HEADER,
+    BODY_LIMIT_BYTES,
+    BUFFER_FILTER,
     GENERIC_CLUSTER,
     LUA_FILTER,
     V2_INFER_PATH,
@@ -103,7 +107,7 @@ def test_body_selector_rules_and_the_field_each_route_names_for_lua() -> None:
     for path, field in (("/astromech", "model"), ("/predict", "model_name")):
         # The route a body that is not strict JSON lands on names the field Lua looks for.
         assert find(routes, path)["metadata"]["filter_metadata"][LUA_FILTER] == {"select_by": field}
-    assert "metadata" not in find(routes, "/sklearn")
+    assert LUA_FILTER not in find(routes, "/sklearn")["metadata"]["filter_metadata"]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +147,7 @@ def test_only_routes_that_pick_a_model_parse_the_body() -> None:
     for path in ("/sklearn", "/inference", "/prediction", "/predictions/fill_mask"):
         assert find(routes, path)["typed_per_filter_config"][disabled]["disabled"] is True
     for path, value in (("/astromech", None), ("/astromech", "sklearn"), ("/predict", None)):
-        assert "typed_per_filter_config" not in find(routes, path, value)
+        assert disabled not in find(routes, path, value)["typed_per_filter_config"]
 
 
 def test_each_model_has_its_own_cluster_with_its_admission_limits() -> None:
@@ -217,8 +221,32 @@ def test_clients_cannot_send_the_workers_protocol_mark() -> None:
     config = envoy_config(
         settings_from_command_line(["--port", "3100"], {}), "key", RouteTable(Catalogue.load(), {})
     )
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]
     route_config = manager["route_config"]
     # The virtual host's removals run before a route's additions only with this flag.
     assert route_config["most_specific_header_mutations_wins"] is True
     assert PROTOCOL_HEADER in route_config["virtual_hosts"][0]["request_headers_to_remove"]
+
+
+def test_each_model_route_takes_the_body_its_kind_can_need() -> None:
+    """A language model's body is bounded by its character caps, so Envoy refuses more before
+    holding it; a crystal body of 10,000 full-precision rows needs about a megabyte; a route
+    that picks its model from the body takes the largest of its models' limits."""
+    routes = RouteTable(Catalogue.load(), {}).routes()
+
+    def limit(path: str) -> int:
+        config = find(routes, path)["typed_per_filter_config"][BUFFER_FILTER]
+        assert config["@type"].endswith("BufferPerRoute")
+        figure = find(routes, path)["metadata"]["filter_metadata"]["modelserver"]["body_limit"]
+        assert figure == f"{config['buffer']['max_request_bytes']:,} bytes"
+        return int(config["buffer"]["max_request_bytes"])
+
+    text = TextModelSettings().max_body_bytes()
+    # 16,384 characters at 12 bytes at most each, the texts' quotes, the other fields.
+    assert 16_384 * 12 < text < 256 << 10
+    for path in ("/inference", "/predictions/fill_mask", "/v2/models/sentiment/infer"):
+        assert limit(path) == text, path
+    # /predict may pick any model by `model_name`, topics and the crystal ones too.
+    for path in ("/sklearn", "/pytorch", "/prediction", "/predictions/topics", "/astromech", "/predict"):
+        assert limit(path) == BODY_LIMIT_BYTES, path
+    assert CrystalSettings(framework="sklearn", max_rows=100).max_body_bytes() < 64 << 10

@@ -42,7 +42,7 @@ ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
 def manager_of(config: dict[str, Any], name: str = PUBLIC_LISTENER) -> dict[str, Any]:
     """A listener's HttpConnectionManager, the public one's by default."""
     [listener] = [found for found in config["static_resources"]["listeners"] if found["name"] == name]
-    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return listener["filter_chains"][0]["filters"][-1]["typed_config"]
 
 
 def config_for(environ: dict[str, str], tmp_path: Path | None = None) -> dict[str, Any]:
@@ -217,7 +217,8 @@ def test_on_routes_are_named_know_their_model_and_probes_are_not_traced() -> Non
         for r in host["routes"]
         if r["match"].get("safe_regex", {}).get("regex", "").startswith("^/predictions/")
     )
-    assert generic["name"] == "/predictions/{model}" and "metadata" not in generic
+    assert generic["name"] == "/predictions/{model}"
+    assert TRACING_METADATA not in generic["metadata"]["filter_metadata"]
     astromech = [r for r in host["routes"] if r["match"].get("path") == "/astromech" and "route" in r]
     assert {r["metadata"]["filter_metadata"][TRACING_METADATA]["model"] for r in astromech} == {
         "crystal_sklearn",
