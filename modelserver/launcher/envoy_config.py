@@ -6,7 +6,7 @@ TorchServe's inference key; dumped to YAML and checked with `envoy --mode valida
 prints the config the launcher would run with those options (the key shown as a placeholder).
 
 Request path: set Content-Type to JSON (clients like `curl -d` send a form type, which
-TorchServe would parse as a form) -> buffer with a 1 MiB limit (413) -> read the body field
+TorchServe would parse as a form) -> buffer within the route's body limit (413) -> read the body field
 that picks a model into metadata (/astromech, /predict) -> Lua: the same field in bodies that
 are not strict JSON, and TorchServe's errors as ours -> route. Every limit is defined once here
 or in `routes` (retries, clusters, admission limits).
