@@ -11,8 +11,10 @@ half again. Every answer is checked: a correct 200, or a 503 that says the model
 with Retry-After; anything else, and any request without an answer in 60 s, is an error.
 /healthcheck is polled throughout and the stack's RSS sampled. Then hostile crowds, one after
 the other: one client holding 1,100 idle connections (reopening each one closed), then 128
-clients polling /metrics, /openapi.json and /v2/health/ready in turn; meanwhile health and model
-probes, each on a new connection, must be answered right within 1 s. A table goes to stdout,
+clients polling /metrics, /openapi.json and /v2/health/ready in turn, then one client (an address
+of its own) dripping its headers on 8,300 connections, then one holding 560 unfinished 1 MiB
+bodies; meanwhile health and model probes, each on a new connection, must be answered right
+within 1 s (the slow crowds: at least 95% of /healthcheck probes, on both ports). A table goes to stdout,
 the figures to `results.json`; the exit status says whether every expectation held.
 """
 
@@ -40,7 +42,19 @@ import uvloop
 from load_tests.bench.scenarios import SCENARIOS
 from load_tests.bench.servers import tree_rss
 from load_tests.bench.timing_model import build_timing_model
-from load_tests.kit.floods import Probes, idle_connections, page_crowd, probe_for
+from load_tests.kit.floods import (
+    SLOW_HEADER_CONNECTIONS,
+    SLOW_HEADER_DRIP,
+    UNFINISHED_BODIES,
+    UNFINISHED_BODY_BYTES,
+    Probes,
+    idle_connections,
+    page_crowd,
+    probe_for,
+    slow_headers_opening,
+    slow_senders,
+    unfinished_body_opening,
+)
 from load_tests.kit.http import ClientPool, PreparedRequest, Reply, prepare_requests
 from load_tests.kit.routes import answer_failure
 from load_tests.kit.stack import Launcher, running
@@ -236,8 +250,9 @@ def verdicts(summaries: list[dict[str, Any]], admitted: int, capacity_rps: float
     ]
 
 
-def flood_probes(url: str, seconds: float) -> dict[str, Probes]:
-    """Health and model probes, taking turns for `seconds`, each on a new connection."""
+def flood_probes(url: str, seconds: float, operations_health: str = "") -> dict[str, Probes]:
+    """Health and model probes (and the operations port's health, given its URL), taking turns
+    for `seconds`, each on a new connection."""
     body = json.dumps(SCENARIO.body())
 
     def health() -> requests.Response:
@@ -249,12 +264,20 @@ def flood_probes(url: str, seconds: float) -> dict[str, Probes]:
     def model_right(response: requests.Response) -> bool:
         return response.status_code == 200 and SCENARIO.answer_is_right(json.loads(body), response.json())
 
-    return {
-        "health": probe_for(
-            seconds / 2, PROBE_EVERY_S, health, lambda r: r.status_code == 200, PROBE_DEADLINE_S
-        ),
-        "model": probe_for(seconds / 2, PROBE_EVERY_S, model, model_right, PROBE_DEADLINE_S),
+    share = seconds / (3 if operations_health else 2)
+    probes = {
+        "health": probe_for(share, PROBE_EVERY_S, health, lambda r: r.status_code == 200, PROBE_DEADLINE_S),
+        "model": probe_for(share, PROBE_EVERY_S, model, model_right, PROBE_DEADLINE_S),
     }
+    if operations_health:
+        probes["operations health"] = probe_for(
+            share,
+            PROBE_EVERY_S,
+            lambda: get_on_new_connection(operations_health),
+            lambda r: r.status_code == 200,
+            PROBE_DEADLINE_S,
+        )
+    return probes
 
 
 def get_on_new_connection(url: str) -> requests.Response:
@@ -270,11 +293,52 @@ def post_on_new_connection(url: str, body: str) -> requests.Response:
 
 # The pages a crowd polls in turn: /metrics (its own port), the API's documents, the v2 health page.
 CROWDED_PAGES = ("/metrics", "/openapi.json", "/v2/health/ready")
+# Slow senders: their share of /healthcheck probes answered within PROBE_DEADLINE_S at least.
+SLOW_CROWD_ANSWERED = 0.95
+SLOW_CROWD_SETTLE_S = 6.0  # the crowd opens its connections and fills them
+# The unfinished bodies go where Envoy takes a whole 1 MiB (any other name on the generic path):
+# a language model's route refuses such a body at once (its own, smaller limit).
+UNFINISHED_PATH = "/predictions/no_such_model"
+
+
+def slow_crowds(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
+    """One client dripping its headers, then one holding unfinished bodies; the probes meanwhile."""
+    crowds = {
+        f"{SLOW_HEADER_CONNECTIONS} connections dripping headers": (
+            SLOW_HEADER_CONNECTIONS,
+            slow_headers_opening(SCENARIO.path),
+            SLOW_HEADER_DRIP,
+        ),
+        f"{UNFINISHED_BODIES} unfinished 1 MiB bodies": (
+            UNFINISHED_BODIES,
+            unfinished_body_opening(UNFINISHED_PATH, UNFINISHED_BODY_BYTES),
+            b"",
+        ),
+    }
+    figures: dict[str, Any] = {}
+    checks = []
+    for name, (count, opening, drip) in crowds.items():
+        with slow_senders(
+            live.ports.public, count, opening, seconds + SLOW_CROWD_SETTLE_S, drip=drip
+        ) as crowd:
+            time.sleep(SLOW_CROWD_SETTLE_S)
+            during = flood_probes(live.url, seconds - 2, live.health_url)
+        figures[name] = {**vars(crowd), "answers": dict(crowd.answers), **_probe_figures(during)}
+        healths = [during["health"], during["operations health"]]
+        checks.append(
+            (
+                f"{name}: at least {SLOW_CROWD_ANSWERED:.0%} of /healthcheck probes (both ports) answered "
+                f"within {PROBE_DEADLINE_S:g} s ({_answered(during)})",
+                all(p.total > 0 and p.answered >= SLOW_CROWD_ANSWERED * p.total for p in healths)
+                and crowd.held_at_most >= count,
+            )
+        )
+    return figures, checks
 
 
 def floods(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
     """The hostile crowds in turn, what the probes saw meanwhile, and the verdicts."""
-    raise_open_files_limit(IDLE_CONNECTIONS + 512)
+    raise_open_files_limit(max(IDLE_CONNECTIONS, SLOW_HEADER_CONNECTIONS) + 512)
     with idle_connections(live.ports.public, IDLE_CONNECTIONS) as idle:
         during_idle = flood_probes(live.url, seconds)
     figures: dict[str, Any] = {"idle_connections": {**vars(idle), **_probe_figures(during_idle)}}
@@ -310,7 +374,8 @@ def floods(live: Launcher, seconds: float) -> tuple[dict[str, Any], list[tuple[s
                 not crowd.failures and crowd.right_answers > 0,
             ),
         ]
-    return figures, checks
+    slow_figures, slow_checks = slow_crowds(live, seconds)
+    return {**figures, **slow_figures}, checks + slow_checks
 
 
 def _probe_figures(probes: dict[str, Probes]) -> dict[str, Any]:

@@ -52,6 +52,11 @@ EXPORT_TIMEOUT_MS = 10_000
 Protocol = Literal["http/protobuf", "grpc"]
 # OTEL_TRACES_SAMPLER's values Envoy's samplers implement. parentbased_*: a request whose
 # `traceparent` says sampled (or not) follows it; the rest are sampled as the name says.
+# The default is not OpenTelemetry's (parentbased_always_on): this is the edge, where the
+# `traceparent` comes from any client, and a client must not decide what is recorded and
+# exported (every request sampled, or none). A trace id it sends is still continued; a
+# deployment behind its own trusted gateway may choose a parentbased sampler.
+DEFAULT_SAMPLER = "always_on"
 Sampler = Literal[
     "parentbased_always_on",
     "parentbased_always_off",
@@ -74,7 +79,7 @@ class TracingSettings(BaseModel):
     port: int = Field(ge=1, le=65535)
     path: str = "/" + TRACES_PATH  # OTLP/HTTP only
     service_name: str = Field(default=DEFAULT_SERVICE_NAME, min_length=1)
-    sampler: Sampler = "parentbased_always_on"  # OpenTelemetry's default
+    sampler: Sampler = DEFAULT_SAMPLER
     sampler_ratio: float = Field(default=1.0, ge=0, le=1)  # for the traceidratio samplers
     export_timeout_ms: int = Field(default=EXPORT_TIMEOUT_MS, gt=0)
     flush_interval_ms: int = Field(default=FLUSH_INTERVAL_MS, gt=0)
@@ -120,7 +125,7 @@ def _endpoint(environ: Mapping[str, str], protocol: Protocol) -> tuple[str, str,
 
 
 def _sampler(environ: Mapping[str, str]) -> tuple[str, float]:
-    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER
     if sampler not in SAMPLERS:
         raise ConfigError(
             f"OTEL_TRACES_SAMPLER={sampler!r}: Envoy's tracer takes one of {', '.join(SAMPLERS)}"

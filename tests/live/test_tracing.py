@@ -190,6 +190,24 @@ def test_a_request_continues_the_clients_trace_down_to_the_worker(
     assert logged_parent is not None and logged_parent.group(1) in {c.span.span_id.hex() for c in clients}
 
 
+def test_a_clients_unsampled_flag_does_not_decide_what_is_recorded(
+    traced: Launcher, collector: tuple[Receiver, int]
+) -> None:
+    """The edge samples every request by default (OTEL_TRACES_SAMPLER=always_on): a client's
+    `traceparent` saying "not sampled" keeps its trace id but cannot turn recording off."""
+    receiver, _ = collector
+    trace_id = "5" * 32
+    reply = requests.post(
+        f"{traced.url}/sklearn",
+        json={"crystalData": BRIEF_ROWS[:1]},
+        headers={"traceparent": f"00-{trace_id}-{CLIENT_SPAN_ID}-00"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    [server] = [s for s in receiver.wait_for(in_trace(trace_id), 2) if s.span.kind == Span.SPAN_KIND_SERVER]
+    assert server.span.parent_span_id.hex() == CLIENT_SPAN_ID and server.span.name == "POST /sklearn"
+
+
 def test_a_request_without_a_traceparent_starts_a_trace_with_its_status(
     traced: Launcher, collector: tuple[Receiver, int]
 ) -> None:

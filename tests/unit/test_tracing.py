@@ -90,7 +90,7 @@ def test_the_endpoint_is_a_base_url_with_v1_traces_appended(environ: dict[str, s
 def test_defaults_and_the_variables_read_once() -> None:
     tracing = tracing_from_environment(ENDPOINT)
     assert tracing == TracingSettings(host="127.0.0.1", port=4318)
-    assert tracing.service_name == "modelserver" and tracing.sampler == "parentbased_always_on"
+    assert tracing.service_name == "modelserver" and tracing.sampler == "always_on"
     tuned = tracing_from_environment(
         {
             **ENDPOINT,
@@ -179,9 +179,9 @@ def test_on_the_tracer_exports_otlp_http_with_route_model_and_status() -> None:
         "timeout": "10s",
     }
     assert otel["service_name"] == "models-eu" and "grpc_service" not in otel
-    # The default sampler: a client's sampled flag is followed, the rest are all sampled.
-    assert otel["sampler"]["name"].endswith("parent_based")
-    assert otel["sampler"]["typed_config"]["wrapped_sampler"]["name"].endswith("always_on")
+    # The default sampler: every request, whatever a client's sampled flag says (the edge
+    # decides; a client's trace id is still continued).
+    assert otel["sampler"]["name"].endswith("samplers.always_on")
     assert tracing["random_sampling"] == {"value": 100} and tracing["spawn_upstream_span"] is True
     assert tracing["operation"] == "%REQ(:METHOD)% %ROUTE_NAME%"
     tags = {tag["tag"]: tag for tag in tracing["custom_tags"]}
