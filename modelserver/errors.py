@@ -56,6 +56,12 @@ class ModelUnavailable(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class DeadlineExceeded(ServingError):
+    """The request reached the model after its route had stopped waiting for the answer."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
 class ConfigError(ValueError):
     """A model's configuration or files are unusable; raised at load, never per request."""
 

@@ -30,6 +30,7 @@ from modelserver.launcher.routes import (
     METADATA_NAMESPACE,
     V2_INFER_PATH,
     V2_PAGES,
+    WORKER_HEADERS,
     RouteTable,
     body_limit,
     combined,
@@ -488,8 +489,9 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
         "domains": ["*"],
         # TorchServe's streaming marker and the handler's mark (what retries read) stay inside.
         "response_headers_to_remove": ["ts_stream_next", HANDLER_ANSWER],
-        # The worker's Open Inference mark is set by the v2 routes only, never by a client.
-        "request_headers_to_remove": [*UNREAD_HEADERS, PROTOCOL_HEADER],
+        # The worker's Open Inference mark and a request's deadline are set by the routes only,
+        # never by a client.
+        "request_headers_to_remove": [*UNREAD_HEADERS, PROTOCOL_HEADER, *WORKER_HEADERS],
         # TorchServe's inference key; clients never see or send it.
         "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],
         "routes": [own_answer(r) for r in [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()]],

@@ -13,6 +13,7 @@ from typing import Any
 from modelserver.catalogue import Catalogue, RouteSpec
 from modelserver.kinds.registry import KINDS
 from modelserver.protocols.open_inference import BINARY_REFUSED, MODEL_VERSION, PROTOCOL, PROTOCOL_HEADER
+from modelserver.serving.deadlines import ARRIVED_FORMAT, ARRIVED_HEADER, WAIT_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
 METADATA_NAMESPACE = "modelserver"
@@ -73,11 +74,14 @@ def direct(status: int, message: str, **headers: str) -> dict[str, Any]:
 
 
 def combined(*parts: dict[str, Any]) -> dict[str, Any]:
-    """Route fragments in one route: their per-filter settings and metadata merged."""
+    """Route fragments in one route: their per-filter settings, metadata and added headers
+    merged."""
     route: dict[str, Any] = {}
     for part in parts:
         for key, value in part.items():
-            if key in ("typed_per_filter_config", "metadata") and key in route:
+            if key == "request_headers_to_add" and key in route:
+                route[key] = [*route[key], *value]
+            elif key in ("typed_per_filter_config", "metadata") and key in route:
                 merged = {**route[key], **value}
                 if key == "metadata":
                     merged["filter_metadata"] = {**route[key]["filter_metadata"], **value["filter_metadata"]}
@@ -85,6 +89,14 @@ def combined(*parts: dict[str, Any]) -> dict[str, Any]:
             else:
                 route[key] = value
     return route
+
+
+def _added(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+# Headers Envoy sets for the worker: a client's own are removed before the routes add them.
+WORKER_HEADERS = [ARRIVED_HEADER, WAIT_HEADER]
 
 
 def body_limit(limit_bytes: int) -> dict[str, Any]:
@@ -170,7 +182,13 @@ class RouteTable:
                 "timeout": "0s",
                 "idle_timeout": f"{timeout_s:g}s",
                 "retry_policy": SAFE_RETRIES,
-            }
+            },
+            # The request's deadline, for the worker: a request that reaches it after the
+            # route has stopped waiting is answered 504 without being computed.
+            "request_headers_to_add": [
+                _added(ARRIVED_HEADER, ARRIVED_FORMAT),
+                _added(WAIT_HEADER, str(round(timeout_s * 1000))),
+            ],
         }
         return combined(action, body_limit(self.body_limit(name)))
 
@@ -250,12 +268,7 @@ class RouteTable:
         binary = {"name": BINARY_TENSORS_HEADER, "present_match": True}
         match = {"safe_regex": {"regex": V2_INFER_PATH}, "headers": [*POST, binary]}
         routes: list[dict[str, Any]] = [{"match": match, **direct(400, BINARY_REFUSED)}]
-        mark = [
-            {
-                "header": {"key": PROTOCOL_HEADER, "value": PROTOCOL},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ]
+        mark = [_added(PROTOCOL_HEADER, PROTOCOL)]
         for name, entry in sorted(self._catalogue.models.items()):
             if KINDS[entry.kind].open_inference is None:
                 continue

@@ -8,6 +8,7 @@ config.properties) and labels each with `ModelName` (plus its own `Level` and `H
 | `ModelRequests{Status}` | counter | requests answered, by HTTP status |
 | `HandlerBatches` | counter | batches handled |
 | `HandlerBatchRequests` | counter | requests in those batches (ratio: the batch size formed) |
+| `ExpiredRequests` | counter | requests reached after their route stopped waiting: 504, not computed |
 | `HandlerPreprocessSeconds` | histogram | per batch: decoding and validating the bodies |
 | `HandlerInferenceSeconds` | histogram | per batch: the model calls |
 | `HandlerPostprocessSeconds` | histogram | per batch: serialising the answers |
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 REQUESTS_METRIC = "ModelRequests"
 BATCHES_METRIC = "HandlerBatches"
 BATCH_ITEMS_METRIC = "HandlerBatchRequests"
+EXPIRED_METRIC = "ExpiredRequests"
 PHASE_METRICS = {
     "preprocess": "HandlerPreprocessSeconds",
     "inference": "HandlerInferenceSeconds",
@@ -79,9 +81,11 @@ def one_write(logger_name: str = TS_METRIC_LOGGER) -> Iterator[None]:
             logger.info("\n".join(collected.lines))
 
 
-def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes) -> None:
+def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes, expired: int = 0) -> None:
     """Send one batch's counts and phase times to TorchServe's metrics cache (if any): a few
-    lines per batch in one write, never one per request, so the hot path stays cheap."""
+    lines per batch in one write, never one per request, so the hot path stays cheap. The
+    expired requests' counter goes with every batch, zero or not, so its series exists (an alert
+    on it watches something) from the first batch on."""
     if metrics is None:
         return
     # Imported here: only a real TorchServe worker gets this far, and nothing else needs `ts`.
@@ -92,6 +96,7 @@ def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes) -> No
         with one_write():
             metrics.add_counter(BATCHES_METRIC, 1)
             metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
+            metrics.add_counter(EXPIRED_METRIC, expired)
             for status, count in sorted(Counter(statuses).items()):
                 dimensions = [Dimension(STATUS_LABEL, str(status))]
                 metrics.add_counter(REQUESTS_METRIC, count, dimensions=dimensions)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from modelserver.kinds.registry import kind_named
 from modelserver.payload import request_body
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
+from modelserver.serving.deadlines import late_requests
 from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.serving.protocol_batch import answer_batch
@@ -101,6 +103,11 @@ def speaks_open_inference(context: Any, index: int) -> bool:
     return header is not None and header(index, PROTOCOL_HEADER) == PROTOCOL
 
 
+def _renumbered(emit: Emit, indices: Sequence[int]) -> Emit:
+    """`emit` for a batch of the requests at `indices` only: chunk i belongs to indices[i]."""
+    return lambda index, chunk: emit(indices[index], chunk)
+
+
 def stream_emitter(context: Any) -> Emit:
     """Send one chunk of a streaming answer now (TorchServe's intermediate responses)."""
 
@@ -158,20 +165,35 @@ class TorchServeAdapter:
         times = BatchTimes()
         with times.phase("preprocess"):
             bodies = [request_body(row) for row in data]
+            late = late_requests(context, len(data), time.time())
+        awaited = [index for index, error in enumerate(late) if error is None]
         emit = capped_emitter(type(self).make_emitter(context), self._answer_limit)
-        protocols = [speaks_open_inference(context, index) for index in range(len(data))]
-        answers = answer_batch(
-            self._answerer, self._codec, context.model_name, bodies, protocols, emit, times
+        protocols = [speaks_open_inference(context, index) for index in awaited]
+        computed = (
+            answer_batch(
+                self._answerer,
+                self._codec,
+                context.model_name,
+                [bodies[index] for index in awaited],
+                protocols,
+                _renumbered(emit, awaited),
+                times,
+            )
+            if awaited
+            else []
         )
+        answers = [Outcome.of_error(error) if error is not None else None for error in late]
+        for index, answer in zip(awaited, computed, strict=True):
+            answers[index] = answer
         with times.phase("postprocess"):
-            outcomes = [encode(answer, self._answer_limit) for answer in answers]
+            outcomes = [encode(answer, self._answer_limit) for answer in answers if answer is not None]
             for index, outcome in enumerate(outcomes):
                 context.set_response_content_type(index, outcome.content_type)
                 context.set_response_header(index, HANDLER_ANSWER, "1")
                 if outcome.status != HTTPStatus.OK:
                     context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
         statuses = [outcome.status for outcome in outcomes]
-        report_batch(getattr(context, "metrics", None), statuses, times)
+        report_batch(getattr(context, "metrics", None), statuses, times, expired=len(data) - len(awaited))
         # The trace id of each traced request (only with tracing on: Envoy drops it otherwise).
         log_traced(context.model_name, request_traces(context, len(data)), statuses)
         return [outcome.body for outcome in outcomes]
