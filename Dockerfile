@@ -141,16 +141,18 @@ RUN python -m compileall -q modelserver handlers \
 
 USER 10001:10001
 
-# Envoy listens on $PORT (the API) and $METRICS_PORT (GET /metrics); everything else is loopback.
+# Envoy listens on $PORT (the API) and $METRICS_PORT (the operations port: GET /metrics and the
+# probes' GET /healthcheck); everything else is loopback.
 EXPOSE 8080 3001
 STOPSIGNAL SIGTERM
 
 # /healthcheck answers 200 only when every served model has a ready worker (503 before, and
 # while stopping). Before the models are loaded nothing listens yet: the start period covers the
 # launcher's own startup timeout (180 s). Slim has no curl: python's urllib, which raises (exit
-# 1) on a 503 or a refused connection. Exec form (no shell): the one-liner reads $PORT (ENV above).
+# 1) on a 503 or a refused connection. Exec form (no shell): the one-liner reads $METRICS_PORT
+# (ENV above): the operations port, whose connections a crowd on the API's port cannot take.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthcheck' % os.environ['PORT'], timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthcheck' % os.environ['METRICS_PORT'], timeout=4)"]
 
 # Exactly what `make run` runs, with the runtime folder made explicit. CMD is the model choice
 # for the baked image; a mounted store passes its own (`--no-build --models ...`).

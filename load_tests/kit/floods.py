@@ -198,6 +198,26 @@ class _SlowSenders:
         return self.flood
 
 
+@contextlib.contextmanager
+def _in_child(
+    target: Callable[..., None], arguments: tuple[Any, ...], outcome: Any, seconds: float
+) -> Iterator[Any]:
+    """Run a crowd, `target(*arguments, results)`, in a forked child for about `seconds`, so its
+    threads and loops never hold the prober's interpreter lock (the probes time the server).
+    `outcome` is filled in from what the child puts in `results` when the block ends."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=target, args=(*arguments, results), daemon=True)
+    process.start()
+    try:
+        yield outcome
+        vars(outcome).update(vars(results.get(timeout=seconds + 60)))
+    finally:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
+
+
 def _slow_senders(arguments: tuple[int, int, bytes, bytes, float], seconds: float, results: Any) -> None:
     """The crowd, in its own process."""
     raise_open_files_limit(arguments[1] + 256)
@@ -212,21 +232,9 @@ def slow_senders(
     connections that each send `opening`, then `drip` every `drip_every_s`, reopening each one
     the server closes. In a child process, so its loop never holds the prober's interpreter
     lock; the outcome is filled in when the block ends."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    arguments = ((port, count, opening, drip, drip_every_s), seconds, results)
-    process = context.Process(target=_slow_senders, args=arguments, daemon=True)
-    process.start()
-    outcome = SlowFlood()
-    try:
+    arguments = ((port, count, opening, drip, drip_every_s), seconds)
+    with _in_child(_slow_senders, arguments, SlowFlood(), seconds) as outcome:
         yield outcome
-        found = results.get(timeout=seconds + 60)
-        outcome.held_at_most, outcome.closed_by_server = found.held_at_most, found.closed_by_server
-        outcome.refused, outcome.answers = found.refused, found.answers
-    finally:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
 
 
 def slow_headers_opening(path: str) -> bytes:
@@ -369,19 +377,6 @@ def page_crowd(url: str, clients: int, seconds: float) -> Iterator[PageFlood]:
     """`clients` keep-alive clients polling `url` (one of PAGE_MARKS's pages) for `seconds`, in
     a child process (so their threads never hold the prober's interpreter lock: the probes time
     the server). The outcome is filled in when the block ends, after the crowd has left."""
-    mark = next(mark for page, mark in PAGE_MARKS.items() if url.endswith(page))
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    process = context.Process(target=_flood_page, args=(url, mark, clients, seconds, results), daemon=True)
-    process.start()
-    outcome = PageFlood()
-    try:
+    [mark] = [mark for page, mark in PAGE_MARKS.items() if url.endswith(page)]
+    with _in_child(_flood_page, (url, mark, clients, seconds), PageFlood(), seconds) as outcome:
         yield outcome
-        found = results.get(timeout=seconds + 60)
-        outcome.statuses, outcome.failures = found.statuses, found.failures
-        outcome.right_answers = found.right_answers
-        outcome.refusals_as_json_with_retry_after = found.refusals_as_json_with_retry_after
-    finally:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()

@@ -229,11 +229,12 @@ def test_image_runs_as_a_fixed_non_root_user() -> None:
     assert container()["securityContext"]["runAsGroup"] == int(gid)
 
 
-def test_healthcheck_asks_the_public_port_for_healthcheck() -> None:
+def test_healthcheck_asks_the_operations_port_for_healthcheck() -> None:
     command = healthcheck_command()
     assert command[:2] == ["python", "-c"]
     compile(command[2], "<HEALTHCHECK>", "exec")  # valid Python
-    assert "http://127.0.0.1:" in command[2] and "/healthcheck" in command[2] and "PORT" in command[2]
+    assert "http://127.0.0.1:" in command[2] and "/healthcheck" in command[2]
+    assert "os.environ['METRICS_PORT']" in command[2]
     (healthcheck,) = final_stage("HEALTHCHECK")
     start_period = re.search(r"--start-period=(\d+)s", healthcheck.args)
     assert start_period and int(start_period.group(1)) >= settings_from_command_line([], {}).startup_timeout_s
