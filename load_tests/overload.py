@@ -397,6 +397,24 @@ def _answered(probes: dict[str, Probes]) -> str:
     return ", ".join(f"{name} {p.answered}/{p.total}" for name, p in probes.items())
 
 
+def deadline_figures(live: Launcher) -> dict[str, float]:
+    """Requests Envoy gave up on (the route's wait ran out) and those the workers then found
+    late and never computed (`ExpiredRequests`), from one scrape after the phases."""
+    text = requests.get(live.metrics_url, timeout=10).text
+
+    def total(name: str, label: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and label in line
+        )
+
+    return {
+        "envoy_timeouts": total("envoy_cluster_upstream_rq_timeout", 'envoy_cluster_name="model_fill_mask"'),
+        "expired_in_workers": total("ExpiredRequests_total", 'ModelName="fill_mask"'),
+    }
+
+
 def stack(work: Path, model: Path | None) -> contextlib.AbstractContextManager[Launcher]:
     """The real stack serving fill_mask on bert-base's shapes."""
     weights = model or build_timing_model(work / "bert")
@@ -446,6 +464,7 @@ def main() -> int:
         phases = [Phase("normal", sustained / 2), Phase("overload", sustained * args.factor)]
         phases.append(Phase("after", sustained / 2))
         uvloop.run(run_phases(live.url, live.process.pid, phases, args.phase))
+        deadlines = deadline_figures(live)
         flooded = floods(live, args.phase)
     summaries = [phase.summary() for phase in phases]
     entry = admission_limits()
@@ -454,6 +473,10 @@ def main() -> int:
     print(table(summaries))
     for text, held in checks:
         print(f"{'yes' if held else 'NO '}  {text}")
+    print(
+        f"deadlines: Envoy timed out {deadlines['envoy_timeouts']:g} requests to the model; workers"
+        f" answered {deadlines['expired_in_workers']:g} late ones 504 without computing them"
+    )
     for row in summaries:
         slowest = ", ".join(f"{ms:.0f} ms at {at:.1f} s" for at, ms in row["slowest"])
         print(f"slowest answers, {row['phase']}: {slowest}")
@@ -465,6 +488,7 @@ def main() -> int:
         "admission": {"concurrency": entry[0], "queue": entry[1]},
         "phases": summaries,
         "floods": flooded[0],
+        "deadlines": deadlines,
         "checks": dict(checks),
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
