@@ -52,7 +52,8 @@ PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's sta
 # that fills the public port never makes a replica fail its probes.
 PROMETHEUS_LISTENER = "prometheus"
 OPERATIONS_ONLY = "this port serves GET /metrics (Prometheus text) and GET /healthcheck only"
-OPERATIONS_CONNECTIONS = 256  # scrapers and probes use a few; a 128-client crowd on /metrics gets 503s, not closes
+# Scrapers and probes use a few; a 128-client crowd on /metrics gets the cluster's 503s, not closes.
+OPERATIONS_CONNECTIONS = 256
 HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes this way
 # Every other page of that server goes through a cluster of its own whose circuit breaker lets
 # its readers through at once and queues a few more; beyond that Envoy answers its JSON 503
