@@ -228,9 +228,11 @@ def tracer(tracing: TracingSettings) -> dict[str, Any]:
             }
         }
     model = {"kind": {"route": {}}, "metadata_key": {"key": TRACING_METADATA, "path": [{"key": "model"}]}}
+    sampler = envoy_sampler(tracing)
     return {
-        # Envoy's own sampling lets every request through: the tracer's sampler decides.
-        "random_sampling": {"value": 100},
+        # Envoy's own sampling: every request when a parent-based sampler decides, else the
+        # configured share (by request id). Either way a route that is never traced stays so.
+        "random_sampling": {"value": 100 if sampler else edge_percentage(tracing)},
         "spawn_upstream_span": True,
         "operation": "%REQ(:METHOD)% %ROUTE_NAME%",
         "upstream_operation": "%REQ(:METHOD)% %ROUTE_NAME% -> %UPSTREAM_CLUSTER%",
@@ -244,17 +246,56 @@ def tracer(tracing: TracingSettings) -> dict[str, Any]:
                 "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
                 **exporter,
                 "service_name": tracing.service_name,
-                "sampler": envoy_sampler(tracing),
+                **({"sampler": sampler} if sampler else {}),
                 "max_cache_size": tracing.max_queued_spans,
             },
         },
     }
 
 
-def envoy_sampler(tracing: TracingSettings) -> dict[str, Any]:
-    """OTEL_TRACES_SAMPLER as Envoy's OpenTelemetry samplers: always-on, a trace-id ratio (0 for
-    always-off), either wrapped in the parent-based sampler. Without one, Envoy would ignore the
-    sampled flag of a client's `traceparent`."""
+def edge_percentage(tracing: TracingSettings) -> float:
+    """The share of requests sampled, in percent, by a sampler that ignores the parent."""
+    if tracing.sampler.endswith("always_on"):
+        return 100.0
+    return 0.0 if tracing.sampler.endswith("always_off") else tracing.sampler_ratio * 100
+
+
+# A W3C `traceparent` of version 00 is 55 characters, its flags the last two: keep the first
+# 53 (version, trace id, parent id) and say "sampled", so Envoy's own sampling alone decides.
+TRACEPARENT_BEFORE_FLAGS = 53
+SAMPLED_FLAGS = "01"
+
+
+def client_flag_ignored() -> dict[str, Any]:
+    """An early header mutation (before Envoy's tracing decision) that sets the sampled flag of
+    a client's `traceparent`, where there is one: Envoy's decision is the parent's flag AND the
+    route's sampling, so with the flag set the route's sampling (`edge_percentage`, or never on
+    the probes' routes) decides alone, and the client's trace id is still continued."""
+    value = f"%REQ(traceparent):{TRACEPARENT_BEFORE_FLAGS}%{SAMPLED_FLAGS}"
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
+            ".HeaderMutation",
+            "mutations": [
+                {
+                    "append": {
+                        "header": {"key": "traceparent", "value": value},
+                        "append_action": "OVERWRITE_IF_EXISTS",
+                    }
+                }
+            ],
+        },
+    }
+
+
+def envoy_sampler(tracing: TracingSettings) -> dict[str, Any] | None:
+    """A parentbased_* OTEL_TRACES_SAMPLER as Envoy's OpenTelemetry samplers: the parent-based
+    one around always-on or a trace-id ratio (0 for always-off). None for the others: Envoy's own
+    sampling (`edge_percentage`) then decides, with the client's flag set (`client_flag_ignored`);
+    Envoy's OpenTelemetry samplers would also overrule a route's "never traced"."""
+    if not tracing.sampler.startswith("parentbased_"):
+        return None
     if tracing.sampler.endswith("always_on"):
         root = {
             "name": "envoy.tracers.opentelemetry.samplers.always_on",
@@ -270,8 +311,6 @@ def envoy_sampler(tracing: TracingSettings) -> dict[str, Any]:
                 "sampling_percentage": percentage,
             },
         }
-    if not tracing.sampler.startswith("parentbased_"):
-        return root
     return {
         "name": "envoy.tracers.opentelemetry.samplers.parent_based",
         "typed_config": {"@type": SAMPLER_TYPE + "ParentBasedSamplerConfig", "wrapped_sampler": root},
@@ -340,4 +379,12 @@ def traced_manager(
     route_config["virtual_hosts"] = hosts
     if tracing is None:
         return {**manager, "route_config": route_config}
-    return {**manager, "generate_request_id": True, "tracing": tracer(tracing), "route_config": route_config}
+    traced = {
+        **manager,
+        "generate_request_id": True,
+        "tracing": tracer(tracing),
+        "route_config": route_config,
+    }
+    if envoy_sampler(tracing) is None:
+        traced["early_header_mutation_extensions"] = [client_flag_ignored()]
+    return traced

@@ -1,9 +1,10 @@
 """The image's HEALTHCHECK, run as Docker runs it, against the real stack.
 
-The command is read out of the Dockerfile and run with the container's environment (PORT, and
-the venv's python first on PATH), so a broken one-liner, a wrong URL or a check that passes when
-nothing listens fails here, in seconds, on a machine without Docker too; tests/container runs
-the image itself and waits for Docker to call it healthy.
+The command is read out of the Dockerfile and run with the container's environment
+(METRICS_PORT, the operations port it asks, and the venv's python first on PATH), so a broken
+one-liner, a wrong URL or a check that passes when nothing listens fails here, in seconds, on a
+machine without Docker too; tests/container runs the image itself and waits for Docker to call
+it healthy.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from tests.unit.test_deploy_files import healthcheck_command
 
 
 def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
-    """The Dockerfile's HEALTHCHECK command (exec form) with PORT set as in the container."""
+    """The Dockerfile's HEALTHCHECK command (exec form) with METRICS_PORT set as in the container."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PORT": str(port), "PATH": path}
+    env = {**os.environ, "METRICS_PORT": str(port), "PATH": path}
     command = healthcheck_command()
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_healthcheck_passes_against_a_healthy_stack(stack: Launcher) -> None:
-    result = run_healthcheck(stack.ports.public)
+    result = run_healthcheck(stack.ports.prometheus)
     assert result.returncode == 0, result.stderr
 
 

@@ -285,16 +285,20 @@ def test_an_overloaded_envoy_answers_our_json_with_retry_after(
 
 
 def test_a_language_model_route_refuses_a_body_beyond_its_character_caps(stack: Launcher) -> None:
-    """/inference (fill-mask) takes at most what 16,384 characters can need; a bigger body is a
-    413 naming that limit, and a body within it still reaches the model."""
-    limit = TextModelSettings().max_body_bytes()
+    """/predictions/camembert takes at most what its character caps can need (the defaults:
+    16,384 characters); a bigger body is a 413 naming that limit, and a body within it still
+    reaches the model."""
+    catalogue = Catalogue.load(stack.catalogue) if stack.catalogue else Catalogue.load()
+    limit = RouteTable(catalogue, {}).body_limit("camembert")
+    assert limit == TextModelSettings().max_body_bytes() < 1 << 20
     big = json.dumps({"text": "x" * limit})
-    response = requests.post(f"{stack.url}/inference", data=big, timeout=30)
+    response = requests.post(f"{stack.url}/predictions/camembert", data=big, timeout=30)
     body = check_json_error(response, 413)
     assert f"{limit:,} bytes" in str(body["error"]), body
     crystal = check_json_error(
         requests.post(f"{stack.url}/sklearn", data=big + " " * (1 << 20), timeout=30), 413
     )
     assert "1,048,576 bytes" in str(crystal["error"])
-    ok = requests.post(f"{stack.url}/inference", json={"text": "Paris is the [MASK] of France."}, timeout=30)
+    within = {"text": "Paris is the <mask> of France."}
+    ok = requests.post(f"{stack.url}/predictions/camembert", json=within, timeout=30)
     assert ok.status_code == 200, ok.text

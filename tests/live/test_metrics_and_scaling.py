@@ -101,15 +101,23 @@ def test_metrics_only_answer_get(stack: Launcher) -> None:
 
 
 def test_metrics_have_a_port_of_their_own(stack: Launcher) -> None:
-    """The API's port answers /metrics with a JSON 404; the Prometheus port serves nothing but
-    /metrics (JSON 404 elsewhere), with Envoy's protections and the API's error shape."""
+    """The API's port answers /metrics with a JSON 404; the operations port serves nothing but
+    /metrics and the probes' /healthcheck (JSON 404 elsewhere), with Envoy's protections and the
+    API's error shape."""
     public = requests.get(f"{stack.url}/metrics", timeout=10)
     assert public.status_code == 404 and public.json()["code"] == 404, public.text
     base = stack.metrics_url.removesuffix("/metrics")
-    for path in ("/healthcheck", "/sklearn", "/", "/metrics/"):
+    for path in ("/sklearn", "/", "/metrics/", "/healthcheck/", "/openapi.json"):
         other = requests.get(f"{base}{path}", timeout=10)
         assert other.status_code == 404 and "GET /metrics" in other.json()["error"], (path, other.text)
     assert requests.get(stack.metrics_url, timeout=10).text.startswith("# HELP")
+    health = requests.get(stack.health_url, timeout=10)
+    assert (
+        health.status_code == 200
+        and health.json() == requests.get(f"{stack.url}/healthcheck", timeout=10).json()
+    )
+    wrong = requests.post(stack.health_url, timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET", wrong.text
 
 
 @pytest.fixture(name="traffic")

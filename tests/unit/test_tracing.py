@@ -179,9 +179,9 @@ def test_on_the_tracer_exports_otlp_http_with_route_model_and_status() -> None:
         "timeout": "10s",
     }
     assert otel["service_name"] == "models-eu" and "grpc_service" not in otel
-    # The default sampler: every request, whatever a client's sampled flag says (the edge
-    # decides; a client's trace id is still continued).
-    assert otel["sampler"]["name"].endswith("samplers.always_on")
+    # The default: every request, whatever a client's sampled flag says (Envoy's own sampling
+    # decides, which also keeps a route's "never traced"; a client's trace id is continued).
+    assert "sampler" not in otel
     assert tracing["random_sampling"] == {"value": 100} and tracing["spawn_upstream_span"] is True
     assert tracing["operation"] == "%REQ(:METHOD)% %ROUTE_NAME%"
     tags = {tag["tag"]: tag for tag in tracing["custom_tags"]}
@@ -235,11 +235,27 @@ def test_on_routes_are_named_know_their_model_and_probes_are_not_traced() -> Non
     assert any("envoy.filters.http.lua" in r.get("metadata", {}).get("filter_metadata", {}) for r in predict)
 
 
-def test_a_trace_id_ratio_sampler() -> None:
-    environ = {**ENDPOINT, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-    sampler = manager_of(config_for(environ))["tracing"]["provider"]["typed_config"]["sampler"]
-    assert sampler["name"].endswith("trace_id_ratio_based")
-    assert sampler["typed_config"]["sampling_percentage"] == {"numerator": 100_000, "denominator": "MILLION"}
+def test_a_share_of_requests_at_the_edge_or_a_ratio_that_follows_the_parent() -> None:
+    edge = {**ENDPOINT, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    tracing = manager_of(config_for(edge))["tracing"]
+    assert (
+        tracing["random_sampling"] == {"value": 10.0} and "sampler" not in tracing["provider"]["typed_config"]
+    )
+    # At the edge a client's sampled flag is set before Envoy decides (its trace id kept).
+    [flag] = manager_of(config_for(edge))["early_header_mutation_extensions"]
+    [mutation] = flag["typed_config"]["mutations"]
+    assert mutation["append"] == {
+        "header": {"key": "traceparent", "value": "%REQ(traceparent):53%01"},
+        "append_action": "OVERWRITE_IF_EXISTS",
+    }
+    trusting = {**edge, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    assert "early_header_mutation_extensions" not in manager_of(config_for(trusting))
+    tracing = manager_of(config_for(trusting))["tracing"]
+    sampler = tracing["provider"]["typed_config"]["sampler"]
+    assert tracing["random_sampling"] == {"value": 100} and sampler["name"].endswith("parent_based")
+    wrapped = sampler["typed_config"]["wrapped_sampler"]
+    assert wrapped["name"].endswith("trace_id_ratio_based")
+    assert wrapped["typed_config"]["sampling_percentage"] == {"numerator": 100_000, "denominator": "MILLION"}
 
 
 def test_grpc_to_a_collector_by_name() -> None:
