@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install browser run archives test lint unit live clean bench soak overload audit scale image
+.PHONY: install browser run archives test lint unit live clean bench hops soak overload audit scale image
 
 install: $(STAMP)
 
@@ -72,6 +72,11 @@ clean:
 ## The benchmark against the naive peers (about 70 minutes; results in load_tests/results/bench).
 bench: install
 	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)
+
+## Where a /sklearn request's time goes, hop by hop, at 1 and 64 clients (about 2 minutes;
+## results in load_tests/results/hops). make hops HOPS_ARGS="--torchserve batchSize=1"
+hops: install
+	$(PY) -m load_tests.hops $(HOPS_ARGS)
 
 ## The soak test: 10 minutes of steady mixed load on every public route; fails on any
 ## error or RSS growth >= 5% (results in load_tests/results/soak). make soak SOAK_ARGS="--duration 90"

@@ -167,6 +167,12 @@ ACCESS_LOG_FIELDS = {
     "flags": "%RESPONSE_FLAGS%",
     "duration_ms": "%DURATION%",
     "upstream_ms": "%RESPONSE_DURATION%",
+    # Where a request's time went, in microseconds: in Envoy before the upstream got its first
+    # byte (receiving the request, the filters), at the upstream (TorchServe) until the first
+    # byte of its answer, and in Envoy again until the client got the last byte.
+    "request_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:us)%",
+    "upstream_us": "%COMMON_DURATION(US_TX_BEG:US_RX_BEG:us)%",
+    "response_us": "%COMMON_DURATION(US_RX_BEG:DS_TX_END:us)%",
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",

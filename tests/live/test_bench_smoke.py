@@ -74,3 +74,37 @@ def test_a_wrong_answer_counts_as_an_error(stack: Launcher) -> None:
     _, bad = drive(stack, "--path", "/predictions/no_such_model", *window)
     assert bad["requests"] == 0
     assert bad["errors"] > 0 and list(bad["error_reasons"]) == ["HTTP 404"]
+
+
+def test_the_hop_breakdown_adds_up_to_the_clients_time(tmp_path: Path) -> None:
+    """`make hops` in miniature: every hop measured, none negative but the remainders' noise,
+    and the hops sum to the client's median (the client's share is what is left of it)."""
+    out = tmp_path / "hops"
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.hops",
+        "--requests",
+        "300",
+        "--levels",
+        "1,8",
+        "--out",
+        str(out),
+    ]
+    finished = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    levels = json.loads((out / "results.json").read_text(encoding="utf-8"))["levels"]
+    assert [row["clients"] for row in levels] == [1, 8]
+    for row in levels:
+        hops = row["hops_us"]
+        assert abs(sum(hops.values()) - row["client_p50_us"]) < 1, row
+        for measured in (
+            "Envoy: request in, filters, to TorchServe",
+            "handler: predict",
+            "Envoy: answer back to the client",
+        ):
+            assert hops[measured] > 0, (measured, row)
+        assert row["throughput_rps"] > 0 and row["mean_batch"] >= 1
+    assert levels[0]["mean_batch"] == 1.0  # a lone client's requests are never batched together
