@@ -94,34 +94,32 @@ def access_lines(stack: Launcher, count: int) -> list[dict[str, Any]]:
     return routed[-count:]
 
 
-def level(stack: Launcher, clients: int, total: int) -> dict[str, Any]:
-    """One level: warm up, then `total` requests; the median hops per request, in microseconds."""
-    drive(stack.ports.public, clients, max(1, 200 // clients))
-    per_client = max(MIN_PER_CLIENT, total // clients)
-    time.sleep(SHARED_FOR_S + 0.1)  # a fresh reading of /metrics, not the one shared for a second
+def measured(stack: Launcher, clients: int, per_client: int) -> tuple[list[float], float, dict[str, float]]:
+    """The latencies of `clients` x `per_client` requests, their span in seconds, and the
+    counters' deltas over them (each read fresh: /metrics shares one reading for a second)."""
+    time.sleep(SHARED_FOR_S + 0.1)
     before = counters(stack)
     started = time.perf_counter()
     latencies = drive(stack.ports.public, clients, per_client)
     elapsed = time.perf_counter() - started
     time.sleep(SHARED_FOR_S + 0.1)
     after = counters(stack)
-    delta = {key: after[key] - before[key] for key in COUNTERS}
+    return latencies, elapsed, {key: after[key] - before[key] for key in COUNTERS}
+
+
+def level(stack: Launcher, clients: int, total: int) -> dict[str, Any]:
+    """One level: warm up, then `total` requests; the median hops per request, in microseconds."""
+    drive(stack.ports.public, clients, max(1, 200 // clients))
+    latencies, elapsed, delta = measured(stack, clients, max(MIN_PER_CLIENT, total // clients))
     sent = len(latencies)
     log = access_lines(stack, sent)
-    median = {
+    envoy = {
         key: statistics.median(float(entry[key]) for entry in log)
         for key in ("request_us", "upstream_us", "response_us")
     }
-    per_request = {
-        "frontend_us": delta["frontend_us"] / max(delta["requests"], 1),
-        "queue_us": delta["queue_us"] / max(delta["requests"], 1),
-        "decode_us": 1e6 * delta["decode_s"] / sent,
-        "predict_us": 1e6 * delta["predict_s"] / sent,
-        "encode_us": 1e6 * delta["encode_s"] / sent,
-    }
+    handler = {phase: 1e6 * delta[f"{phase}_s"] / sent for phase in ("decode", "predict", "encode")}
+    queue_us = delta["queue_us"] / max(delta["requests"], 1)
     client_us = 1e6 * statistics.median(latencies)
-    in_envoy = median["request_us"] + median["response_us"]
-    handler = per_request["decode_us"] + per_request["predict_us"] + per_request["encode_us"]
     return {
         "clients": clients,
         "requests": sent,
@@ -130,18 +128,18 @@ def level(stack: Launcher, clients: int, total: int) -> dict[str, Any]:
         "client_p99_us": 1e6 * sorted(latencies)[int(0.99 * (sent - 1))],
         "mean_batch": delta["requests"] / max(delta["batches"], 1),
         "hops_us": {
-            "client and kernel (client's time outside Envoy)": client_us - in_envoy - median["upstream_us"],
-            "Envoy: request in, filters, to TorchServe": median["request_us"],
-            "TorchServe frontend to worker and back, outside the handler": median["upstream_us"]
-            - per_request["queue_us"]
-            - handler,
-            "TorchServe job queue (incl. waiting for a batch to fill)": per_request["queue_us"],
-            "handler: decode and validate": per_request["decode_us"],
-            "handler: predict": per_request["predict_us"],
-            "handler: encode, headers, metrics": per_request["encode_us"],
-            "Envoy: answer back to the client": median["response_us"],
+            "client and kernel (client's time outside Envoy)": client_us - sum(envoy.values()),
+            "Envoy: request in, filters, to TorchServe": envoy["request_us"],
+            "TorchServe frontend to worker and back, outside the handler": envoy["upstream_us"]
+            - queue_us
+            - sum(handler.values()),
+            "TorchServe job queue (incl. waiting for a batch to fill)": queue_us,
+            "handler: decode and validate": handler["decode"],
+            "handler: predict": handler["predict"],
+            "handler: encode, headers": handler["encode"],
+            "Envoy: answer back to the client": envoy["response_us"],
         },
-        "frontend_mean_us": per_request["frontend_us"],
+        "frontend_mean_us": delta["frontend_us"] / max(delta["requests"], 1),
     }
 
 

@@ -415,6 +415,21 @@ def deadline_figures(live: Launcher) -> dict[str, float]:
     }
 
 
+def print_verdicts(
+    checks: list[tuple[str, bool]], deadlines: dict[str, float], summaries: list[dict[str, Any]]
+) -> None:
+    """Each verdict, the deadline figures and each phase's slowest answers, a line each."""
+    for text, held in checks:
+        print(f"{'yes' if held else 'NO '}  {text}")
+    print(
+        f"deadlines: Envoy timed out {deadlines['envoy_timeouts']:g} requests to the model; workers"
+        f" answered {deadlines['expired_in_workers']:g} late ones 504 without computing them"
+    )
+    for row in summaries:
+        slowest = ", ".join(f"{ms:.0f} ms at {at:.1f} s" for at, ms in row["slowest"])
+        print(f"slowest answers, {row['phase']}: {slowest}")
+
+
 def stack(work: Path, model: Path | None) -> contextlib.AbstractContextManager[Launcher]:
     """The real stack serving fill_mask on bert-base's shapes."""
     weights = model or build_timing_model(work / "bert")
@@ -471,15 +486,7 @@ def main() -> int:
     checks = verdicts(summaries, sum(entry), sustained) + flooded[1]
     print(f"capacity (16 closed-loop clients): {sustained:.1f} req/s; admission {entry[0]} + {entry[1]}")
     print(table(summaries))
-    for text, held in checks:
-        print(f"{'yes' if held else 'NO '}  {text}")
-    print(
-        f"deadlines: Envoy timed out {deadlines['envoy_timeouts']:g} requests to the model; workers"
-        f" answered {deadlines['expired_in_workers']:g} late ones 504 without computing them"
-    )
-    for row in summaries:
-        slowest = ", ".join(f"{ms:.0f} ms at {at:.1f} s" for at, ms in row["slowest"])
-        print(f"slowest answers, {row['phase']}: {slowest}")
+    print_verdicts(checks, deadlines, summaries)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "capacity_rps": sustained,
