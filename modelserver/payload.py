@@ -12,6 +12,12 @@ from typing import Any
 
 from modelserver.errors import InvalidInput
 
+# What a body can weigh, for the body limits Envoy holds each route to: the most bytes one
+# character can take in JSON (outside the BMP, an escaped surrogate pair: \ud83d\ude00), and
+# room for what surrounds a kind's data (field names, `parameters`, `model_name`, whitespace).
+JSON_BYTES_PER_CHAR = 12
+BODY_OVERHEAD_BYTES = 4096
+
 
 def _refuse_constant(name: str) -> float:
     raise InvalidInput(f"the body contains {name}, which is not a valid JSON number")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure, ServingError
 from modelserver.kinds import ModelFiles
+from modelserver.payload import BODY_OVERHEAD_BYTES
 from modelserver.validation import parse_settings, quoted, validate_body
 
 # Scores that overflow from values beyond this are the request's fault; from smaller ones, the model's.
@@ -33,7 +34,6 @@ Row = Annotated[list[FiniteNumber], Field(min_length=1)]
 # A row as a client's JSON encoder writes it at its longest: four float64 values of 24
 # characters ("-2.2250738585072014e-308") with separators, and room for a fifth.
 ROW_BYTES = 128
-BODY_OVERHEAD_BYTES = 4096  # the object around the rows: `crystalData`, `model`, whitespace
 
 
 class CrystalSettings(BaseModel):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, StringConstraints, model_validator
 
+from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
 from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
 
 PUBLIC_MASK = "[MASK]"  # what a fill-mask text writes for the word to fill, whatever the model
@@ -27,10 +28,6 @@ REQUEST_CHARS_PER_TOKEN = 8
 # not model, and far more than any sensible answer needs (2,000 candidates over 512-token texts
 # of English is about 5 MB).
 MAX_ANSWER_BYTES = 8 * 2**20
-# The most bytes one character can take in a JSON body: a character outside the BMP written as
-# an escaped surrogate pair (\ud83d\ude00).
-JSON_BYTES_PER_CHAR = 12
-BODY_OVERHEAD_BYTES = 4096  # field names, `parameters`, `model_name`, whitespace
 
 
 class TextModelSettings(BaseModel):

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError, SpecValidationFailed
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.text_schemas import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
+from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
 from modelserver.validation import parse_settings, validate_body
 
 # What a saved topics model may contain; anything else makes the load fail.

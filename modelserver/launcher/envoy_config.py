@@ -35,6 +35,7 @@ from modelserver.launcher.routes import (
     body_limit,
     combined,
     direct,
+    header_to_add,
     loopback_cluster,
 )
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
@@ -87,17 +88,17 @@ PAGE_CLUSTERS = {
     DOCUMENTS_CLUSTER: reader_limits(DOCUMENT_READERS, DOCUMENTS_WAITING),
     OPEN_INFERENCE_PAGES_CLUSTER: reader_limits(OPEN_INFERENCE_READERS),
 }
-# Envoy's heap: from 90% it returns freed memory to the system, from 95% it refuses new
-# requests with 503 until the heap shrinks.
+# Envoy's heap: from 75% the HTTP/2 streams holding the most memory are reset, from 90% it
+# returns freed memory to the system, from 95% it refuses new requests with 503 until it shrinks.
 HEAP_LIMIT_BYTES = 768 << 20
 SHRINK_HEAP_AT = 0.90
 REFUSE_REQUESTS_AT = 0.95
 # TorchServe's HTTP decoder refuses more than 8 KiB of headers (a 400 "Invalid HTTP message");
 # 7 KiB leaves room for what Envoy adds, and beyond it clients get a 431.
 MAX_REQUEST_HEADERS_KB = 7
-# Slow or stalled clients: headers within 10 s, the whole request (at most 1 MiB) also within
-# 10 s, a 408. Shorter than the routes' idle timeouts (15 s and more), so a client that stops
-# sending its body is a 408, never a 504 blamed on the model.
+# Slow or stalled clients: headers within 5 s (a client sends them in one write), the whole
+# request (at most 1 MiB) within 10 s, a 408. Shorter than the routes' idle timeouts (15 s and
+# more), so a client that stops sending its body is a 408, never a 504 blamed on the model.
 REQUEST_HEADERS_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 10
 STREAM_IDLE_TIMEOUT_S = 30
@@ -186,10 +187,6 @@ def _typed(kind: str, **config: Any) -> dict[str, Any]:
 
 def _method_is(method: str) -> list[dict[str, Any]]:
     return [{"name": ":method", "string_match": {"exact": method}}]
-
-
-def _header(key: str, value: str) -> dict[str, Any]:
-    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
@@ -292,7 +289,7 @@ def local_replies() -> dict[str, Any]:
         if status is not None:
             mapper["status_code"] = status
         if retry_after:
-            mapper["headers_to_add"] = [_header("retry-after", retry_after)]
+            mapper["headers_to_add"] = [header_to_add("retry-after", retry_after)]
         return mapper
 
     def details(code_details: str) -> dict[str, Any]:
@@ -380,7 +377,9 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
             "name": "envoy.filters.http.header_mutation",
             "typed_config": _typed(
                 "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                mutations={"request_mutations": [{"append": _header("content-type", "application/json")}]},
+                mutations={
+                    "request_mutations": [{"append": header_to_add("content-type", "application/json")}]
+                },
             ),
         },
         {
@@ -500,7 +499,7 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
         # never by a client.
         "request_headers_to_remove": [*UNREAD_HEADERS, PROTOCOL_HEADER, *WORKER_HEADERS],
         # TorchServe's inference key; clients never see or send it.
-        "request_headers_to_add": [_header("authorization", f"Bearer {inference_token}")],
+        "request_headers_to_add": [header_to_add("authorization", f"Bearer {inference_token}")],
         "routes": [own_answer(r) for r in [*fixed_routes_before(), *routes.routes(), *fixed_routes_after()]],
     }
 

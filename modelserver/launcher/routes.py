@@ -91,7 +91,8 @@ def combined(*parts: dict[str, Any]) -> dict[str, Any]:
     return route
 
 
-def _added(key: str, value: str) -> dict[str, Any]:
+def header_to_add(key: str, value: str) -> dict[str, Any]:
+    """A header Envoy sets, replacing any of that name."""
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
@@ -186,8 +187,8 @@ class RouteTable:
             # The request's deadline, for the worker: a request that reaches it after the
             # route has stopped waiting is answered 504 without being computed.
             "request_headers_to_add": [
-                _added(ARRIVED_HEADER, ARRIVED_FORMAT),
-                _added(WAIT_HEADER, str(round(timeout_s * 1000))),
+                header_to_add(ARRIVED_HEADER, ARRIVED_FORMAT),
+                header_to_add(WAIT_HEADER, str(round(timeout_s * 1000))),
             ],
         }
         return combined(action, body_limit(self.body_limit(name)))
@@ -268,7 +269,7 @@ class RouteTable:
         binary = {"name": BINARY_TENSORS_HEADER, "present_match": True}
         match = {"safe_regex": {"regex": V2_INFER_PATH}, "headers": [*POST, binary]}
         routes: list[dict[str, Any]] = [{"match": match, **direct(400, BINARY_REFUSED)}]
-        mark = [_added(PROTOCOL_HEADER, PROTOCOL)]
+        mark = [header_to_add(PROTOCOL_HEADER, PROTOCOL)]
         for name, entry in sorted(self._catalogue.models.items()):
             if KINDS[entry.kind].open_inference is None:
                 continue

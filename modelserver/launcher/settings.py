@@ -57,8 +57,9 @@ class LaunchSettings(BaseModel):
     drain_timeout_s: float = Field(default=15.0, ge=0)
     # Client connections Envoy holds at once; more are closed as they arrive (each may buffer a
     # 1 MiB body, so this also bounds Envoy's memory).
-    # ~8 KB of Envoy's heap per idle connection, ~30 KB once it has served a request: 8192 fit
-    # the 512 MiB heap, and are more than one client's usual limit of open files (1024).
+    # ~8 KB of Envoy's heap per idle connection, ~20 KB while a request dribbles in, ~30 KB once
+    # it has served one: 16,384 fit the 768 MiB heap, and a crowd of slow connections from one
+    # machine fits beside everyone else (docs/operations.md, "Limits, overload and faults").
     max_connections: int = Field(default=16_384, ge=16, le=100_000)
     # Envoy's worker threads. Its default is one per hardware thread, which in a container is the
     # node's, not the pod's CPU limit; two carry ~4,000 requests/s here (docs/BENCHMARKS.md).

@@ -84,8 +84,8 @@ def one_write(logger_name: str = TS_METRIC_LOGGER) -> Iterator[None]:
 def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes, expired: int = 0) -> None:
     """Send one batch's counts and phase times to TorchServe's metrics cache (if any): a few
     lines per batch in one write, never one per request, so the hot path stays cheap. The
-    expired requests' counter goes with every batch, zero or not, so its series exists (an alert
-    on it watches something) from the first batch on."""
+    expired requests' counter goes only with a batch that had some (each line costs the worker
+    time before it can answer; an absent series reads as none expired)."""
     if metrics is None:
         return
     # Imported here: only a real TorchServe worker gets this far, and nothing else needs `ts`.
@@ -96,7 +96,8 @@ def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes, expir
         with one_write():
             metrics.add_counter(BATCHES_METRIC, 1)
             metrics.add_counter(BATCH_ITEMS_METRIC, len(statuses))
-            metrics.add_counter(EXPIRED_METRIC, expired)
+            if expired:
+                metrics.add_counter(EXPIRED_METRIC, expired)
             for status, count in sorted(Counter(statuses).items()):
                 dimensions = [Dimension(STATUS_LABEL, str(status))]
                 metrics.add_counter(REQUESTS_METRIC, count, dimensions=dimensions)

@@ -182,11 +182,10 @@ class TorchServeAdapter:
             if awaited
             else []
         )
-        answers = [Outcome.of_error(error) if error is not None else None for error in late]
-        for index, answer in zip(awaited, computed, strict=True):
-            answers[index] = answer
+        by_index = dict(zip(awaited, computed, strict=True))
+        answers = [by_index[i] if error is None else Outcome.of_error(error) for i, error in enumerate(late)]
         with times.phase("postprocess"):
-            outcomes = [encode(answer, self._answer_limit) for answer in answers if answer is not None]
+            outcomes = [encode(answer, self._answer_limit) for answer in answers]
             for index, outcome in enumerate(outcomes):
                 context.set_response_content_type(index, outcome.content_type)
                 context.set_response_header(index, HANDLER_ANSWER, "1")
