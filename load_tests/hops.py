@@ -1,14 +1,16 @@
 """`make hops`: where a lone request's time goes, and a crowd's, hop by hop.
 
-    python -m load_tests.hops [--requests 3000] [--levels 1,64] [--out load_tests/results/hops]
+    python -m load_tests.hops [--requests 3000] [--levels 1,64] [--warmup-s 45]
+                              [--torchserve KEY=VALUE] [--out load_tests/results/hops]
 
 Serves crystal_sklearn on the real stack and sends `/sklearn` requests of one row from
 `clients` keep-alive clients, then splits each level's median time per request into hops from
 three sources that see the same requests: the client's own clock; Envoy's access log (`request_us`
 in Envoy before TorchServe got the first byte, `upstream_us` at TorchServe, `response_us` back);
 TorchServe's counters (its frontend's time per request, the job queue) and the handler's phase
-histograms (decode and validate, predict, encode), as deltas over the level's requests. A table
-goes to stdout, the figures to `results.json` with the CPU and its ISA flags.
+histograms (decode and validate, predict, encode), as deltas over the level's requests; and the
+CPU time each part of the stack spent per request. A table goes to stdout, the figures to
+`results.json` with the CPU and its ISA flags.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from load_tests.bench.report import machine
 from load_tests.kit.routes import BRIEF_ROWS
-from load_tests.kit.stack import Launcher, running, write_catalogue
+from load_tests.kit.stack import Launcher, component_of, running, write_catalogue
 from modelserver.launcher.metrics import SHARED_FOR_S
 from modelserver.project import PROJECT_ROOT
 
@@ -56,6 +59,22 @@ def counters(stack: Launcher) -> dict[str, float]:
             if line.startswith(name + "{") and label in line:
                 found[key] += float(line.rsplit(" ", 1)[1])
     return found
+
+
+def cpu_seconds(stack: Launcher) -> dict[str, float]:
+    """CPU seconds so far of each part of the stack (Envoy, TorchServe's Java, the worker...)
+    and of this process, which runs the clients."""
+    assert stack.process is not None
+    root = psutil.Process(stack.process.pid)
+    used: dict[str, float] = {"client (this process)": time.process_time()}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            name = component_of(process.pid, process.cmdline(), root.pid, {})
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        used[name] = used.get(name, 0.0) + times.user + times.system
+    return used
 
 
 def drive(port: int, clients: int, per_client: int) -> list[float]:
@@ -98,13 +117,25 @@ def measured(stack: Launcher, clients: int, per_client: int) -> tuple[list[float
     """The latencies of `clients` x `per_client` requests, their span in seconds, and the
     counters' deltas over them (each read fresh: /metrics shares one reading for a second)."""
     time.sleep(SHARED_FOR_S + 0.1)
-    before = counters(stack)
+    before, cpu_before = counters(stack), cpu_seconds(stack)
     started = time.perf_counter()
     latencies = drive(stack.ports.public, clients, per_client)
     elapsed = time.perf_counter() - started
+    cpu_after = cpu_seconds(stack)
     time.sleep(SHARED_FOR_S + 0.1)
     after = counters(stack)
-    return latencies, elapsed, {key: after[key] - before[key] for key in COUNTERS}
+    delta = {key: after[key] - before[key] for key in COUNTERS}
+    delta |= {f"cpu:{part}": used - cpu_before.get(part, 0.0) for part, used in cpu_after.items()}
+    return latencies, elapsed, delta
+
+
+def warm_up(stack: Launcher, seconds: float) -> None:
+    """Load the stack until the JVM has compiled TorchServe's hot code: its C2 compiler thread
+    spent 430 µs of CPU per request in the first 10 s after start, still 60-160 µs at 40 s,
+    taking cores from the worker and Envoy (measured per thread from /proc)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        drive(stack.ports.public, 8, 100)
 
 
 def level(stack: Launcher, clients: int, total: int) -> dict[str, Any]:
@@ -140,6 +171,12 @@ def level(stack: Launcher, clients: int, total: int) -> dict[str, Any]:
             "Envoy: answer back to the client": envoy["response_us"],
         },
         "frontend_mean_us": delta["frontend_us"] / max(delta["requests"], 1),
+        # CPU per request: what caps a crowd's throughput on a machine of few cores.
+        "cpu_us": {
+            key.removeprefix("cpu:"): 1e6 * value / sent
+            for key, value in sorted(delta.items())
+            if key.startswith("cpu:") and value > 0
+        },
     }
 
 
@@ -155,6 +192,12 @@ def table(levels: list[dict[str, Any]]) -> str:
         "| throughput, req/s | " + " | ".join(f"{row['throughput_rps']:.0f}" for row in levels) + " |"
     )
     lines.append("| mean batch | " + " | ".join(f"{row['mean_batch']:.1f}" for row in levels) + " |")
+    for part in levels[0]["cpu_us"]:
+        lines.append(
+            f"| CPU per request, {part} | "
+            + " | ".join(f"{row['cpu_us'].get(part, 0.0):.0f}" for row in levels)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -163,6 +206,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--levels", default="1,64")
+    parser.add_argument("--warmup-s", type=float, default=45.0, help="load before measuring (the JVM's JIT)")
     parser.add_argument(
         "--torchserve",
         action="append",
@@ -176,6 +220,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hops-") as work:
         catalogue = write_catalogue(Path(work) / "models.yaml", torchserve={MODEL: settings})
         with running(Launcher(Path(work), catalogue=catalogue, models=(MODEL,))) as stack:
+            warm_up(stack, args.warmup_s)
             levels = [level(stack, int(clients), args.requests) for clients in args.levels.split(",")]
     print(table(levels))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ from load_tests.kit.routes import (
     sentiment_answer_is_right,
     topics_answer_is_right,
 )
-from load_tests.kit.stack import Launcher, running
+from load_tests.kit.stack import Launcher, component_of, running
 from load_tests.kit.stats import percentile
 from load_tests.kit.tiny_models import (
     ENGLISH,
@@ -228,23 +228,6 @@ def intervals(outcomes: Sequence[RequestOutcome], edges: Sequence[float]) -> lis
             position += 1
         rows.append({"from_s": start, "to_s": end, **summarise(inside)})
     return rows
-
-
-def component_of(pid: int, cmdline: Sequence[str], root_pid: int, workers: dict[int, str]) -> str:
-    """Which part of the stack a process of the launcher's tree is."""
-    if pid == root_pid:
-        return "launcher"
-    if pid in workers:
-        return f"worker:{workers[pid]}"
-    program = Path(cmdline[0]).name if cmdline else ""
-    joined = " ".join(cmdline)
-    rules = (
-        ("model_service_worker" in joined, "worker:?"),
-        (program == "java", "torchserve_java"),
-        ("envoy" in program, "envoy"),
-        ("torchserve" in joined, "torchserve_cli"),  # the Python CLI that runs Java in the foreground
-    )
-    return next((name for matched, name in rules if matched), f"other:{program or pid}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,3 +201,20 @@ def running(launcher: Launcher, timeout_s: float = 240.0) -> Iterator[Launcher]:
         yield launcher.wait_healthy(timeout_s)
     finally:
         launcher.stop()
+
+
+def component_of(pid: int, cmdline: Sequence[str], root_pid: int, workers: dict[int, str]) -> str:
+    """Which part of the stack a process of the launcher's tree is."""
+    if pid == root_pid:
+        return "launcher"
+    if pid in workers:
+        return f"worker:{workers[pid]}"
+    program = Path(cmdline[0]).name if cmdline else ""
+    joined = " ".join(cmdline)
+    rules = (
+        ("model_service_worker" in joined, "worker:?"),
+        (program == "java", "torchserve_java"),
+        ("envoy" in program, "envoy"),
+        ("torchserve" in joined, "torchserve_cli"),  # the Python CLI that runs Java in the foreground
+    )
+    return next((name for matched, name in rules if matched), f"other:{program or pid}")

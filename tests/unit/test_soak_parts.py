@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from load_tests.kit.stack import component_of
 from load_tests.soak import (
     ROUTES,
     RequestOutcome,
-    component_of,
     failure_reason,
     growing_components,
     growth,
