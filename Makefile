@@ -69,7 +69,10 @@ live: install browser
 clean:
 	rm -rf model_store/*.mar model_store/.builds run
 
-## The benchmark against the naive peers (about 70 minutes; results in load_tests/results/bench).
+## The benchmark against the naive peers and the serving libraries users pick (MLServer, LitServe;
+## their virtualenvs installed once under load_tests/results/bench/peer-envs), about 70 minutes;
+## results in load_tests/results/bench. The tabular model alone, about 15 minutes:
+## make bench BENCH_ARGS="--scenarios crystal --duration 10 --warmup 3"
 bench: install
 	$(PY) -m load_tests.bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(BENCH_ARGS)
 

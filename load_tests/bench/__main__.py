@@ -1,11 +1,14 @@
-"""`make bench`: our stack against the naive peers, same weights, same client, same run.
+"""`make bench`: our stack against the naive peers and the real serving libraries (MLServer,
+LitServe), same weights, same client, same run.
 
     python -m load_tests.bench [--runs 3] [--levels 1,4,16,64] [--duration 20] [--warmup 5]
-                               [--model /path/to/bert-base-uncased] [--quick] [--out DIR]
+                               [--scenarios fill_mask,sentiment,crystal] [--peer-grid] [--skip-raw]
+                               [--model /path/to/bert-base-uncased] [--quick] [--out DIR] [--envs DIR]
 
-Order: build the weights; start every server; for each round, each scenario, each concurrency
-level, drive each server in turn (interleaved, so drift on a shared machine hits all alike);
-then the raw model call; then cold starts. Medians over rounds go in the report
+Order: build the weights; install the real peers' virtualenvs (once, under --envs; a peer that
+cannot be installed is skipped with the reason); start every server; for each round, each
+scenario, each concurrency level, drive each server in turn (interleaved, so drift on a shared
+machine hits all alike); then the raw model call; then cold starts. Medians over rounds go in the report
 (results.json, results.md, throughput.png under --out); the performance targets are checked.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from load_tests.bench.report import summarise, write_report
-from load_tests.bench.servers import Server, Weights, all_servers, wait_all_idle
+from load_tests.bench.servers import PEER_GRID, PEERS, Server, Weights, all_servers, wait_all_idle
 from load_tests.bench.timing_model import (
     RANDOM_WEIGHTS,
     SENTIMENT_RANDOM_WEIGHTS,
@@ -43,7 +47,7 @@ def drive(server: Server, scenario: str, users: int, args: argparse.Namespace) -
         "--host",
         server.url,
         "--scenario",
-        scenario,
+        server.requests.get(scenario, scenario),
         "--users",
         str(users),
         "--warmup",
@@ -82,12 +86,13 @@ def raw_limits(weights: Weights, formed: list[float], args: argparse.Namespace) 
     int8, at the usual batch sizes and at those the server formed."""
     batches = {1, 2, 4, 8, 16} if not args.quick else {1, 4}
     batches |= {max(1, round(batch)) for batch in formed}
+    # The BERT's raw figures only beside a fill-mask run (or the smoke run, which checks them).
+    bert = ["--bert", str(weights.bert)] if args.quick or "fill_mask" in args.scenarios else []
     command = [
         sys.executable,
         "-m",
         "load_tests.bench.raw",
-        "--bert",
-        str(weights.bert),
+        *bert,
         "--threads",
         "2",
         "--batches",
@@ -119,12 +124,18 @@ def cold_starts(work: Path, weights: Weights, args: argparse.Namespace) -> list[
     return timings
 
 
+def measures_cold_start(args: argparse.Namespace) -> bool:
+    """Whether this run times cold starts: not with --skip-raw, nor without the text models'
+    real shapes (a crystal-only run has tiny ones), except in the smoke run."""
+    return not args.skip_raw and (args.quick or "fill_mask" in args.scenarios)
+
+
 def prepare_weights(work: Path, args: argparse.Namespace) -> Weights:
     """The BERT every fill-mask server loads, the sentiment classifier, the crystal joblib file."""
     crystal = work / "crystal_sklearn.joblib"
     train_crystal(crystal)
-    if args.quick:
-        tiny = "tiny 2-layer BERT and DistilBERT (smoke run)"
+    if args.quick or not {"fill_mask", "sentiment"} & set(args.scenarios):
+        tiny = "tiny 2-layer BERT and DistilBERT (smoke run)" if args.quick else "crystal only"
         return Weights(
             make_bert_fill_mask(work / "bert"), tiny, crystal, make_distilbert_sentiment(work / "sst2")
         )
@@ -140,45 +151,53 @@ def prepare_weights(work: Path, args: argparse.Namespace) -> Weights:
     )
 
 
+def measured_run(
+    server: Server, scenario: str, users: int, round_index: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One server, one scenario, one level: its figures, printed as they come."""
+    if server.busy_when_idle:
+        server.signal_tree(signal.SIGCONT)
+        time.sleep(1)  # its workers' poll loops catch up before the warm-up starts
+    try:
+        result = drive(server, scenario, users, args)
+    finally:
+        if server.busy_when_idle:
+            server.signal_tree(signal.SIGSTOP)
+    print(
+        f"round {round_index + 1} {scenario:9} {server.name:18} {users:3} clients: "
+        f"{result['throughput_rps']:8.1f} req/s, p99 {result['p99_ms'] or 0:7.1f} ms, "
+        f"{result['errors']} errors",
+        flush=True,
+    )
+    return {"round": round_index, "scenario": scenario, "server": server.name, "users": users, **result}
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every run of the benchmark, raw and aggregated."""
     weights = prepare_weights(work, args)
     runs: list[dict[str, Any]] = []
-    with all_servers(weights, work, args.scenarios) as servers:
+    peers = {**PEERS, **PEER_GRID} if args.peer_grid else PEERS
+    with all_servers(weights, work, args.scenarios, peers, args.envs) as (servers, skipped):
         for round_index in range(args.runs):
             for scenario in args.scenarios:
                 for users in args.levels:
                     for server in servers:
-                        if not server.answers(scenario):
-                            continue
-                        wait_all_idle(servers)
-                        result = drive(server, scenario, users, args)
-                        run = {
-                            "round": round_index,
-                            "scenario": scenario,
-                            "server": server.name,
-                            "users": users,
-                            **result,
-                        }
-                        runs.append(run)
-                        print(
-                            f"round {round_index + 1} {scenario:9} {server.name:13} {users:3} clients: "
-                            f"{result['throughput_rps']:8.1f} req/s, p99 {result['p99_ms'] or 0:7.1f} ms, "
-                            f"{result['errors']} errors",
-                            flush=True,
-                        )
+                        if server.answers(scenario):
+                            wait_all_idle(servers)
+                            runs.append(measured_run(server, scenario, users, round_index, args))
         descriptions = {server.name: server.description for server in servers}
     summary = summarise(runs)
     formed = [
         row["mean_batch"] for key, row in summary.items() if key[0] == "fill_mask" and row["mean_batch"]
     ]
-    raw = raw_limits(weights, formed, args)
     return {
         "weights": weights.bert_kind,
         "runs": runs,
         "descriptions": descriptions,
-        "raw": raw,
-        "cold_start_s": cold_starts(work, weights, args),
+        "skipped": skipped,
+        "raw": {} if args.skip_raw else raw_limits(weights, formed, args),
+        # A cold start is measured with the text models' real shapes (or in the smoke run).
+        "cold_start_s": cold_starts(work, weights, args) if measures_cold_start(args) else [],
     }
 
 
@@ -193,12 +212,24 @@ def main() -> None:
     parser.add_argument("--client", choices=["fast", "locust"], default="fast")
     parser.add_argument("--model", type=Path, help="a real bert-base-uncased folder (else random weights)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
+    parser.add_argument(
+        "--peer-grid", action="store_true", help="also every MLServer and LitServe setting tried"
+    )
+    parser.add_argument("--skip-raw", action="store_true", help="no raw model call and no cold starts")
+    parser.add_argument(
+        "--envs",
+        type=Path,
+        default=PROJECT_ROOT / "load_tests" / "results" / "bench" / "peer-envs",
+        help="where the MLServer and LitServe virtualenvs are installed (once, then reused)",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "load_tests" / "results" / "bench")
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",")]
     args.scenarios = args.scenarios.split(",")
     if args.quick:
         args.runs, args.warmup, args.duration = 1, 1.0, 2.0
+    # Stopped with SIGTERM, still stop every server it started (the `finally` of all_servers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         results = measure(args, Path(work))
     results["options"] = {k: str(v) for k, v in vars(args).items()}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from load_tests.bench.client import run_clients
-from load_tests.bench.scenarios import SCENARIOS, Scenario
+from load_tests.bench.scenarios import REQUESTS, Scenario
 from load_tests.kit.routes import answer_failure
 from load_tests.kit.stats import percentile
 
@@ -142,14 +142,14 @@ def main() -> None:
     """Parse the options, run, print the result as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
+    parser.add_argument("--scenario", choices=sorted(REQUESTS), required=True, help="a scenario or a variant")
     parser.add_argument("--users", type=int, required=True)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--client", choices=sorted(CLIENTS), default="fast")
     parser.add_argument("--path", help="the scenario's requests to this path instead")
     args = parser.parse_args()
-    scenario = SCENARIOS[args.scenario]
+    scenario = REQUESTS[args.scenario]
     if args.path:
         scenario = dataclasses.replace(scenario, path=args.path)
     result = CLIENTS[args.client](args.host, scenario, args.users, args.warmup, args.duration).summary()

@@ -59,6 +59,23 @@ def crystal_answer_is_right(request: Mapping[str, Any], answer: Any) -> bool:
     )
 
 
+def crystal_v2_answer_is_right(request: Mapping[str, Any], answer: Any) -> bool:
+    """/v2/models/crystal_*/infer: a `label` tensor with one label per row sent and a `scores`
+    tensor with one score per label per row."""
+    rows = request["inputs"][0]["shape"][0]
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    if not isinstance(outputs, list):
+        return False
+    tensors = {output.get("name"): output for output in outputs if isinstance(output, dict)}
+    labels, scores = tensors.get("label", {}), tensors.get("scores", {})
+    return (
+        labels.get("shape") == [rows]
+        and set(labels.get("data", [])) <= CRYSTAL_LABELS
+        and scores.get("shape") == [rows, len(CRYSTAL_LABELS)]
+        and len(scores.get("data", [])) == rows * len(CRYSTAL_LABELS)
+    )
+
+
 def answer_failure(check: AnswerCheck, request: Mapping[str, Any], status: int, body: bytes) -> str:
     """Why an answer to `request` is not right ("HTTP <status>", "answer is not JSON",
     "malformed answer"), or "" when it is."""

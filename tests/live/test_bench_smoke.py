@@ -31,8 +31,16 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cells = {(r["scenario"], r["server"], r["clients"]): r for r in results["summary"]}
     expected = {("fill_mask", s) for s in ("ours", "ours_int8", "ours_1x2", "flask_default", "flask_tuned")}
-    expected |= {("crystal", s) for s in ("ours", "fastapi")}
+    expected |= {("crystal", s) for s in ("ours", "ours_v2", "fastapi")}
     expected |= {("sentiment", s) for s in ("ours", "flask_sentiment")}
+    # The real serving libraries, each in a virtualenv the bench installs from the package
+    # index: run, or skipped with pip's reason (no index reachable), never silently absent.
+    real = {("fill_mask", "litserve"), ("sentiment", "litserve_sentiment")}
+    real |= {("crystal", "mlserver"), ("crystal", "mlserver_batch")}
+    skipped = results["skipped"]
+    assert set(skipped) <= {server for _, server in real}
+    assert all("pip" in reason or "install" in reason for reason in skipped.values()), skipped
+    expected |= {(scenario, server) for scenario, server in real if server not in skipped}
     assert {(scenario, server) for scenario, server, _ in cells} == expected
     for (_, server, clients), cell in cells.items():
         assert cell["throughput_rps"] > 0, (server, clients)
@@ -43,7 +51,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert results["machine"]["cpu"] and "openvino" in results["machine"]
     assert results["cold_start_s"] and all(s > 0 for s in results["cold_start_s"])
     assert {t["target"] for t in results["targets"]} >= {"/sklearn 1 client: serving overhead p50"}
-    assert "| crystal | ours | 4 |" in (out / "results.md").read_text(encoding="utf-8")
+    report = (out / "results.md").read_text(encoding="utf-8")
+    assert "| crystal | ours | 4 |" in report
+    assert all(f"Skipped **{name}**" in report for name in skipped)
     assert (out / "throughput.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -88,6 +98,8 @@ def test_the_hop_breakdown_adds_up_to_the_clients_time(tmp_path: Path) -> None:
         "300",
         "--levels",
         "1,8",
+        "--warmup-s",
+        "2",
         "--out",
         str(out),
     ]
@@ -107,4 +119,6 @@ def test_the_hop_breakdown_adds_up_to_the_clients_time(tmp_path: Path) -> None:
         ):
             assert hops[measured] > 0, (measured, row)
         assert row["throughput_rps"] > 0 and row["mean_batch"] >= 1
+        # The CPU each part spent per request: Envoy, TorchServe's Java and the worker at least.
+        assert {"envoy", "torchserve_java", "worker:?"} <= set(row["cpu_us"]), row["cpu_us"]
     assert levels[0]["mean_batch"] == 1.0  # a lone client's requests are never batched together

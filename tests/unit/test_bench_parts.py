@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from load_tests.bench.drive import Recorder
-from load_tests.bench.report import check_targets, summarise
-from load_tests.bench.scenarios import SCENARIOS
+from load_tests.bench.report import check_targets, markdown, summarise
+from load_tests.bench.scenarios import REQUESTS, SCENARIOS
 from load_tests.kit.http import prepare_requests
+from load_tests.peers.mlserver_crystal import write_settings
 
 
 def test_requests_are_encoded_once_with_their_length_and_body() -> None:
@@ -34,6 +36,39 @@ def test_answer_checks_reject_wrong_shapes() -> None:
     assert not sentiment.answer_is_right(sentiment.body(), {"label": "POSITIVE", "score": 1.5})
 
 
+def test_open_inference_answers_are_checked_per_server() -> None:
+    ours, mlserver = REQUESTS["crystal_v2"], REQUESTS["crystal_v2_proba"]
+    request = ours.body()
+    assert request["inputs"][0]["shape"] == [1, 4] and "outputs" not in request
+    label = {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["green"]}
+    scores = {"name": "scores", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.8, 0.1]}
+    assert ours.answer_is_right(request, {"outputs": [label, scores]})
+    assert not ours.answer_is_right(request, {"outputs": [scores]})
+    assert not ours.answer_is_right(request, {"outputs": [{**label, "data": ["red"]}, scores]})
+    asked = mlserver.body()
+    assert asked["outputs"] == [{"name": "predict_proba"}] and ours.path == mlserver.path
+    proba = {"name": "predict_proba", "shape": [1, 3], "datatype": "FP64", "data": [0.1, 0.8, 0.1]}
+    assert mlserver.answer_is_right(asked, {"outputs": [proba]})
+    assert not mlserver.answer_is_right(asked, {"outputs": [{**proba, "data": [0.1, 0.8]}]})
+    assert not mlserver.answer_is_right(asked, {"outputs": [{**proba, "data": [1, 0, 0]}]})  # not floats
+    assert not mlserver.answer_is_right(asked, {"error": "no"})
+
+
+def test_mlserver_settings_are_written_as_its_docs_show(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PEER_MODEL", "/models/crystal.joblib")
+    monkeypatch.setenv("PEER_WORKERS", "0")
+    monkeypatch.setenv("PEER_MAX_BATCH", "32")
+    write_settings(tmp_path, [8080, 8081, 8082])
+    server = json.loads((tmp_path / "settings.json").read_text(encoding="utf-8"))
+    model = json.loads((tmp_path / "crystal_sklearn" / "model-settings.json").read_text(encoding="utf-8"))
+    assert (server["http_port"], server["grpc_port"], server["metrics_port"]) == (8080, 8081, 8082)
+    assert server["parallel_workers"] == 0 and server["host"] == "127.0.0.1"
+    assert Path(server["metrics_dir"]).parent == tmp_path  # never `.metrics` in the project
+    assert model["implementation"] == "mlserver_sklearn.SKLearnModel"
+    assert model["parameters"]["uri"] == "/models/crystal.joblib"
+    assert (model["max_batch_size"], model["max_batch_time"]) == (32, 0.001)
+
+
 def test_only_requests_finished_inside_the_window_count() -> None:
     recorder = Recorder()
     recorder.record(5.0, "")  # warm-up
@@ -51,7 +86,7 @@ def test_only_requests_finished_inside_the_window_count() -> None:
 
 
 def _run(server: str, users: int, rps: float, p99: float, **extra: Any) -> dict[str, Any]:
-    scenario = "crystal" if server in {"fastapi", "ours"} and users != 16 else "fill_mask"
+    scenario = "fill_mask" if users == 16 else "crystal"
     return {
         "scenario": scenario,
         "server": server,
@@ -85,6 +120,47 @@ def test_targets_use_medians_of_the_rounds() -> None:
     assert round(targets["/inference 16 clients, fp32: share of the raw forward"]["measured"], 3) == 0.889
     assert targets["/sklearn 1 client: serving overhead p50"]["measured"] == 1.5
     assert targets["cold start to healthy (archives built)"]["measured"] == 15.0
+
+
+def test_crystal_targets_take_mlservers_best_setting_at_each_level() -> None:
+    runs = [
+        _run("ours", 1, 300.0, 6.0),
+        _run("fastapi", 1, 1000.0, 2.0),
+        _run("mlserver", 1, 800.0, 3.0),
+        _run("mlserver_batch", 1, 350.0, 5.0),
+        _run("ours", 64, 7000.0, 20.0),
+        _run("ours_v2", 64, 5000.0, 30.0),
+        _run("fastapi", 64, 4000.0, 40.0),
+        _run("mlserver", 64, 1100.0, 90.0),
+        _run("mlserver_batch", 64, 1750.0, 160.0),
+    ]
+    summary = summarise(runs)
+    targets = {t["target"]: t for t in check_targets(summary, {}, [])}
+    assert targets["/sklearn 1 client: throughput vs FastAPI"]["measured"] == 0.3
+    assert not targets["/sklearn 1 client: throughput vs FastAPI"]["passed"]
+    assert targets["/sklearn 1 client: throughput vs MLServer's best"]["measured"] == 300.0 / 800.0
+    assert targets["/sklearn 64 clients: throughput vs MLServer's best"]["measured"] == 4.0
+    assert targets["/sklearn 64 clients: throughput vs FastAPI"]["passed"]  # 1.75x
+    assert targets["/sklearn 64 clients: p99 vs FastAPI's"]["passed"]
+    assert targets["/sklearn 64 client(s): throughput vs our v2 route"]["measured"] == 1.4
+    assert "/sklearn 1 client(s): throughput vs our v2 route" not in targets  # not measured
+    text = markdown(
+        {
+            "weights": "w",
+            "options": {"runs": 1},
+            "targets": [],
+            "raw": {},
+            "descriptions": {},
+            "machine": {},
+            "skipped": {"litserve": "pip could not install litserve==0.2.19"},
+        },
+        summary,
+    )
+    assert "| clients | ours | fastapi | mlserver | mlserver_batch | ours_v2 |" in text
+    assert (
+        "| 64 | 7,000.0 (20.0) | 4,000.0 (40.0) | 1,100.0 (90.0) | 1,750.0 (160.0) | 5,000.0 (30.0) |" in text
+    )
+    assert "Skipped **litserve**: pip could not install" in text
 
 
 def test_the_cpu_and_its_isa_flags_are_recorded() -> None:
