@@ -121,8 +121,14 @@ def test_a_client_holding_unfinished_bodies_shuts_no_one_out(crystal_stack: Laun
     print(f"the crowd: {crowd}")
     check(outcome)
     assert crowd.held_at_most >= UNFINISHED_BODIES, crowd
-    # Stalled bodies end in a 408 (sooner under memory pressure), never in the model.
-    assert crowd.answers and set(crowd.answers) == {"HTTP/1.1 408 Request Timeout"}, crowd.answers
+    # Stalled bodies end in a 408 (sooner under memory pressure), never in the model. The crowd
+    # holds ~560 MiB of Envoy's 768 MiB heap: a request it opens while the heap is past 95% may
+    # be refused at once instead, with the overload manager's 503 "short of memory" (6 in 7,926
+    # in one CI run).
+    timeouts = crowd.answers["HTTP/1.1 408 Request Timeout"]
+    allowed = {"HTTP/1.1 408 Request Timeout", "HTTP/1.1 503 Service Unavailable"}
+    assert crowd.answers and set(crowd.answers) <= allowed, crowd
+    assert timeouts >= 0.95 * sum(crowd.answers.values()), crowd.answers
 
 
 def test_a_crowd_over_the_connection_budget_leaves_the_kubelet_probes_answered(
