@@ -8,7 +8,8 @@ prints the config the launcher would run with those options (the key shown as a 
 Request path: set Content-Type to JSON (clients like `curl -d` send a form type, which
 TorchServe would parse as a form) -> buffer within the route's body limit (413) -> read the body field
 that picks a model into metadata (/astromech, /predict) -> Lua: the same field in bodies that
-are not strict JSON, and TorchServe's errors as ours -> route. Every limit is defined once here
+are not strict JSON -> route. On the way back TorchServe's own errors become ours
+(`upstream_errors`). Every limit is defined once here
 or in `routes` (retries, clusters, admission limits).
 """
 
@@ -40,6 +41,7 @@ from modelserver.launcher.routes import (
 )
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.launcher.tracing import collector_cluster, runtime_layers, traced_manager
+from modelserver.launcher.upstream_errors import custom_response_filter
 from modelserver.project import PROJECT_ROOT, environment
 from modelserver.protocols.open_inference import PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
@@ -334,8 +336,10 @@ def local_replies() -> dict[str, Any]:
                 503,
                 RETRY_AFTER_S["short of memory"],
             ),
+            # Not URX (retries spent): a TorchServe reply retried once carries it too, and
+            # keeps its own sentence (`upstream_errors`); a connection that failed twice is UF.
             reply(
-                flags("UF", "UH", "URX", "UC"),
+                flags("UF", "UH", "UC"),
                 "the model server is not reachable right now; retry shortly",
                 503,
                 RETRY_AFTER_S["unreachable"],
@@ -370,18 +374,23 @@ ROUTER = {
 
 
 def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
-    """JSON content type, the body buffered within its limit, the model-picking body field,
-    the Lua filter, the router."""
+    """JSON content type (and, on the way back, the handler's mark removed), TorchServe's own
+    errors as ours, the body buffered within its limit, the model-picking body field, the Lua
+    filter (on the routes that pick by it only), the router."""
     return [
         {
             "name": "envoy.filters.http.header_mutation",
             "typed_config": _typed(
                 "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
                 mutations={
-                    "request_mutations": [{"append": header_to_add("content-type", "application/json")}]
+                    "request_mutations": [{"append": header_to_add("content-type", "application/json")}],
+                    # The handler's mark (what retries and TorchServe's own errors are told
+                    # apart by) stays inside; removed last, after custom_response has read it.
+                    "response_mutations": [{"remove": HANDLER_ANSWER}],
                 },
             ),
         },
+        custom_response_filter(METADATA_NAMESPACE),
         {
             "name": BUFFER_FILTER,
             "typed_config": _typed(
@@ -473,16 +482,15 @@ def fixed_routes_after() -> list[dict[str, Any]]:
 
 
 def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
-    """Every public route, with the headers Envoy drops, adds and hides. Envoy's own answers
-    skip the Lua filter: they are JSON already, and the filter would give a reply to HEAD a
-    body, which a keep-alive client then reads as the start of its next response."""
+    """Every public route, with the headers Envoy drops, adds and hides. The Lua filter runs
+    only on the routes that pick a model by a body field: elsewhere its two calls a request
+    cost Envoy CPU for nothing (docs/BENCHMARKS.md)."""
 
     def own_answer(route: dict[str, Any]) -> dict[str, Any]:
         # Every route names its body limit, for the 413's sentence: the catalogue's routes their
         # model's, the others Envoy's own.
         route = combined(body_limit(BODY_LIMIT_BYTES), route)
-        reads_body = LUA_FILTER in route.get("metadata", {}).get("filter_metadata", {})
-        if "direct_response" not in route or reads_body:
+        if LUA_FILTER in route.get("metadata", {}).get("filter_metadata", {}):
             return route
         skip = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
         return {
@@ -493,8 +501,8 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
     return {
         "name": "api",
         "domains": ["*"],
-        # TorchServe's streaming marker and the handler's mark (what retries read) stay inside.
-        "response_headers_to_remove": ["ts_stream_next", HANDLER_ANSWER],
+        # TorchServe's streaming marker stays inside.
+        "response_headers_to_remove": ["ts_stream_next"],
         # The worker's Open Inference mark and a request's deadline are set by the routes only,
         # never by a client.
         "request_headers_to_remove": [*UNREAD_HEADERS, PROTOCOL_HEADER, *WORKER_HEADERS],

@@ -12,6 +12,7 @@ from typing import Any
 
 from modelserver.catalogue import Catalogue, RouteSpec
 from modelserver.kinds.registry import KINDS
+from modelserver.launcher.upstream_errors import MODEL_KEY
 from modelserver.protocols.open_inference import BINARY_REFUSED, MODEL_VERSION, PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.deadlines import ARRIVED_FORMAT, ARRIVED_HEADER, WAIT_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
@@ -84,7 +85,10 @@ def combined(*parts: dict[str, Any]) -> dict[str, Any]:
             elif key in ("typed_per_filter_config", "metadata") and key in route:
                 merged = {**route[key], **value}
                 if key == "metadata":
-                    merged["filter_metadata"] = {**route[key]["filter_metadata"], **value["filter_metadata"]}
+                    namespaces = dict(route[key]["filter_metadata"])
+                    for namespace, fields in value["filter_metadata"].items():
+                        namespaces[namespace] = {**namespaces.get(namespace, {}), **fields}
+                    merged["filter_metadata"] = namespaces
                 route[key] = merged
             else:
                 route[key] = value
@@ -191,7 +195,9 @@ class RouteTable:
                 header_to_add(WAIT_HEADER, str(round(timeout_s * 1000))),
             ],
         }
-        return combined(action, body_limit(self.body_limit(name)))
+        # The model's name, for the sentences of TorchServe's own errors (`upstream_errors`).
+        named = {"metadata": {"filter_metadata": {METADATA_NAMESPACE: {MODEL_KEY: name}}}}
+        return combined(action, body_limit(self.body_limit(name)), named)
 
     def body_limit(self, name: str) -> int:
         """The body limit of a model's routes: what its kind's limits need, at most

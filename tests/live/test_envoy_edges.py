@@ -25,6 +25,7 @@ from modelserver.launcher.envoy import envoy_binary
 from modelserver.launcher.envoy_config import render_config
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
+from modelserver.serving.headers import HANDLER_ANSWER
 
 
 def check_json_error(response: requests.Response, status: int) -> dict[str, object]:
@@ -130,6 +131,7 @@ class FakeTorchServe(BaseHTTPRequestHandler):
         """Send `body` as JSON with `status`."""
         data = json.dumps(body).encode()
         self.send_response(status)
+        self.send_header("x-request-id", "2f9c4c1e-0d7a-4c1b-9a56-2b1e0c3d4e5f")  # as TorchServe's
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -202,21 +204,62 @@ class DeadWorkerTorchServe(FakeTorchServe):
     STATUS = 507
 
 
+class NoWorkerTorchServe(FakeTorchServe):
+    """TorchServe's answer when no worker of the model is ready (scaled to 0, restarting)."""
+
+    MESSAGE = 'Model "crystal_sklearn" has no worker to serve inference request. Please use scale workers API'
+    STATUS = 503
+
+
+class UnknownModelTorchServe(FakeTorchServe):
+    """TorchServe's answer for a name it has no model of."""
+
+    MESSAGE = "Model not found: nope"
+    STATUS = 404
+
+
+class MarkedAnswerTorchServe(FakeTorchServe):
+    """An error our handler answered: its mark, its own JSON, passed on as it is."""
+
+    def do_POST(self) -> None:  # pylint: disable=invalid-name
+        """A 422 with the handler's mark."""
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        data = b'{"error": "crystalData[0] has 3 values", "code": 422}'
+        self.send_response(422)
+        self.send_header("x-request-id", "1")
+        self.send_header(HANDLER_ANSWER, "1")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 @pytest.mark.parametrize(
-    ("upstream", "status"),
-    [(FakeTorchServe, 500), (DeadWorkerTorchServe, 503)],  # 507 is no storage error: 503, retry
+    ("upstream", "path", "status", "sentence"),
+    [
+        (FakeTorchServe, "/sklearn", 500, "the worker of model crystal_sklearn stopped or failed"),
+        # 507 is no storage error: the worker died holding the batch; 503, retry.
+        (DeadWorkerTorchServe, "/sklearn", 503, "the worker of model crystal_sklearn stopped while"),
+        (NoWorkerTorchServe, "/astromech", 503, "model crystal_sklearn has no worker ready"),
+        (UnknownModelTorchServe, "/predictions/nope", 404, "no model is served at /predictions/nope"),
+        (MarkedAnswerTorchServe, "/sklearn", 422, "crystalData[0] has 3 values"),
+    ],
 )
-def test_torchserve_errors_become_json_errors_whatever_their_message(
-    tmp_path: Path, upstream: type[FakeTorchServe], status: int
+def test_torchserves_own_errors_become_ours_and_the_handlers_pass_as_they_are(
+    tmp_path: Path, upstream: type[FakeTorchServe], path: str, status: int, sentence: str
 ) -> None:
+    """TorchServe's sentences name its Java API ("use scale workers API"): clients get ours,
+    naming the model; retried once first where the model never answered (tests/unit/test_routes)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with envoy_alone(tmp_path, server.server_address[1]) as url:
-            response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-            body = check_json_error(response, status)
-            assert body == {"error": upstream.MESSAGE, "code": status}
+            body = {"crystalData": BRIEF_ROWS, "model": "sklearn"}
+            response = requests.post(f"{url}{path}", json=body, timeout=10)
+            answer = check_json_error(response, status)
+            assert answer["error"].startswith(sentence) and answer["code"] == status, answer
             assert (response.headers.get("retry-after") is not None) == (status == 503)
+            assert HANDLER_ANSWER not in response.headers
     finally:
         server.shutdown()
 

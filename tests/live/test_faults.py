@@ -174,7 +174,9 @@ def test_a_reply_torchserve_makes_itself_is_tried_once_more(crystal_stack: Launc
     try:
         assert crystal_stack.management("PUT", scale.format(0)).status_code == 200
         reply = post(crystal_stack, "/pytorch")
-        assert reply.status_code == 503 and reply.json()["error"], reply.text
+        # Our sentence, naming the model and how to scale it; never TorchServe's own.
+        assert reply.status_code == 503 and reply.headers["retry-after"], reply.text
+        assert "make scale MODEL=crystal_pytorch WORKERS=1" in reply.json()["error"], reply.text
         [line] = logged_requests(crystal_stack, "/pytorch", since)
         assert line["attempts"] == 2 and line["status"] == 503, line
     finally:

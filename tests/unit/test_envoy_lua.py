@@ -3,7 +3,6 @@ functions directly, its Envoy entry points through a recording stand-in for Envo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import lupa.luajit21 as luajit
@@ -39,51 +38,6 @@ def fixture_lua(runtime: Any) -> Any:
 )
 def test_the_selector_finds_a_model_only_as_a_first_or_last_member(lua: Any, body: str, found: str) -> None:
     assert lua.model_field(body, "model") == found
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected"),
-    [
-        (
-            404,
-            '{"code": 404, "type": "ModelNotFoundException", "message": "Model not found: x"}',
-            (404, "Model not found: x", None),
-        ),
-        (
-            503,
-            '{"code": 503, "type": "ServiceUnavailableException", "message": "No worker"}',
-            (503, "No worker", "1"),
-        ),
-        (
-            507,
-            '{"code": 507, "type": "InternalServerException", "message": "Worker died."}',
-            (503, "Worker died.", "1"),
-        ),
-        (
-            400,
-            '{"code": 400, "message": "Token Authorization failed. Token either incorrect"}',
-            (503, "the model server is restarting; retry shortly", "1"),
-        ),
-        (500, "Internal Server Error", (500, "the model server could not answer (HTTP 500)", None)),
-        (429, '{"message": "a \\"quoted\\" word"}', (429, 'a \\"quoted\\" word', "1")),
-    ],
-)
-def test_torchserve_errors_become_ours(
-    lua: Any, status: int, body: str, expected: tuple[int, str, str | None]
-) -> None:
-    answer_status, answer, retry_after = lua.public_error(status, body)
-    assert (answer_status, json.loads(answer), retry_after) == (
-        expected[0],
-        {"error": json.loads(f'"{expected[1]}"'), "code": expected[0]},
-        expected[2],
-    )
-
-
-def test_our_own_errors_pass_untouched(lua: Any) -> None:
-    assert lua.public_error(422, '{"error": "crystalData[0] has 3 values", "code": 422}') is None
-    # An "error" inside a string does not make TorchServe's answer ours.
-    body = '{"code": 500, "message": "bad \\"error\\": here"}'
-    assert lua.public_error(500, body)[0] == 500
 
 
 # Envoy's stream handle, as far as envoy_on_request touches it, over Lua tables the test reads
