@@ -19,7 +19,12 @@ from modelserver.launcher.envoy import validate
 from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.health import Readiness
 from modelserver.launcher.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
-from modelserver.launcher.settings import LaunchSettings, Ports, settings_from_command_line
+from modelserver.launcher.settings import (
+    LaunchSettings,
+    Ports,
+    declared_options,
+    settings_from_command_line,
+)
 from modelserver.launcher.supervisor import Backoff, Supervisor
 from modelserver.launcher.torchserve import (
     CONFIG_TEMPLATE,
@@ -38,6 +43,64 @@ def test_port_comes_from_the_environment_and_the_flag_wins() -> None:
     assert settings_from_command_line([], {"PORT": "8080"}).ports.public == 8080
     assert settings_from_command_line(["--port", "3100"], {"PORT": "8080"}).ports.public == 3100
     assert settings_from_command_line([], {}).ports.public == 3000
+
+
+def test_every_setting_is_declared_once_on_its_field() -> None:
+    """Each field but the nested ports and tracing (read from OTEL_*) has exactly one option,
+    and an empty command line gives the fields' own defaults."""
+    declared = {setting.path: setting.option for setting in declared_options()}
+    assert {path for path in declared if path[0] == "ports"} == {
+        ("ports", name) for name in Ports().model_dump()
+    }
+    others = set(LaunchSettings.model_fields) - {"ports", "tracing"}
+    assert {path[0] for path in declared if path[0] != "ports"} == others
+    flags = [option.flag for option in declared.values()]
+    assert len(flags) == len(set(flags))
+    assert settings_from_command_line([], {}) == LaunchSettings()
+    mib = settings_from_command_line(["--log-file-mib", "0.5", "--no-build", "--models", "a", "b"], {})
+    assert (mib.log_file_bytes, mib.build, mib.models) == (1 << 19, False, ("a", "b"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "said"),
+    [
+        ([], {"PORT": "abc"}, "PORT 'abc': Input should be a valid integer"),
+        ([], {"PORT": "70000"}, "PORT '70000': Input should be less than or equal to 65535"),
+        (
+            ["--metrics-port", "99999"],
+            {},
+            "--metrics-port '99999': Input should be less than or equal to 65535",
+        ),
+        (["--health-port", "3000"], {}, "--port and --health-port are both 3000"),
+        ([], {"METRICS_PORT": "8080", "PORT": "8080"}, "PORT and METRICS_PORT are both 8080"),
+        (["--inference-port", "9081"], {}, "--inference-port and --management-port are both 9081"),
+        (["--log-file-mib", "ten"], {}, "--log-file-mib 'ten': not a number"),
+        (["--envoy-workers", "0"], {}, "--envoy-workers '0': Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
+    argv: list[str], environ: dict[str, str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        settings_from_command_line(argv, environ)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.count("\n") == 1, error
+    assert error.startswith("python -m modelserver.launcher: error: ") and said in error, error
+
+
+def test_a_bad_port_stops_the_launcher_before_anything_starts(tmp_path: Path) -> None:
+    """What `PORT=abc make run` runs: one line, exit 2, no traceback, no run folder."""
+    run = subprocess.run(
+        [sys.executable, "-m", "modelserver.launcher", "--runtime-dir", str(tmp_path / "run")],
+        env={"PATH": "/usr/bin:/bin", "PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "PORT 'abc'" in run.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_torchserve_listens_on_loopback_only_and_keeps_its_fences() -> None:
