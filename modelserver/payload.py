@@ -17,6 +17,14 @@ from modelserver.errors import InvalidInput
 # room for what surrounds a kind's data (field names, `parameters`, `model_name`, whitespace).
 JSON_BYTES_PER_CHAR = 12
 BODY_OVERHEAD_BYTES = 4096
+# The texts one request may carry, in any shape and over either protocol: each is its own
+# request in a batch, so a client cannot fill a batch alone.
+MAX_TEXTS_PER_REQUEST = 64
+# The most bytes of one answer where a kind's settings name no lower cap: half of TorchServe's
+# 16 MiB max_response_size (config.properties), the margin for what an answer's estimate does
+# not model, and far more than any sensible answer needs (2,000 candidates over 512-token texts
+# of English is about 5 MB).
+MAX_ANSWER_BYTES = 8 * 2**20
 
 
 def _refuse_constant(name: str) -> float:

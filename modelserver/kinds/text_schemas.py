@@ -10,7 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, StringConstraints, model_validator
 
-from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
+from modelserver.payload import (
+    BODY_OVERHEAD_BYTES,
+    JSON_BYTES_PER_CHAR,
+    MAX_ANSWER_BYTES,
+    MAX_TEXTS_PER_REQUEST,
+)
 from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
 
 PUBLIC_MASK = "[MASK]"  # what a fill-mask text writes for the word to fill, whatever the model
@@ -24,10 +29,6 @@ Text = Annotated[str, StringConstraints(min_length=1, strict=True)]
 # more whitespace than prose has.
 TEXT_CHARS_PER_TOKEN = 32
 REQUEST_CHARS_PER_TOKEN = 8
-# Half of TorchServe's 16 MiB max_response_size: the answer estimate's margin for what it does
-# not model, and far more than any sensible answer needs (2,000 candidates over 512-token texts
-# of English is about 5 MB).
-MAX_ANSWER_BYTES = 8 * 2**20
 
 
 class TextModelSettings(BaseModel):
@@ -43,7 +44,7 @@ class TextModelSettings(BaseModel):
     quantize: Literal["none", "int8"] = "none"
     # Per-request budgets: one request must never cost more than TorchServe's responseTimeout
     # allows for a whole batch, nor answer more than its response-size limit.
-    max_texts: int = Field(default=64, ge=1)
+    max_texts: int = Field(default=MAX_TEXTS_PER_REQUEST, ge=1)
     max_request_tokens: int = Field(default=2048, ge=1)
     max_candidates: int = Field(default=2000, ge=1)  # fill-mask: masks x top_k per request
     # Characters, counted before the tokenizer sees a text (its cost grows with characters,

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, InvalidInput, ModelFailure
+from modelserver.payload import MAX_TEXTS_PER_REQUEST
 from modelserver.validation import quoted, validate_body
 
 # The request header Envoy sets on the v2 `infer` route (and strips from every client request):
@@ -398,14 +399,12 @@ def _one_label_per_body(answers: list[Any], _: Sequence[int]) -> dict[str, dict[
     return {LABEL_OUT.name: output_tensor(LABEL_OUT, [len(labels)], labels)}
 
 
-# One own request per text: as many texts as the text kinds take in one request.
-TOPICS_MAX_TEXTS = 64
 TOPICS = TensorCodec(
     inputs=(TEXT_IN,),
     outputs=(LABEL_OUT,),
     bodies=_one_body_per_text,
     answers=_one_label_per_body,
-    max_items=TOPICS_MAX_TEXTS,
+    max_items=MAX_TEXTS_PER_REQUEST,  # one own request per text
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from modelserver.errors import ConfigError, InvalidInput, ModelFailure, error_response
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.registry import kind_named
-from modelserver.payload import request_body
+from modelserver.payload import MAX_ANSWER_BYTES, request_body
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
 from modelserver.serving.deadlines import late_requests
@@ -50,11 +50,6 @@ def gpu_of(context: Any) -> int | None:
     """The GPU TorchServe gave this worker (`gpu_id`), or None on a CPU-only server."""
     gpu_id = context.system_properties.get("gpu_id")
     return None if gpu_id is None or gpu_id == "" else int(gpu_id)
-
-
-# The most bytes of one response for a kind whose settings name no cap: half of TorchServe's
-# max_response_size (16 MiB in config.properties), far above any such kind's answer.
-MAX_ANSWER_BYTES = 8 * 2**20
 
 
 def too_large(size: int, limit: int) -> InvalidInput:

@@ -15,6 +15,7 @@ from modelserver.errors import BadRequest, InvalidInput
 from modelserver.kinds.registry import KINDS
 from modelserver.launcher.health import Readiness
 from modelserver.launcher.open_inference_pages import OpenInferencePages
+from modelserver.payload import MAX_TEXTS_PER_REQUEST
 from modelserver.protocols import open_inference
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, parse_infer_request
 from tests.helpers import answers_close, crystal_handler
@@ -290,7 +291,7 @@ def test_a_huge_integer_or_too_many_texts_are_422_not_a_crash() -> None:
     huge = {"name": "crystalData", "shape": [1, 4], "datatype": "FP32", "data": [10**310, 0, 0, 0]}
     with pytest.raises(InvalidInput, match="finite number"):
         open_inference.CRYSTAL.to_bodies(parse_infer_request({"inputs": [huge]}))
-    many = parse_infer_request(text_infer(["x"] * (open_inference.TOPICS_MAX_TEXTS + 1)))
+    many = parse_infer_request(text_infer(["x"] * (MAX_TEXTS_PER_REQUEST + 1)))
     with pytest.raises(InvalidInput, match="at most 64 elements"):
         open_inference.TOPICS.to_bodies(many)
 

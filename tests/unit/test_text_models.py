@@ -10,6 +10,7 @@ import pytest
 from transformers import pipeline
 
 from handlers.model_handler import ModelHandler
+from modelserver import payload
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
 from modelserver.export import export
 from modelserver.kinds import ModelFiles
@@ -475,7 +476,7 @@ def test_the_answer_cap_is_well_below_torchserves_response_limit() -> None:
     properties = (Path(__file__).parents[2] / "config.properties").read_text().splitlines()
     [limit] = [int(line.split("=", 1)[1]) for line in properties if line.startswith("max_response_size=")]
     headroom = 2**20  # TorchServe's frame around a body, and what the answer estimate does not model
-    for cap in (TextModelSettings().max_answer_bytes, torchserve_adapter.MAX_ANSWER_BYTES):
+    for cap in (TextModelSettings().max_answer_bytes, payload.MAX_ANSWER_BYTES):
         assert cap <= limit - headroom
     with pytest.raises(ValueError, match="max_answer_bytes"):
         TextModelSettings(max_answer_bytes=10)
