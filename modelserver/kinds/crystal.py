@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure, ServingError
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.payload import BODY_OVERHEAD_BYTES
 from modelserver.validation import parse_settings, quoted, validate_body
 
@@ -95,7 +96,7 @@ def load_classifier(framework: str, path: Path, threads: int) -> Classifier:
     return module.load(path, threads)
 
 
-class CrystalRuntime:
+class CrystalRuntime(ModelRuntime[CrystalRequest]):
     """Validates crystal requests and answers a batch of them with one model call."""
 
     def __init__(

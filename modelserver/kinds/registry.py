@@ -6,10 +6,10 @@ forward pass, the OpenAPI document takes its request and answer schemas, and the
 handler loads the runtime. This module imports no ML framework: a kind's runtime module (which
 may import torch) is imported by name, in the model worker only.
 
-Adding a kind today: write `modelserver/kinds/<kind>.py` (settings, request and answer models, a
-runtime with `parse` and `predict`, and a `load_*_runtime(files)` loader) and add its `Kind`
-entry to `KINDS`; a kind with tensors also needs its codec in `protocols/open_inference.py`,
-and a compiled text kind its entry in `export.TASKS`.
+Adding a kind today: write `modelserver/kinds/<kind>.py` (settings, request and answer models,
+a `contract.ModelRuntime` with `parse` and `predict`, and a `load_*_runtime(files)` loader) and
+add its `Kind` entry to `KINDS`; a kind with tensors also needs its codec in
+`protocols/open_inference.py`, and a compiled text kind its entry in `export.TASKS`.
 """
 
 from __future__ import annotations

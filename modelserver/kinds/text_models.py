@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.kinds.text_schemas import (
     REQUEST_CHARS_PER_TOKEN,
     TEXT_CHARS_PER_TOKEN,
@@ -184,7 +185,7 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int | None) -> tuple[tor
     return input_ids, attention
 
 
-class TextRuntime:
+class TextRuntime(ModelRuntime[TextRequest]):  # pylint: disable=abstract-method  # each text kind predicts
     """What both text runtimes hold: tokenizer, model config, forward pass, settings, names,
     the length limit."""
 
@@ -283,6 +284,10 @@ class TextRuntime:
             self.request_model, payload, self._names, self.tasks, self._settings.max_texts
         )
 
-    def stream_parts(self, request: Any, size: int | None = None) -> list[Any]:
+    def wants_stream(self, request: TextRequest) -> bool:
+        """A list of texts with `stream: true` is answered as NDJSON lines."""
+        return request.stream
+
+    def stream_parts(self, request: TextRequest, size: int | None = None) -> list[TextRequest]:
         """A streaming request as sub-requests of `stream_chunk` texts (or `size`)."""
         return split_texts(request, size or self._settings.stream_chunk)

@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError, SpecValidationFailed
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
 from modelserver.validation import parse_settings, validate_body
 
@@ -73,7 +74,7 @@ class TopicsAnswer(BaseModel):
     label: str = Field(description="The prediction label", examples=["hockey"])
 
 
-class TopicsRuntime:
+class TopicsRuntime(ModelRuntime[TopicsRequest]):
     """Validates requests and labels every text of a batch with one pipeline call."""
 
     invalid_input = SpecValidationFailed  # bodies that are not JSON get the spec's 405 too

@@ -14,9 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from modelserver.errors import InvalidInput, ModelFailure, ServingError, error_response
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.payload import decode_json_body
 
 log = logging.getLogger(__name__)
@@ -25,24 +26,6 @@ RequestT = TypeVar("RequestT")
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 Emit = Callable[[int, bytes], None]
-
-
-class Runtime(Protocol[RequestT]):
-    """What every model kind offers the server."""
-
-    def parse(self, payload: Any) -> RequestT:
-        """Validate one decoded body or raise a `ServingError`."""
-
-    def predict(self, requests: Sequence[RequestT]) -> list[Any]:
-        """Answer valid requests in order: a JSON-able answer, or a `ServingError`, each."""
-
-
-class StreamingRuntime(Runtime[RequestT], Protocol[RequestT]):
-    """A runtime whose requests may hold many items and ask for them as a stream."""
-
-    def stream_parts(self, request: RequestT, size: int | None = None) -> list[RequestT]:
-        """Split a streaming request into sub-requests of `size` items (the kind's default if
-        None), each answered with a list of per-item answers."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +71,9 @@ class BatchTimes:
 
 @dataclass
 class BatchAnswerer(Generic[RequestT]):
-    """Runs a `Runtime` over TorchServe-style batches."""
+    """Runs a kind's `ModelRuntime` over TorchServe-style batches."""
 
-    runtime: Runtime[RequestT]
+    runtime: ModelRuntime[RequestT]
     model_name: str = "model"
 
     def answer(
@@ -130,7 +113,7 @@ class BatchAnswerer(Generic[RequestT]):
                 log.error("%s could not validate a request: %s", self.model_name, type(error).__name__)
                 outcomes[index] = Outcome.of_error(ModelFailure("the request could not be validated"))
                 continue
-            wants_stream = can_stream and getattr(request, "stream", False)
+            wants_stream = can_stream and self.runtime.wants_stream(request)
             (streams if wants_stream else valid).append((index, request))
         return valid, streams
 
@@ -140,7 +123,7 @@ class BatchAnswerer(Generic[RequestT]):
         try:
             return decode_json_body(body)
         except InvalidInput as error:
-            raise getattr(self.runtime, "invalid_input", InvalidInput)(error.message) from None
+            raise self.runtime.invalid_input(error.message) from None
 
     def _predict(self, requests: list[RequestT]) -> list[Outcome]:
         if not requests:
@@ -174,15 +157,14 @@ class BatchAnswerer(Generic[RequestT]):
     def _stream(self, streams: list[tuple[int, RequestT]], emit: Emit) -> dict[int, Outcome]:
         """Answer streaming requests chunk by chunk, taking turns so each gets its first lines
         early; every chunk but a request's last goes out through `emit`."""
-        runtime: StreamingRuntime[RequestT] = self.runtime  # type: ignore[assignment]
-        parts = {index: runtime.stream_parts(request) for index, request in streams}
+        parts = {index: self.runtime.stream_parts(request) for index, request in streams}
         sent = dict.fromkeys(parts, 0)  # items answered so far, per request
         finished: dict[int, Outcome] = {}
         for turn in range(max(len(chunks) for chunks in parts.values())):
             for index, chunks in parts.items():
                 if turn >= len(chunks):
                     continue
-                lines = self._stream_lines(runtime, chunks[turn], sent[index])
+                lines = self._stream_lines(chunks[turn], sent[index])
                 sent[index] += len(lines)
                 if turn < len(chunks) - 1:
                     emit(index, ndjson(lines))
@@ -190,16 +172,14 @@ class BatchAnswerer(Generic[RequestT]):
                     finished[index] = Outcome(200, ndjson(lines), NDJSON)
         return finished
 
-    def _stream_lines(
-        self, runtime: StreamingRuntime[RequestT], part: RequestT, offset: int
-    ) -> list[dict[str, Any]]:
+    def _stream_lines(self, part: RequestT, offset: int) -> list[dict[str, Any]]:
         """The NDJSON lines of one chunk; a failed chunk is retried item by item, so each item
         gets its own result or error line."""
         [outcome] = self._predict([part])
         if outcome.status == 200:
             return [{"index": offset + i, "result": result} for i, result in enumerate(outcome.body)]
         lines: list[dict[str, Any]] = []
-        for i, single in enumerate(runtime.stream_parts(part, size=1)):
+        for i, single in enumerate(self.runtime.stream_parts(part, size=1)):
             [alone] = self._predict([single])
             line: dict[str, Any] = {"index": offset + i}
             line.update({"result": alone.body[0]} if alone.status == 200 else {"error": alone.body["error"]})

@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 
 from modelserver.errors import ConfigError, InvalidInput, ModelFailure, error_response
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.kinds.registry import kind_named
 from modelserver.payload import MAX_ANSWER_BYTES, request_body
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
-from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, Runtime, ndjson
+from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, ndjson
 from modelserver.serving.deadlines import late_requests
 from modelserver.serving.handler_metrics import report_batch
 from modelserver.serving.headers import HANDLER_ANSWER
@@ -118,6 +119,16 @@ def stream_emitter(context: Any) -> Emit:
     return emit
 
 
+def _describe_responses(context: Any, outcomes: Sequence[Outcome]) -> None:
+    """Each response's content type, status and the handler's mark (what tells Envoy the
+    answer is ours, not TorchServe's own)."""
+    for index, outcome in enumerate(outcomes):
+        context.set_response_content_type(index, outcome.content_type)
+        context.set_response_header(index, HANDLER_ANSWER, "1")
+        if outcome.status != HTTPStatus.OK:
+            context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+
+
 class TorchServeAdapter:
     """Every archive's handler: loads the archive's kind and answers its batches."""
 
@@ -145,12 +156,12 @@ class TorchServeAdapter:
                 "this archive names no model kind: it was built by an older builder; rebuild it"
             )
         kind = kind_named(config["kind"])
-        runtime: Runtime[Any] = kind.load(files)
+        runtime: ModelRuntime[Any] = kind.load(files)
         self._codec = kind.open_inference
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
         self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
-        self._answer_limit = int(getattr(runtime, "max_answer_bytes", MAX_ANSWER_BYTES))
+        self._answer_limit = runtime.max_answer_bytes
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[bytes]:
@@ -181,11 +192,7 @@ class TorchServeAdapter:
         answers = [by_index[i] if error is None else Outcome.of_error(error) for i, error in enumerate(late)]
         with times.phase("postprocess"):
             outcomes = [encode(answer, self._answer_limit) for answer in answers]
-            for index, outcome in enumerate(outcomes):
-                context.set_response_content_type(index, outcome.content_type)
-                context.set_response_header(index, HANDLER_ANSWER, "1")
-                if outcome.status != HTTPStatus.OK:
-                    context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+            _describe_responses(context, outcomes)
         statuses = [outcome.status for outcome in outcomes]
         report_batch(getattr(context, "metrics", None), statuses, times, expired=len(data) - len(awaited))
         # The trace id of each traced request (only with tracing on: Envoy drops it otherwise).

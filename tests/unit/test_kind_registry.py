@@ -23,6 +23,7 @@ from modelserver.archive import requested_runtime
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError, InvalidInput
 from modelserver.kinds import ModelFiles, registry
+from modelserver.kinds.contract import ModelRuntime
 from modelserver.kinds.registry import KINDS, Kind, kind_named
 from modelserver.openapi import build_openapi
 from modelserver.project import PROJECT_ROOT
@@ -53,7 +54,7 @@ class EchoAnswer(BaseModel):
     echo: str
 
 
-class EchoRuntime:
+class EchoRuntime(ModelRuntime[EchoRequest]):
     """Parses and answers a batch, as every kind's runtime does."""
 
     def __init__(self, settings: EchoSettings) -> None:
