@@ -1,6 +1,7 @@
 """Test helpers: answers compared up to float32 rounding, a fake TorchServe context, `make scale`
-on a running stack. The stack launcher, free ports and the catalogue writer are the load-test
-kit's (`load_tests.kit.stack`), which the load tools share."""
+on a running stack, a POST to it and the check of a JSON error. The stack launcher, free ports
+and the catalogue writer are the load-test kit's (`load_tests.kit.stack`), which the load tools
+share."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from load_tests.kit.stack import Launcher
 from modelserver.project import PROJECT_ROOT
@@ -160,3 +163,24 @@ def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout[done.stdout.index("{") :])
+
+
+def post(
+    stack: Launcher, path: str, body: Any, headers: Mapping[str, str] | None = None, timeout: float = 60
+) -> requests.Response:
+    """POST to the public port: a JSON value encoded, raw bytes or text as they are, with a JSON
+    content type unless `headers` say otherwise."""
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    return requests.post(f"{stack.url}{path}", data=data, headers=sent, timeout=timeout)
+
+
+def check_json_error(response: requests.Response, status: int) -> dict[str, Any]:
+    """Every error, whoever makes it (handler, TorchServe, Envoy), is a JSON object with an
+    `error` sentence and its `code`; returns the body."""
+    assert response.status_code == status, (status, response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip(), body
+    assert body.get("code", status) == status, body
+    return body

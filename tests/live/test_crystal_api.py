@@ -16,16 +16,9 @@ from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.kinds.crystal import load_classifier
 from modelserver.serving.headers import HANDLER_ANSWER
-from tests.helpers import access_log, answers_close, logged_requests
+from tests.helpers import access_log, answers_close, logged_requests, post
 
 ROUTES = {"/sklearn": "sklearn", "/pytorch": "pytorch"}
-
-
-def post(stack: Launcher, path: str, body: Any, **kwargs: Any) -> requests.Response:
-    """POST a JSON value (or raw bytes) to the public port."""
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    kwargs.setdefault("headers", {"Content-Type": "application/json"})
-    return requests.post(f"{stack.url}{path}", data=data, timeout=30, **kwargs)
 
 
 def check_answer(answer: dict[str, Any], rows: int) -> None:

@@ -24,8 +24,7 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.project import PROJECT_ROOT
-from tests.helpers import answers_close
-from tests.live.test_envoy_edges import check_json_error
+from tests.helpers import answers_close, check_json_error
 
 pytestmark = pytest.mark.timeout(120, func_only=True)
 

@@ -26,15 +26,7 @@ from modelserver.launcher.envoy_config import render_config
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.serving.headers import HANDLER_ANSWER
-
-
-def check_json_error(response: requests.Response, status: int) -> dict[str, object]:
-    """Every error, whoever makes it, is JSON with an `error` sentence."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body["error"], str) and body["error"]
-    return body
+from tests.helpers import check_json_error
 
 
 @pytest.mark.parametrize("path", ["/", "/nothing", "/sklearn/extra", "/predictions", "/docs/../ping"])

@@ -27,7 +27,7 @@ from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.routes import BODY_LIMIT_BYTES, BUFFER_FILTER, RouteTable
-from tests.helpers import answers_close
+from tests.helpers import answers_close, check_json_error, post
 from tests.unit.test_validation_properties import assert_close
 
 # Per test, not counting the session's stack start (a minute or two, under the global timeout).
@@ -97,22 +97,6 @@ ROUTES = {
     ]
 }
 PATHS = sorted(ROUTES)
-
-
-def post(stack: Launcher, path: str, body: bytes, headers: dict[str, str] | None = None) -> requests.Response:
-    """POST raw bytes to the public port (a JSON content type unless told otherwise)."""
-    sent = {"Content-Type": "application/json", **(headers or {})}
-    return requests.post(f"{stack.url}{path}", data=body, headers=sent, timeout=60)
-
-
-def check_json_error(response: requests.Response, status: int) -> str:
-    """A refusal: the status, and a JSON object with an `error` sentence (and its code)."""
-    assert response.status_code == status, (status, response.status_code, response.text[:300])
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip()
-    assert body.get("code", status) == status
-    return body["error"]
 
 
 @pytest.fixture(scope="module", name="expected")

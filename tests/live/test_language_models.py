@@ -14,12 +14,8 @@ import pytest
 import requests
 
 from load_tests.kit.stack import Launcher
+from tests.helpers import post
 from tests.unit.test_text_models import same_answer
-
-
-def post(stack: Launcher, path: str, body: Any, **kwargs: Any) -> requests.Response:
-    """POST JSON to the public port."""
-    return requests.post(f"{stack.url}{path}", json=body, timeout=60, **kwargs)
 
 
 @pytest.mark.parametrize(
