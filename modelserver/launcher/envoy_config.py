@@ -38,6 +38,7 @@ from modelserver.launcher.routes import (
     direct,
     header_to_add,
     loopback_cluster,
+    typed,
 )
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.launcher.tracing import collector_cluster, runtime_layers, traced_manager
@@ -183,10 +184,6 @@ ACCESS_LOG_FIELDS = {
 }
 
 
-def _typed(kind: str, **config: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{kind}", **config}
-
-
 def _method_is(method: str) -> list[dict[str, Any]]:
     return [{"name": ":method", "string_match": {"exact": method}}]
 
@@ -201,14 +198,14 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
         "resource_monitors": [
             {
                 "name": heap,
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
                     max_heap_size_bytes=HEAP_LIMIT_BYTES,
                 ),
             },
             {
                 "name": connections,
-                "typed_config": _typed(
+                "typed_config": typed(
                     CONNECTIONS_MONITOR_TYPE, max_active_downstream_connections=settings.max_connections
                 ),
             },
@@ -252,7 +249,7 @@ def overload_manager(settings: LaunchSettings) -> dict[str, Any]:
                         },
                     },
                 ],
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
                     timer_scale_factors=[
                         {
@@ -299,7 +296,7 @@ def local_replies() -> dict[str, Any]:
         return {
             "extension_filter": {
                 "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
                 ),
             }
@@ -308,7 +305,7 @@ def local_replies() -> dict[str, Any]:
     malformed = {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
                 expression='response.code == 400 && response.code_details != "direct_response"',
             ),
@@ -369,7 +366,7 @@ def local_replies() -> dict[str, Any]:
 
 ROUTER = {
     "name": "envoy.filters.http.router",
-    "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
+    "typed_config": typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
 }
 
 
@@ -380,7 +377,7 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
     return [
         {
             "name": "envoy.filters.http.header_mutation",
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
                 mutations={
                     "request_mutations": [{"append": header_to_add("content-type", "application/json")}],
@@ -390,23 +387,23 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
                 },
             ),
         },
-        custom_response_filter(METADATA_NAMESPACE),
+        custom_response_filter(),
         {
             "name": BUFFER_FILTER,
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=BODY_LIMIT_BYTES
             ),
         },
         {
             "name": BODY_FIELDS_FILTER,
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
                 request_rules={"rules": routes.selector_rules()},
             ),
         },
         {
             "name": LUA_FILTER,
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.filters.http.lua.v3.Lua",
                 default_source_code={"inline_string": LUA_SOURCE.read_text(encoding="utf-8")},
             ),
@@ -418,7 +415,7 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
 def refused_tunnel() -> dict[str, Any]:
     """CONNECT (a tunnel through a proxy) gets a JSON 405 before the connection closes. The
     filters that wait for a body are off on this route: a tunnel's body never ends."""
-    skip = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+    skip = typed("envoy.config.route.v3.FilterConfig", disabled=True)
     return {
         "match": {"connect_matcher": {}},
         **direct(405, NO_TUNNEL, allow="GET, POST"),
@@ -492,7 +489,7 @@ def virtual_host(routes: RouteTable, inference_token: str) -> dict[str, Any]:
         route = combined(body_limit(BODY_LIMIT_BYTES), route)
         if LUA_FILTER in route.get("metadata", {}).get("filter_metadata", {}):
             return route
-        skip = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+        skip = typed("envoy.config.route.v3.FilterConfig", disabled=True)
         return {
             **route,
             "typed_per_filter_config": {**route.get("typed_per_filter_config", {}), LUA_FILTER: skip},
@@ -516,7 +513,7 @@ def connection_manager(stat_prefix: str, **config: Any) -> dict[str, Any]:
     """An HTTP connection manager with the protections every listener reachable from other
     machines has: timeouts for headers, requests and idle streams, bounded headers, HTTP/1.0
     served, bounded HTTP/2, and Envoy's own answers as JSON."""
-    return _typed(
+    return typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=stat_prefix,
         codec_type="AUTO",
@@ -560,7 +557,7 @@ def listener(
     limit = [
         {
             "name": "envoy.filters.network.connection_limit",
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
                 stat_prefix=name,
                 max_connections=own_budget,
@@ -577,7 +574,7 @@ def listener(
         "listener_filters": [
             {
                 "name": "envoy.filters.listener.http_inspector",
-                "typed_config": _typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+                "typed_config": typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
             }
         ],
         "listener_filters_timeout": f"{FIRST_BYTES_TIMEOUT_S}s",
@@ -607,7 +604,7 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
         access_log=[
             {
                 "name": "envoy.access_loggers.file",
-                "typed_config": _typed(
+                "typed_config": typed(
                     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
                     path=str(settings.runtime_dir / "envoy" / ACCESS_LOG_NAME),
                     log_format={"json_format": ACCESS_LOG_FIELDS},

@@ -12,12 +12,13 @@ from typing import Any
 
 from modelserver.catalogue import Catalogue, RouteSpec
 from modelserver.kinds.registry import KINDS
-from modelserver.launcher.upstream_errors import MODEL_KEY
 from modelserver.protocols.open_inference import BINARY_REFUSED, MODEL_VERSION, PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.deadlines import ARRIVED_FORMAT, ARRIVED_HEADER, WAIT_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
 METADATA_NAMESPACE = "modelserver"
+# Each model route names its model in its metadata, for the sentences of TorchServe's own errors.
+MODEL_KEY = "model"
 BODY_FIELDS_FILTER = "envoy.filters.http.json_to_metadata"
 LUA_FILTER = "envoy.filters.http.lua"
 BUFFER_FILTER = "envoy.filters.http.buffer"
@@ -58,6 +59,11 @@ NO_BODY_FIELDS = {
         "disabled": True,
     }
 }
+
+
+def typed(kind: str, **config: Any) -> dict[str, Any]:
+    """An Envoy extension's config: its type URL and fields."""
+    return {"@type": f"type.googleapis.com/{kind}", **config}
 
 
 def direct(status: int, message: str, **headers: str) -> dict[str, Any]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from modelserver.launcher.routes import METADATA_NAMESPACE, MODEL_KEY, header_to_add, typed
 from modelserver.serving.headers import HANDLER_ANSWER
 
 CUSTOM_RESPONSE_FILTER = "envoy.filters.http.custom_response"
 # TorchServe sets it on every reply it sends (its NettyUtils.sendHttpResponse).
 TORCHSERVE_REPLY_HEADER = "x-request-id"
-# Each model route names its model here (route metadata), for the sentences below.
-MODEL_KEY = "model"
 RETRY_AFTER_S = "1"
 LOCAL_RESPONSE_POLICY = "envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy"
 
@@ -37,9 +36,9 @@ class UpstreamError:
     retry: bool = False
 
 
-def upstream_errors(metadata_namespace: str) -> list[UpstreamError]:
+def upstream_errors() -> list[UpstreamError]:
     """The table, first match wins; the model's name comes from the route's metadata."""
-    model = f"%METADATA(ROUTE:{metadata_namespace}:{MODEL_KEY})%"
+    model = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{MODEL_KEY})%"
     return [
         # Its key refused: TorchServe restarted with a new one, which Envoy is about to get.
         UpstreamError("400", "the model server is restarting; retry shortly", 503, retry=True),
@@ -60,19 +59,13 @@ def upstream_errors(metadata_namespace: str) -> list[UpstreamError]:
     ]
 
 
-def _typed(kind: str, **config: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{kind}", **config}
-
-
 def _header(name: str) -> dict[str, Any]:
     """A predicate: the response has header `name`."""
     return {
         "single_predicate": {
             "input": {
                 "name": name,
-                "typed_config": _typed(
-                    "envoy.type.matcher.v3.HttpResponseHeaderMatchInput", header_name=name
-                ),
+                "typed_config": typed("envoy.type.matcher.v3.HttpResponseHeaderMatchInput", header_name=name),
             },
             "value_match": {"safe_regex": {"google_re2": {}, "regex": ".*"}},
         }
@@ -88,26 +81,21 @@ def _status(matches: str) -> dict[str, Any]:
     )
     return {
         "single_predicate": {
-            "input": {"name": "status", "typed_config": _typed(f"envoy.type.matcher.v3.{kind}")},
+            "input": {"name": "status", "typed_config": typed(f"envoy.type.matcher.v3.{kind}")},
             "value_match": {"exact": matches},
         }
     }
 
 
-def custom_response_filter(metadata_namespace: str) -> dict[str, Any]:
+def custom_response_filter() -> dict[str, Any]:
     """The filter: a TorchServe reply (its header, no handler's mark) with a status of the table."""
     matchers = []
-    for error in upstream_errors(metadata_namespace):
+    for error in upstream_errors():
         policy: dict[str, Any] = {"body_format": {"text_format": error.sentence}}
         if error.status is not None:
             policy["status_code"] = error.status
         if error.retry:
-            policy["response_headers_to_add"] = [
-                {
-                    "header": {"key": "retry-after", "value": RETRY_AFTER_S},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
-            ]
+            policy["response_headers_to_add"] = [header_to_add("retry-after", RETRY_AFTER_S)]
         predicate = [
             _status(error.matches),
             _header(TORCHSERVE_REPLY_HEADER),
@@ -119,14 +107,14 @@ def custom_response_filter(metadata_namespace: str) -> dict[str, Any]:
                 "on_match": {
                     "action": {
                         "name": f"torchserve_{error.matches}",
-                        "typed_config": _typed(LOCAL_RESPONSE_POLICY, **policy),
+                        "typed_config": typed(LOCAL_RESPONSE_POLICY, **policy),
                     }
                 },
             }
         )
     return {
         "name": CUSTOM_RESPONSE_FILTER,
-        "typed_config": _typed(
+        "typed_config": typed(
             "envoy.extensions.filters.http.custom_response.v3.CustomResponse",
             custom_response_matcher={"matcher_list": {"matchers": matchers}},
         ),

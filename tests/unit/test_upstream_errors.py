@@ -7,11 +7,10 @@ from typing import Any
 
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy_config import envoy_config
-from modelserver.launcher.routes import LUA_FILTER, METADATA_NAMESPACE, RouteTable
+from modelserver.launcher.routes import LUA_FILTER, METADATA_NAMESPACE, MODEL_KEY, RouteTable
 from modelserver.launcher.settings import settings_from_command_line
 from modelserver.launcher.upstream_errors import (
     CUSTOM_RESPONSE_FILTER,
-    MODEL_KEY,
     TORCHSERVE_REPLY_HEADER,
     upstream_errors,
 )
@@ -34,7 +33,7 @@ def filter_named(manager: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_the_table_turns_torchserves_passing_states_into_retryable_503s() -> None:
-    table = {error.matches: error for error in upstream_errors(METADATA_NAMESPACE)}
+    table = {error.matches: error for error in upstream_errors()}
     # A refused key (TorchServe restarted), no worker, a worker that died holding the batch.
     for status in ("400", "503", "507"):
         assert table[status].retry and table[status].status in (None, 503)
@@ -42,7 +41,7 @@ def test_the_table_turns_torchserves_passing_states_into_retryable_503s() -> Non
     assert f"%METADATA(ROUTE:{METADATA_NAMESPACE}:{MODEL_KEY})%" in table["500"].sentence
     assert not table["500"].retry and table["500"].status is None
     # Exact statuses before the classes: the first match wins.
-    order = [error.matches for error in upstream_errors(METADATA_NAMESPACE)]
+    order = [error.matches for error in upstream_errors()]
     assert order[-2:] == ["4xx", "5xx"]
 
 
@@ -50,7 +49,7 @@ def test_only_torchserves_own_replies_are_rewritten_never_an_answer_or_envoys_re
     manager = public_manager()
     config = filter_named(manager, CUSTOM_RESPONSE_FILTER)["typed_config"]
     matchers = config["custom_response_matcher"]["matcher_list"]["matchers"]
-    assert len(matchers) == len(upstream_errors(METADATA_NAMESPACE))
+    assert len(matchers) == len(upstream_errors())
     for matcher in matchers:
         status, torchserve, not_marked = matcher["predicate"]["and_matcher"]["predicate"]
         assert status["single_predicate"]["input"]["name"] == "status"
