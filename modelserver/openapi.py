@@ -10,17 +10,22 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from modelserver.catalogue import Catalogue, RouteSpec
+from modelserver.errors import ErrorType, documented_type
 from modelserver.kinds.registry import KINDS, Kind
 from modelserver.protocols import open_inference
 
 REF = "#/components/schemas/{model}"
-DESCRIPTION = 'Trained models behind TorchServe and Envoy. Every error is JSON: `{"error", "code"}`.'
+DESCRIPTION = (
+    'Trained models behind TorchServe and Envoy. Every error is JSON: `{"error", "type", "code"}`,'
+    " `type` one of the ErrorBody schema's."
+)
 
 
 class ErrorBody(BaseModel):
-    """Every error, whoever makes it: a sentence and the status code."""
+    """Every error, whoever makes it: a sentence, its type, and the status code."""
 
     error: str = Field(examples=["crystalData[0] has 3 values; each row needs 4"])
+    type: ErrorType = Field(examples=[ErrorType.INVALID_INPUT])
     code: int = Field(examples=[422])
 
 
@@ -46,7 +51,8 @@ def _error_responses(codes: dict[int, str]) -> dict[str, Any]:
 
     def body(code: int, text: str) -> dict[str, Any]:
         schema = {"$ref": REF.format(model="ErrorBody")}
-        return {"application/json": {"schema": schema, "example": {"error": text, "code": code}}}
+        example = {"error": text, "type": str(documented_type(code)), "code": code}
+        return {"application/json": {"schema": schema, "example": example}}
 
     return {
         str(code): {"description": text, "content": body(code, text)} for code, text in sorted(codes.items())

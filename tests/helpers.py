@@ -17,6 +17,7 @@ from typing import Any
 import requests
 
 from load_tests.kit.stack import Launcher
+from modelserver.errors import ErrorType
 from modelserver.project import PROJECT_ROOT
 
 SEED_CRYSTAL = PROJECT_ROOT.parent / "shared" / "seed_data" / "crystal"
@@ -175,12 +176,17 @@ def post(
     return requests.post(f"{stack.url}{path}", data=data, headers=sent, timeout=timeout)
 
 
-def check_json_error(response: requests.Response, status: int) -> dict[str, Any]:
+def check_json_error(
+    response: requests.Response, status: int, error_type: ErrorType | None = None
+) -> dict[str, Any]:
     """Every error, whoever makes it (handler, TorchServe, Envoy), is a JSON object with an
-    `error` sentence and its `code`; returns the body."""
+    `error` sentence, a documented `type` (this one, when given) and its `code`; returns the body."""
     assert response.status_code == status, (status, response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip(), body
     assert body.get("code", status) == status, body
+    assert body.get("type") in set(ErrorType), body
+    if error_type is not None:
+        assert body["type"] == error_type, body
     return body

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from modelserver.catalogue import Catalogue
+from modelserver.errors import FALLBACK_TYPES, TYPE_OF_STATUS, ErrorType
 from modelserver.launcher.routes import (
     BODY_FIELDS_FILTER,
     BODY_LIMIT_BYTES,
@@ -273,18 +274,33 @@ NO_TUNNEL = "CONNECT is not served: this is a model server, not a proxy"
 NO_UPGRADE = "this server does not upgrade connections (WebSocket, h2c): send plain HTTP requests"
 
 
-def local_replies() -> dict[str, Any]:
-    """What Envoy answers itself, always `{"error", "code"}` JSON."""
+def error_body(error_type: ErrorType | str, sentence: str = "%LOCAL_REPLY_BODY%") -> dict[str, Any]:
+    """The JSON every error of Envoy's own has: `{"error", "type", "code"}`."""
+    return {"json_format": {"error": sentence, "type": str(error_type), "code": "%RESPONSE_CODE%"}}
 
-    def status_is(code: int) -> dict[str, Any]:
+
+def local_replies() -> dict[str, Any]:
+    """What Envoy answers itself (and TorchServe's errors it rewrote), always
+    `{"error", "type", "code"}` JSON: the first mapper that matches gives the sentence, status
+    and type; a reply none of them names gets the type of its status (`errors.type_of_status`)."""
+
+    def status_is(code: int, op: str = "EQ") -> dict[str, Any]:
         value = {"default_value": code, "runtime_key": f"reply.{code}"}
-        return {"status_code_filter": {"comparison": {"op": "EQ", "value": value}}}
+        return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
 
     def flags(*names: str) -> dict[str, Any]:
         return {"response_flag_filter": {"flags": list(names)}}
 
-    def reply(match: dict[str, Any], message: str, status: int | None = None, retry_after: str = "") -> Any:
-        mapper: dict[str, Any] = {"filter": match, "body": {"inline_string": message}}
+    def reply(
+        match: dict[str, Any],
+        error_type: ErrorType,
+        message: str | None = None,
+        status: int | None = None,
+        retry_after: str = "",
+    ) -> Any:
+        mapper: dict[str, Any] = {"filter": match, "body_format_override": error_body(error_type)}
+        if message is not None:
+            mapper["body"] = {"inline_string": message}
         if status is not None:
             mapper["status_code"] = status
         if retry_after:
@@ -311,24 +327,32 @@ def local_replies() -> dict[str, Any]:
             ),
         }
     }
+    # Envoy's own 4xx and 5xx a mapper above does not name: the type of their status.
+    by_status = [reply(status_is(code), error_type) for code, error_type in sorted(TYPE_OF_STATUS.items())]
+    by_class = [reply(status_is(lowest, "GE"), error_type) for lowest, error_type in FALLBACK_TYPES]
     return {
         "mappers": [
             # The route's own limit (its metadata: `routes.body_limit`) in the sentence.
             {
                 "filter": status_is(413),
-                "body_format_override": {
-                    "json_format": {
-                        "error": "the request body is larger than this route's limit of"
-                        f" %METADATA(ROUTE:{METADATA_NAMESPACE}:body_limit)%",
-                        "code": "%RESPONSE_CODE%",
-                    }
-                },
+                "body_format_override": error_body(
+                    ErrorType.TOO_LARGE,
+                    "the request body is larger than this route's limit of"
+                    f" %METADATA(ROUTE:{METADATA_NAMESPACE}:body_limit)%",
+                ),
             },
             # A model at its admission limit (its cluster's circuit breaker), or Envoy itself
             # near its memory limit: refused at once, to be retried in a moment.
-            reply(flags("UO"), "the model is at capacity; retry shortly", 503, RETRY_AFTER_S["at capacity"]),
+            reply(
+                flags("UO"),
+                ErrorType.OVERLOADED,
+                "the model is at capacity; retry shortly",
+                503,
+                RETRY_AFTER_S["at capacity"],
+            ),
             reply(
                 flags("OM"),
+                ErrorType.OVERLOADED,
                 "the server is short of memory; retry shortly",
                 503,
                 RETRY_AFTER_S["short of memory"],
@@ -337,6 +361,7 @@ def local_replies() -> dict[str, Any]:
             # keeps its own sentence (`upstream_errors`); a connection that failed twice is UF.
             reply(
                 flags("UF", "UH", "UC"),
+                ErrorType.UNAVAILABLE,
                 "the model server is not reachable right now; retry shortly",
                 503,
                 RETRY_AFTER_S["unreachable"],
@@ -344,23 +369,31 @@ def local_replies() -> dict[str, Any]:
             # A client too slow to send its request (headers, body, or a stall under pressure).
             reply(
                 status_is(408),
+                ErrorType.REQUEST_TIMEOUT,
                 f"the request did not arrive in time: headers within {REQUEST_HEADERS_TIMEOUT_S} s,"
                 f" the whole request within {REQUEST_TIMEOUT_S} s",
             ),
-            reply(flags("UT", "SI"), "the model did not answer in time", 504),
+            reply(flags("UT", "SI"), ErrorType.DEADLINE_EXCEEDED, "the model did not answer in time", 504),
             reply(
                 details("overload"),
+                ErrorType.OVERLOADED,
                 "the server is short of memory; retry shortly",
                 503,
                 RETRY_AFTER_S["short of memory"],
             ),
             # An `Upgrade:` request (WebSocket, h2c): Envoy refuses it with its own 403.
-            reply(details("upgrade_failed"), NO_UPGRADE),
+            reply(details("upgrade_failed"), ErrorType.NOT_SUPPORTED, NO_UPGRADE),
             # Requests Envoy refuses before routing (an escaped slash or a backslash in the path,
             # a fragment, an underscore in a header name) come with no sentence of their own.
-            reply(malformed, "the request is malformed: its path or headers are not valid HTTP"),
+            reply(
+                malformed,
+                ErrorType.BAD_REQUEST,
+                "the request is malformed: its path or headers are not valid HTTP",
+            ),
+            *by_status,
+            *by_class,
         ],
-        "body_format": {"json_format": {"error": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE%"}},
+        "body_format": error_body(ErrorType.SERVER_ERROR),
     }
 
 

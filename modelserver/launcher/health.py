@@ -28,7 +28,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from modelserver.errors import ModelUnavailable, NotFound, error_response
+from modelserver.errors import ErrorType, ModelUnavailable, NotFound, error_response
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,8 @@ JsonPages = Callable[[str], "tuple[int, dict[str, Any]] | None"]
 
 class PageBusy(ModelUnavailable):
     """A page already has as many readers as it allows: refused at once with Retry-After."""
+
+    type = ErrorType.OVERLOADED
 
 
 def static_pages(documents: dict[str, Document]) -> Pages:

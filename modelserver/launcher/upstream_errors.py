@@ -6,7 +6,8 @@ ready, a worker that died holding the batch (its 507, which is no storage error)
 on the reply's headers alone, in C++, so an answer costs nothing: every TorchServe reply carries
 its `x-request-id`, and an answer from our handler carries the handler's mark. What Envoy answers
 itself has neither, and keeps its own sentence. The sentence becomes the body of a local reply,
-which Envoy's local-reply format turns into the `{"error", "code"}` JSON of every other error.
+which Envoy's local-reply format turns into the `{"error", "type", "code"}` JSON of every other error,
+its type that of its status.
 """
 
 from __future__ import annotations

@@ -182,6 +182,11 @@ class BatchAnswerer(Generic[RequestT]):
         for i, single in enumerate(self.runtime.stream_parts(part, size=1)):
             [alone] = self._predict([single])
             line: dict[str, Any] = {"index": offset + i}
-            line.update({"result": alone.body[0]} if alone.status == 200 else {"error": alone.body["error"]})
+            line.update({"result": alone.body[0]} if alone.status == 200 else _error_fields(alone.body))
             lines.append(line)
         return lines
+
+
+def _error_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A failed item's line in a stream carries its error as every error body does."""
+    return {key: body[key] for key in ("error", "type", "code")}

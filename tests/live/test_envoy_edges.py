@@ -19,6 +19,7 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
+from modelserver.errors import ErrorType, InvalidInput, error_response
 from modelserver.kinds.text_schemas import TextModelSettings
 from modelserver.launcher import envoy_config as envoy_config_module
 from modelserver.launcher.envoy import envoy_binary
@@ -31,7 +32,7 @@ from tests.helpers import check_json_error
 
 @pytest.mark.parametrize("path", ["/", "/nothing", "/sklearn/extra", "/predictions", "/docs/../ping"])
 def test_unknown_paths_are_404_json(stack: Launcher, path: str) -> None:
-    check_json_error(requests.get(f"{stack.url}{path}", timeout=10), 404)
+    check_json_error(requests.get(f"{stack.url}{path}", timeout=10), 404, ErrorType.NOT_FOUND)
 
 
 @pytest.mark.parametrize(
@@ -46,14 +47,14 @@ def test_unknown_paths_are_404_json(stack: Launcher, path: str) -> None:
 )
 def test_wrong_methods_are_405_json_with_allow(stack: Launcher, method: str, path: str, allow: str) -> None:
     response = requests.request(method, f"{stack.url}{path}", timeout=10)
-    check_json_error(response, 405)
+    check_json_error(response, 405, ErrorType.METHOD_NOT_ALLOWED)
     assert response.headers["allow"] == allow
 
 
 def test_bodies_over_one_mebibyte_are_413_json(stack: Launcher) -> None:
     row = "[0.92, 0.12, 0.31, 0.09],"
     body = '{"crystalData": [' + row * (1_100_000 // len(row)) + "[0.1, 0.2, 0.3, 0.4]]}"
-    check_json_error(requests.post(f"{stack.url}/sklearn", data=body, timeout=30), 413)
+    check_json_error(requests.post(f"{stack.url}/sklearn", data=body, timeout=30), 413, ErrorType.TOO_LARGE)
     small = '{"crystalData": [' + row * 5000 + "[0.1, 0.2, 0.3, 0.4]]}"
     assert requests.post(f"{stack.url}/sklearn", data=small, timeout=30).status_code == 200
 
@@ -172,7 +173,7 @@ def test_a_key_torchserve_refuses_is_a_503_to_clients(stack: Launcher, tmp_path:
     TorchServe's 400 for a bad key is the server's own state, never the client's fault."""
     with envoy_alone(tmp_path, stack.ports.inference, token="not-the-key") as url:
         response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-        check_json_error(response, 503)
+        check_json_error(response, 503, ErrorType.UNAVAILABLE)
         assert response.headers["retry-after"] and "restarting" in response.json()["error"]
 
 
@@ -184,7 +185,7 @@ def test_a_dead_upstream_is_503_json_with_retry_after(tmp_path: Path) -> None:
             ("/astromech", {"crystalData": BRIEF_ROWS, "model": "pytorch"}),
         ]:
             response = requests.post(f"{url}{path}", json=body, timeout=10)
-            check_json_error(response, 503)
+            check_json_error(response, 503, ErrorType.UNAVAILABLE)
             assert response.headers["retry-after"]
         check_json_error(requests.get(f"{url}/healthcheck", timeout=10), 503)
 
@@ -216,7 +217,7 @@ class MarkedAnswerTorchServe(FakeTorchServe):
     def do_POST(self) -> None:  # pylint: disable=invalid-name
         """A 422 with the handler's mark."""
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        data = b'{"error": "crystalData[0] has 3 values", "code": 422}'
+        data = json.dumps(error_response(InvalidInput("crystalData[0] has 3 values"))[1]).encode()
         self.send_response(422)
         self.send_header("x-request-id", "1")
         self.send_header(HANDLER_ANSWER, "1")
@@ -227,18 +228,41 @@ class MarkedAnswerTorchServe(FakeTorchServe):
 
 
 @pytest.mark.parametrize(
-    ("upstream", "path", "status", "sentence"),
+    ("upstream", "path", "status", "error_type", "sentence"),
     [
-        (FakeTorchServe, "/sklearn", 500, "the worker of model crystal_sklearn stopped or failed"),
+        (
+            FakeTorchServe,
+            "/sklearn",
+            500,
+            "model_failure",
+            "the worker of model crystal_sklearn stopped or failed",
+        ),
         # 507 is no storage error: the worker died holding the batch; 503, retry.
-        (DeadWorkerTorchServe, "/sklearn", 503, "the worker of model crystal_sklearn stopped while"),
-        (NoWorkerTorchServe, "/astromech", 503, "model crystal_sklearn has no worker ready"),
-        (UnknownModelTorchServe, "/predictions/nope", 404, "no model is served at /predictions/nope"),
-        (MarkedAnswerTorchServe, "/sklearn", 422, "crystalData[0] has 3 values"),
+        (
+            DeadWorkerTorchServe,
+            "/sklearn",
+            503,
+            "unavailable",
+            "the worker of model crystal_sklearn stopped while",
+        ),
+        (NoWorkerTorchServe, "/astromech", 503, "unavailable", "model crystal_sklearn has no worker ready"),
+        (
+            UnknownModelTorchServe,
+            "/predictions/nope",
+            404,
+            "not_found",
+            "no model is served at /predictions/nope",
+        ),
+        (MarkedAnswerTorchServe, "/sklearn", 422, "invalid_input", "crystalData[0] has 3 values"),
     ],
 )
 def test_torchserves_own_errors_become_ours_and_the_handlers_pass_as_they_are(
-    tmp_path: Path, upstream: type[FakeTorchServe], path: str, status: int, sentence: str
+    tmp_path: Path,
+    upstream: type[FakeTorchServe],
+    path: str,
+    status: int,
+    error_type: ErrorType,
+    sentence: str,
 ) -> None:
     """TorchServe's sentences name its Java API ("use scale workers API"): clients get ours,
     naming the model; retried once first where the model never answered (tests/unit/test_routes)."""
@@ -248,7 +272,7 @@ def test_torchserves_own_errors_become_ours_and_the_handlers_pass_as_they_are(
         with envoy_alone(tmp_path, server.server_address[1]) as url:
             body = {"crystalData": BRIEF_ROWS, "model": "sklearn"}
             response = requests.post(f"{url}{path}", json=body, timeout=10)
-            answer = check_json_error(response, status)
+            answer = check_json_error(response, status, error_type)
             assert answer["error"].startswith(sentence) and answer["code"] == status, answer
             assert (response.headers.get("retry-after") is not None) == (status == 503)
             assert HANDLER_ANSWER not in response.headers
@@ -283,7 +307,10 @@ def test_a_request_torchserve_never_answers_is_sent_once_and_answered_504_json(t
             started = time.monotonic()
             response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=30)
             waited = time.monotonic() - started
-            assert check_json_error(response, 504)["error"] == "the model did not answer in time"
+            assert (
+                check_json_error(response, 504, ErrorType.DEADLINE_EXCEEDED)["error"]
+                == "the model did not answer in time"
+            )
             assert len(LosingTorchServe.calls) == 1 and 14 < waited < 20, (LosingTorchServe.calls, waited)
     finally:
         LosingTorchServe.release.set()
@@ -314,7 +341,7 @@ def test_an_overloaded_envoy_answers_our_json_with_retry_after(
         deadline = time.monotonic() + 10
         while "short of memory" not in response.text and time.monotonic() < deadline:
             response = requests.post(f"{url}/sklearn", json={"crystalData": BRIEF_ROWS}, timeout=10)
-        body = check_json_error(response, 503)
+        body = check_json_error(response, 503, ErrorType.OVERLOADED)
         assert body["error"] == "the server is short of memory; retry shortly", body
         assert response.headers["retry-after"] == "1"
 

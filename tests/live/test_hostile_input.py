@@ -26,6 +26,7 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.catalogue import Catalogue
+from modelserver.errors import ErrorType
 from modelserver.launcher.routes import BODY_LIMIT_BYTES, BUFFER_FILTER, RouteTable
 from tests.helpers import answers_close, check_json_error, post
 from tests.unit.test_validation_properties import assert_close
@@ -266,7 +267,7 @@ def test_a_duplicate_model_on_astromech_is_answered_by_the_model_the_handler_che
     last): the answer is that model's, or a 400 when they disagree; never the other model's."""
     response = post(stack, "/astromech", body % json.dumps(BRIEF_ROWS).encode())
     if response.status_code == 400:
-        check_json_error(response, 400)
+        check_json_error(response, 400, ErrorType.BAD_REQUEST)
     else:
         assert response.status_code == 200, response.text[:300]
         assert_close(response.json(), expected[answered_as])
@@ -282,7 +283,7 @@ def test_a_duplicate_model_name_on_predict_is_answered_by_the_model_the_handler_
     )
     response = post(stack, "/predict", body)
     if response.status_code == 400:
-        check_json_error(response, 400)
+        check_json_error(response, 400, ErrorType.BAD_REQUEST)
     else:
         assert response.status_code == 200, response.text[:300]
         assert_close(response.json(), expected["/predictions/camembert"])

@@ -414,7 +414,11 @@ def test_connect_is_a_json_405_before_the_close(stack: Launcher, which: str) -> 
     answer = raw_exchange(port, request)
     assert answer.answered_s < 1.0 and answer.closed
     assert answer.status == 405 and answer.headers["allow"] == "GET, POST"
-    assert answer.body == {"code": 405, "error": "CONNECT is not served: this is a model server, not a proxy"}
+    assert answer.body == {
+        "error": "CONNECT is not served: this is a model server, not a proxy",
+        "type": "method_not_allowed",
+        "code": 405,
+    }
 
 
 def test_an_upgrade_request_gets_a_sentence(stack: Launcher) -> None:
@@ -426,3 +430,4 @@ def test_an_upgrade_request_gets_a_sentence(stack: Launcher) -> None:
     )
     assert response.status_code == 403
     assert "does not upgrade connections" in response.json()["error"], response.text
+    assert response.json()["type"] == "not_supported", response.text

@@ -145,7 +145,7 @@ def test_stopping_is_unhealthy_at_once_and_for_good() -> None:
     assert readiness.phase == "stopping"
     assert readiness.report() == (
         503,
-        {"error": "the server is shutting down", "code": 503, "status": "Unhealthy"},
+        {"error": "the server is shutting down", "type": "unavailable", "code": 503, "status": "Unhealthy"},
     )
 
 

@@ -368,7 +368,12 @@ def test_a_streamed_text_over_the_character_cap_gets_its_own_error_line(
     assert outcome.status == 200 and not sent  # three texts: one chunk
     lines = [json.loads(line) for line in outcome.body.splitlines()]
     assert [line["index"] for line in lines] == [0, 1, 2]
-    assert lines[1] == {"index": 1, "error": "a text is 47 characters long; at most 40 per text"}
+    assert lines[1] == {
+        "index": 1,
+        "error": "a text is 47 characters long; at most 40 per text",
+        "type": "invalid_input",
+        "code": 422,
+    }
     [expected] = answer(runtime, {"text": [texts[0], texts[2]], "top_k": 2})
     same_answer([lines[0]["result"], lines[2]["result"]], expected)
 
@@ -434,6 +439,7 @@ def test_an_encoded_answer_over_the_cap_becomes_a_json_error() -> None:
     assert json.loads(over.body) == {
         "error": f"the answer is {size} bytes long; at most {size - 1} bytes per answer: "
         "ask for less per request",
+        "type": "invalid_input",
         "code": 422,
     }
     chunk = b'{"index":0,"result":1}\n' * 100
@@ -447,6 +453,7 @@ def test_an_encoded_answer_over_the_cap_becomes_a_json_error() -> None:
     assert sent[1][1].endswith(b"\n") and json.loads(sent[1][1]) == {
         "error": f"the answer is {len(chunk) + 1} bytes long; at most {len(chunk)} bytes per answer: "
         "ask for less per request",
+        "type": "invalid_input",
         "code": 422,
     }
 

@@ -322,6 +322,7 @@ def check_refusal(kind: Kind, error: ServingError) -> None:
     assert isinstance(error.message, str) and error.message.strip()
     status, body = error_response(error)
     assert status == error.status and body["code"] == status and body["error"] == error.message
+    assert body["type"] == error.type
     json.dumps(body, allow_nan=False)
 
 
