@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install browser run archives test lint unit live clean bench hops soak overload audit scale image
+.PHONY: install browser run archives tiny-models test lint unit live clean bench hops soak overload audit scale image
 
 install: $(STAMP)
 
@@ -51,6 +51,13 @@ image: install
 ## Build (or reuse) every archive of models.yaml into model_store/.
 archives: install
 	$(PY) -m archive_scripts.build_archives
+
+## The tiny text checkpoints (random weights; the same files on every build) in $(TINY_DIR), for
+## the text routes where the Hub is out of reach; prints the variables that serve them:
+## env $$(make -s tiny-models) make run
+TINY_DIR ?= tiny-models
+tiny-models: install
+	@$(PY) -m modelserver tiny-models $(TINY_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check $(PY_FILES)

@@ -65,7 +65,9 @@ def build_all(  # pylint: disable=too-many-arguments
 
 def main(argv: list[str] | None = None) -> int:
     """Build the named models (all by default); print one line per model."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m archive_scripts.build_archives", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("names", nargs="*", help="models to build (default: all)")
     parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
     parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)

@@ -64,7 +64,9 @@ def load_data(
 def main(argv: list[str] | None = None, fetcher: Fetcher | None = None) -> int:
     """Run the evaluation and print the summary."""
     environ = environment()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m archive_scripts.train_topics", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--train", type=Path)
     parser.add_argument("--test", type=Path)
     parser.add_argument(

@@ -5,7 +5,7 @@
 
 Starts the stack the way the benchmark does (the launcher `make run` runs, on free loopback
 ports, through the kit's `load_tests.kit.stack.Launcher`), the language models from tiny local
-checkpoints (`load_tests/kit/tiny_models.py`: the Hub is unreachable here) unless their
+checkpoints (`modelserver/tools/tiny_models.py`: the Hub is unreachable here) unless their
 variables name real ones. N closed-loop clients with a short, jittered think time each send
 requests to every served public route in turn at random; every answer is checked by the kit's
 check of its route (status 200 and the route's JSON shape), anything else is an error, by
@@ -56,16 +56,16 @@ from load_tests.kit.routes import (
 )
 from load_tests.kit.stack import Launcher, component_of, running
 from load_tests.kit.stats import percentile
-from load_tests.kit.tiny_models import (
+from load_tests.kit.topics_corpus import write_corpus
+from modelserver.catalogue import Catalogue, SourceUnavailable, resolve_source
+from modelserver.launcher.manage import Management, ManagementError
+from modelserver.project import PROJECT_ROOT, environment
+from modelserver.tools.tiny_models import (
     ENGLISH,
     make_bert_fill_mask,
     make_camembert_fill_mask,
     make_distilbert_sentiment,
 )
-from load_tests.kit.topics_corpus import write_corpus
-from modelserver.catalogue import Catalogue, SourceUnavailable, resolve_source
-from modelserver.launcher.manage import Management, ManagementError
-from modelserver.project import PROJECT_ROOT, environment
 
 MAX_GROWTH = 0.05
 # One component leaking is not hidden by the total (5% of ~2.9 GB is twice Envoy's whole RSS):
@@ -279,7 +279,7 @@ def model_sources(models: Sequence[str], work: Path) -> tuple[dict[str, str], di
         if name in TINY_MODELS and variable and not environ.get(variable):
             env[variable] = str(TINY_MODELS[name](work / "tiny" / name))
             described[name] = (
-                f"tiny local checkpoint (load_tests/kit/tiny_models.py, random weights) via {variable}"
+                f"tiny local checkpoint (modelserver/tools/tiny_models.py, random weights) via {variable}"
             )
     if "topics" in models:
         try:

@@ -21,9 +21,9 @@ from typing import Any
 
 from load_tests.bench.raw import RUNTIMES, runtime_for
 from load_tests.bench.timing_model import build_timing_model
-from load_tests.kit.tiny_models import ENGLISH
 from modelserver.kinds import MODEL_SUBDIR
 from modelserver.kinds.fill_mask import FillMaskRuntime
+from modelserver.tools.tiny_models import ENGLISH
 
 SENTENCES = [text.replace(text.split()[1], "[MASK]", 1) for text in ENGLISH] * 4
 

@@ -6,6 +6,7 @@
     python -m modelserver pin-revisions [NAME ...]   # models.yaml: each Hub model's current commit
     python -m modelserver image-digests [FILE ...]   # exit 1 unless every image is @sha256:<digest>
     python -m modelserver image [OPTIONS]            # build the container image (make image)
+    python -m modelserver tiny-models DIR            # tiny text checkpoints to serve offline
 
 Serving is `python -m modelserver.launcher`; building archives `python -m archive_scripts.build_archives`.
 """
@@ -23,15 +24,20 @@ COMMANDS = {
     "pin-revisions": "modelserver.tools.pin_revisions",
     "image-digests": "modelserver.tools.image_digests",
     "image": "modelserver.tools.image",
+    "tiny-models": "modelserver.tools.tiny_models",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command with the rest of the arguments; list the commands otherwise."""
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not args or args[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+        problem = f"unknown command {args[0]!r}" if args else "no command given"
+        print(f"python -m modelserver: {problem}; one of: {', '.join(COMMANDS)}\n{__doc__}", file=sys.stderr)
+        return 2
     return int(importlib.import_module(COMMANDS[args[0]]).main(args[1:]))
 
 

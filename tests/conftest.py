@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from load_tests.kit.tiny_models import (
+from modelserver.export import export
+from modelserver.project import PROJECT_ROOT
+from modelserver.tools.tiny_models import (
     make_bert_fill_mask,
     make_camembert_fill_mask,
     make_distilbert_sentiment,
 )
-from modelserver.export import export
-from modelserver.project import PROJECT_ROOT
 from modelserver.training import run_recipe
 
 TINY_TASKS = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}

@@ -33,8 +33,8 @@ from load_tests.bench.timing_model import (
     build_timing_model,
 )
 from load_tests.kit.stack import Launcher
-from load_tests.kit.tiny_models import make_bert_fill_mask, make_distilbert_sentiment
 from modelserver.project import PROJECT_ROOT
+from modelserver.tools.tiny_models import make_bert_fill_mask, make_distilbert_sentiment
 from modelserver.training.crystal_sklearn_iris import train as train_crystal
 
 DRIVE = [sys.executable, "-m", "load_tests.bench.drive"]

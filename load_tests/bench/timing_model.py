@@ -27,7 +27,7 @@ from transformers import (  # pylint: disable=no-name-in-module
 )
 
 from load_tests.bench.scenarios import SENTENCES
-from load_tests.kit.tiny_models import ENGLISH, wordpiece_tokenizer
+from modelserver.tools.tiny_models import ENGLISH, wordpiece_tokenizer
 
 RANDOM_WEIGHTS = "bert-base-uncased architecture, random weights (seed 0)"
 SENTIMENT_RANDOM_WEIGHTS = "distilbert-base-uncased-finetuned-sst-2-english architecture, random weights"

@@ -62,7 +62,9 @@ def client_samples(base_url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the samples file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver api-samples", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--base-url", default="http://localhost:3000")
     args = parser.parse_args(argv)

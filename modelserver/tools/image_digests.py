@@ -67,7 +67,9 @@ def problems(text: str, origin: str = "<stdin>") -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Check each file (stdin for `-` or none); exit 1 on any image without a digest."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver image-digests", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("files", nargs="*", default=["-"], help="rendered manifests (default: stdin)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

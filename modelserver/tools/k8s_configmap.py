@@ -113,7 +113,9 @@ def stale_files(root: Path = PROJECT_ROOT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the ConfigMap and the Deployment's hash, or only check them (`--check`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver configmap", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale; write nothing")
     args = parser.parse_args(argv)
     stale = stale_files()

@@ -156,7 +156,9 @@ def _check_pins(text: str, catalogue: Catalogue, wanted: Mapping[str, str], file
 
 def main(argv: list[str] | None = None) -> int:
     """Pin the named Hub models (all by default) to their main branch's current commit."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver pin-revisions", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("names", nargs="*", help="Hub models to pin (default: every one)")
     parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")

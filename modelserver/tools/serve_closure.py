@@ -66,7 +66,9 @@ def build_only(serve_requirements: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the serve closure, or with --build-only what lies outside it, one name a line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver.tools.serve_closure", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("requirements", type=Path)
     parser.add_argument("--build-only", action="store_true", help="print what serving does not need")
     args = parser.parse_args(argv)

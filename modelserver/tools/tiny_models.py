@@ -1,18 +1,25 @@
 """Tiny Hugging Face checkpoints built on the spot: real tokenizers, random small weights.
 
-The Hub is unreachable here, so the tests and the load tools build these in a temporary folder
-and serve them with the very same handlers. Output biases are spread out so that candidates are
-never near-ties (a near-tie could swap order between the server's padded batch and the
-pipeline's single text).
+`python -m modelserver tiny-models DIR` (`make tiny-models`) builds the three the text routes
+serve when the Hub is out of reach (fill-mask, CamemBERT, sentiment); the tests and the load
+tools build the same ones in a temporary folder. Every build gives the same files: the
+vocabularies are built here by a fixed rule (the tokenizers library's trainers break ties in
+hash-map order, so each of their runs made another vocabulary) and the weights come from fixed
+seeds. Output biases are spread out so that candidates are never near-ties (a near-tie could
+swap order between the server's padded batch and the pipeline's single text).
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (  # pylint: disable=no-name-in-module
     BertConfig,
     BertForMaskedLM,
@@ -24,6 +31,7 @@ from transformers import (  # pylint: disable=no-name-in-module
     DistilBertForSequenceClassification,
     DistilBertTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 ENGLISH = [
     "Hello I'm a fashion model.",
@@ -45,15 +53,59 @@ FRENCH = [
 ]
 
 
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CAMEMBERT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def _word_counts(corpus: list[str], normalizer: Any, pre_tokenizer: Any) -> Counter[str]:
+    """How often each pre-token (a word, or a punctuation mark) of `corpus` occurs."""
+    return Counter(
+        piece
+        for text in corpus
+        for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+
+
+def wordpiece_vocabulary(corpus: list[str], vocab_size: int = 300) -> list[str]:
+    """BERT's special tokens, the corpus's characters (alone and as `##` continuations), then
+    the most frequent adjacent pair merged, again and again, until `vocab_size` or every word is
+    one token. Ties go to the pair first in sorted order, so the result never varies."""
+    counts = _word_counts(
+        corpus, normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    )
+    words = {word: [word[0], *(f"##{c}" for c in word[1:])] for word in sorted(counts)}
+    vocabulary = list(BERT_SPECIALS) + sorted({symbol for symbols in words.values() for symbol in symbols})
+    while len(vocabulary) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, symbols in words.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] += counts[word]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merged = best[0] + best[1].removeprefix("##")
+        if merged not in vocabulary:
+            vocabulary.append(merged)
+        for word, symbols in words.items():
+            joined: list[str] = []
+            for symbol in symbols:
+                if joined and (joined[-1], symbol) == best:
+                    joined[-1] = merged
+                else:
+                    joined.append(symbol)
+            words[word] = joined
+    return vocabulary
+
+
 def wordpiece_tokenizer(corpus: list[str], vocab_size: int = 300) -> Tokenizer:
-    """A lowercasing BERT WordPiece tokenizer trained on `corpus`, with BERT's special tokens."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """A lowercasing BERT WordPiece tokenizer on `corpus`'s vocabulary, with BERT's special tokens."""
+    vocabulary = wordpiece_vocabulary(corpus, vocab_size)
+    tokenizer = Tokenizer(
+        models.WordPiece({token: i for i, token in enumerate(vocabulary)}, unk_token="[UNK]")
+    )
+    tokenizer.add_special_tokens(BERT_SPECIALS)
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        corpus * 10, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    )
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -62,6 +114,20 @@ def wordpiece_tokenizer(corpus: list[str], vocab_size: int = 300) -> Tokenizer:
     )
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
+
+
+def unigram_pieces(corpus: list[str]) -> list[tuple[str, float]]:
+    """CamemBERT's special tokens, then every word of `corpus` (with its `▁` word start) and
+    every character, each scored by the log of its frequency, in sorted order."""
+    counts = _word_counts(corpus, normalizers.NFKC(), pre_tokenizers.Metaspace())
+    characters: Counter[str] = Counter()
+    for word, count in counts.items():
+        for character in word:
+            characters[character] += count
+    frequencies = counts + characters
+    total = sum(frequencies.values())
+    scored = [(piece, math.log(count / total)) for piece, count in sorted(frequencies.items())]
+    return [(special, 0.0) for special in CAMEMBERT_SPECIALS] + scored
 
 
 def _spread(bias: torch.Tensor, seed: int) -> None:
@@ -101,14 +167,11 @@ def make_bert_fill_mask(folder: Path, max_positions: int = 64) -> Path:
 
 def make_camembert_fill_mask(folder: Path, max_positions: int = 66) -> Path:
     """A 2-layer CamemBERT masked LM with a Unigram (SentencePiece-style) tokenizer and `<mask>`."""
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer = Tokenizer(models.Unigram())
+    tokenizer = Tokenizer(models.Unigram(unigram_pieces(FRENCH), unk_id=CAMEMBERT_SPECIALS.index("<unk>")))
+    tokenizer.add_special_tokens(CAMEMBERT_SPECIALS)
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    tokenizer.train_from_iterator(
-        FRENCH * 10, trainers.UnigramTrainer(vocab_size=150, special_tokens=specials, unk_token="<unk>")
-    )
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -164,3 +227,26 @@ def make_distilbert_sentiment(folder: Path, max_positions: int = 64) -> Path:
     torch.manual_seed(0)
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     return folder
+
+
+TINY_MODELS = {
+    "fill_mask": (make_bert_fill_mask, "FILL_MASK_MODEL"),
+    "camembert": (make_camembert_fill_mask, "CAMEMBERT_MODEL"),
+    "sentiment": (make_distilbert_sentiment, "SENTIMENT_MODEL"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the three tiny checkpoints under DIR and print the variables that serve them."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver tiny-models",
+        description="Build the tiny test checkpoints (random weights, the same files every run)"
+        " for the text routes, and print the variables `make run` takes to serve them.",
+    )
+    parser.add_argument("folder", type=Path, help="where to build them (one subfolder each)")
+    folder = parser.parse_args(argv).folder.resolve()
+    hf_logging.disable_progress_bar()  # the variables are the output, for `env $(...)`
+    for name, (make, variable) in TINY_MODELS.items():
+        make(folder / name)
+        print(f"{variable}={folder / name}")
+    return 0
