@@ -127,6 +127,9 @@ def _describe_responses(context: Any, outcomes: Sequence[Outcome]) -> None:
         context.set_response_header(index, HANDLER_ANSWER, "1")
         if outcome.status != HTTPStatus.OK:
             context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, index)
+        if outcome.status == HTTPStatus.METHOD_NOT_ALLOWED:
+            # A spec's "validation exception" 405: every 405 says which method the route takes.
+            context.set_response_header(index, "allow", "POST")
 
 
 class TorchServeAdapter:

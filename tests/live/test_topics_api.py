@@ -66,6 +66,7 @@ def test_validation_failures_are_405_json_as_the_spec_documents(stack: Launcher,
     assert response.status_code == 405, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["error"] and response.json()["code"] == 405
+    assert response.json()["type"] == "invalid_input" and response.headers["allow"] == "POST"
 
 
 def test_other_methods_are_405_too(stack: Launcher) -> None:
