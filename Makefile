@@ -48,9 +48,10 @@ IMAGE ?= modelserver:latest
 image: install
 	$(PY) -m modelserver image --tag $(IMAGE) $(IMAGE_ARGS)
 
-## Build (or reuse) every archive of models.yaml into model_store/.
+## Build (or reuse) every archive of models.yaml into model_store/; a model whose source is out of
+## reach is skipped with the variable that fixes it. BUILD_ARGS=--strict fails on it instead.
 archives: install
-	$(PY) -m archive_scripts.build_archives
+	$(PY) -m archive_scripts.build_archives $(BUILD_ARGS)
 
 ## The tiny text checkpoints (random weights; the same files on every build) in $(TINY_DIR), for
 ## the text routes where the Hub is out of reach; prints the variables that serve them:

@@ -1,15 +1,18 @@
 """Build the TorchServe archives of the catalogue into a model store.
 
     python -m archive_scripts.build_archives [--model-store DIR] [--catalogue FILE] [NAME ...]
-                                             [--skip-unavailable] [--report FILE]
+                                             [--strict] [--report FILE]
 
 Each model's source follows its catalogue entry: the variable it names (e.g.
 CRYSTAL_SKLEARN_MODEL=/path/to/sklearn.model) if set, else the project's default.
-An archive whose inputs did not change is reused. The launcher runs this as a child process
-(`--skip-unavailable --report FILE`), so training and Hub downloads never load an ML framework
-into the supervising process; the report says what was built, each model's served names, what
-was skipped and why, what each trained model was trained on, or the configuration error that
-stopped the build.
+An archive whose inputs did not change is reused. A model whose default source cannot be had
+now (the Hub out of reach, no training data) is skipped, as `make run` skips it: one line
+says why and which variable fixes it, the others are built, and the exit status is 0;
+`--strict` fails on the first such model instead (exit 2), for pipelines that must have them
+all. The launcher runs this as a child process (`--report FILE`), so training and Hub
+downloads never load an ML framework into the supervising process; the report says what was
+built, each model's served names, what was skipped and why, what each trained model was
+trained on, or the configuration error that stopped the build.
 """
 
 from __future__ import annotations
@@ -46,14 +49,14 @@ def build_all(  # pylint: disable=too-many-arguments
         try:
             result = build_archive(entry, model_store, environ)
         except SourceUnavailable as error:
-            if not skip_unavailable:
-                raise
             env = entry.source.env
             hint = f"set {env} to a local folder or a reachable Hub id" if env else ""
             reason = f"{error}; {hint}".rstrip("; ")
-            log.warning("skipping %s: %s", name, reason)
+            if not skip_unavailable:
+                raise SourceUnavailable(f"{name}: {reason}") from error
             # Clients see this reason (/healthcheck, the model's routes): file names, no paths.
             report["skipped"][name] = public_reason(reason)
+            print(f"skipped {name}: {reason}", flush=True)
             continue
         report["archives"][name] = str(result.archive)
         report["names"][name] = list(result.names)
@@ -72,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-store", type=Path, default=PROJECT_ROOT / "model_store")
     parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument(
-        "--skip-unavailable", action="store_true", help="skip models whose source is out of reach"
+        "--strict",
+        action="store_true",
+        help="fail (exit 2) on the first model whose source is out of reach, instead of skipping it",
+    )
+    parser.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip models whose source is out of reach (the default)",
     )
     parser.add_argument("--report", type=Path, help="write what was built and skipped here, as JSON")
     args = parser.parse_args(argv)
@@ -82,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         catalogue = Catalogue.load(args.catalogue)
         names = args.names or list(catalogue.models)
-        build_all(catalogue, names, args.model_store, environment(), args.skip_unavailable, report)
+        build_all(catalogue, names, args.model_store, environment(), not args.strict, report)
+        if report["skipped"]:
+            print(
+                f"{len(report['skipped'])} of {len(names)} models skipped (set the variables above to"
+                " serve them); --strict fails instead",
+                flush=True,
+            )
     except ConfigError as error:
         report["error"] = str(error)
         print(f"error: {error}", file=sys.stderr)
