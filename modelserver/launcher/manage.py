@@ -97,6 +97,16 @@ class Management:
             time.sleep(0.2)
 
 
+MAX_WORKERS = 64  # per model, per replica: more is a sign the replica count should grow instead
+
+
+def worker_count(text: str) -> int:
+    """A number of workers, 0 (the model stops answering) to MAX_WORKERS; a short reason otherwise."""
+    if not text.isdigit() or int(text) > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 0 to {MAX_WORKERS}")
+    return int(text)
+
+
 COMMANDS: dict[str, Callable[[Management, argparse.Namespace], Any]] = {
     "list": lambda management, _: management.list(),
     "describe": lambda management, args: management.describe(args.model),
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("describe", help="a model's workers and batch settings").add_argument("model")
     scale = commands.add_parser("scale", help="set a model's number of workers and wait for them")
     scale.add_argument("model")
-    scale.add_argument("workers", type=int, choices=range(0, 65), metavar="WORKERS (0-64)")
+    scale.add_argument("workers", type=worker_count, metavar=f"WORKERS (0-{MAX_WORKERS})")
     args = parser.parse_args(argv)
     try:
         answer = COMMANDS[args.command](Management(args.runtime_dir), args)

@@ -94,10 +94,15 @@ def test_manage_without_a_running_stack_says_so(tmp_path: Path, capsys: pytest.C
     assert "no running stack" in capsys.readouterr().err
 
 
-def test_manage_refuses_a_negative_worker_count(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["-1", "65", "two"])
+def test_manage_refuses_a_worker_count_out_of_range_in_a_few_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        manage.main(["--runtime-dir", str(tmp_path), "scale", "crystal_sklearn", "-1"])
+        manage.main(["--runtime-dir", str(tmp_path), "scale", "crystal_sklearn", workers])
     assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.endswith(f"{workers!r} is not a number of workers from 0 to 64") and len(last_line) < 160
 
 
 def test_manage_reports_an_unreachable_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
