@@ -23,13 +23,8 @@ from modelserver.launcher.envoy_config import (
 )
 from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
-from modelserver.launcher.tracing import (
-    COLLECTOR_CLUSTER,
-    MODEL_TAG,
-    TRACING_METADATA,
-    TracingSettings,
-    tracing_from_environment,
-)
+from modelserver.launcher.tracing import COLLECTOR_CLUSTER, MODEL_TAG, TRACING_METADATA
+from modelserver.launcher.tracing_settings import TracingSettings, tracing_from_environment
 from modelserver.serving.trace_context import TraceParent, parse_traceparent, request_traces
 from tests.helpers import crystal_handler
 
