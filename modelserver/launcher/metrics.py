@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from modelserver.launcher.envoy_config import PUBLIC_LISTENER
+from modelserver.launcher.envoy.config import PUBLIC_LISTENER
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds.registry import KINDS
 from modelserver.launcher.docs_pages import docs_pages
-from modelserver.launcher.envoy import Envoy
-from modelserver.launcher.envoy_config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
+from modelserver.launcher.envoy.config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
+from modelserver.launcher.envoy.process import Envoy
+from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.launcher.health import (
     Document,
     HealthServer,
@@ -44,7 +45,6 @@ from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
 from modelserver.launcher.open_inference_pages import OpenInferencePages
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
-from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path

@@ -1,6 +1,6 @@
 """The OpenTelemetry variables, read once at launch into `TracingSettings` (None: tracing off).
 
-What Envoy does with them, and why tracing is opt-in, is in `modelserver.launcher.tracing`:
+What Envoy does with them, and why tracing is opt-in, is in `modelserver.launcher.envoy.tracing`:
 these are settings, parsed with the launcher's others, so Envoy's config is built from them and
 never reads the environment itself.
 """

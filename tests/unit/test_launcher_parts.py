@@ -15,10 +15,10 @@ import yaml
 
 from modelserver.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
-from modelserver.launcher.envoy import validate
-from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
+from modelserver.launcher.envoy.config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
+from modelserver.launcher.envoy.process import validate
+from modelserver.launcher.envoy.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
 from modelserver.launcher.health import Readiness
-from modelserver.launcher.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
 from modelserver.launcher.settings import (
     LaunchSettings,
     Ports,
@@ -460,7 +460,7 @@ def test_envoy_gets_the_open_files_its_connection_limit_needs() -> None:
     # In a child: the soft limit is lowered to the common 1024 first, as on many machines.
     probe = (
         "import resource\n"
-        "from modelserver.launcher.envoy import FILES_BESIDES_CLIENTS, allow_open_files\n"
+        "from modelserver.launcher.envoy.process import FILES_BESIDES_CLIENTS, allow_open_files\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))\n"
         "wanted = 4096 + FILES_BESIDES_CLIENTS\n"
@@ -568,7 +568,7 @@ def test_metrics_port_comes_from_its_variable_or_option() -> None:
 def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
     """CONNECT reaches a route answering a JSON 405 (the filters that wait for a body are off
     there), on both listeners; Envoy's 403 for an Upgrade gets a sentence of its own."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     for listener in built["static_resources"]["listeners"]:
@@ -586,7 +586,7 @@ def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
 def test_the_operations_port_has_a_connection_budget_of_its_own() -> None:
     """/healthcheck and /metrics on the operations port: outside the public port's
     `--max-connections`, and at most OPERATIONS_CONNECTIONS of its own."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     listeners = {found["name"]: found for found in built["static_resources"]["listeners"]}
@@ -604,7 +604,7 @@ def test_memory_pressure_resets_big_streams_and_its_refusals_are_ours() -> None:
     """Before Envoy's heap is full enough to refuse every request, the streams holding the most
     memory are reset (HTTP/2, where Envoy accounts memory per stream); a refusal is our JSON with
     Retry-After, matched by its code details (Envoy sets no response flag on it)."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     manager = config.overload_manager(LaunchSettings())
     actions = {a["name"].rsplit(".", 1)[1]: a["triggers"] for a in manager["actions"]}

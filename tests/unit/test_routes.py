@@ -12,8 +12,8 @@ from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds.crystal import CrystalSettings
 from modelserver.kinds.text_schemas import TextModelSettings
-from modelserver.launcher.envoy_config import envoy_config
-from modelserver.launcher.routes import (
+from modelserver.launcher.envoy.config import envoy_config
+from modelserver.launcher.envoy.routes import (
     BINARY_TENSORS_HEADER,
     BODY_LIMIT_BYTES,
     BUFFER_FILTER,

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher.routes import (
+from modelserver.launcher.envoy.routes import (
     BODY_FIELDS_FILTER,
     BODY_LIMIT_BYTES,
     BUFFER_FILTER,
@@ -40,9 +40,9 @@ from modelserver.launcher.routes import (
     loopback_cluster,
     typed,
 )
+from modelserver.launcher.envoy.tracing import collector_cluster, runtime_layers, traced_manager
+from modelserver.launcher.envoy.upstream_errors import custom_response_filter
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
-from modelserver.launcher.tracing import collector_cluster, runtime_layers, traced_manager
-from modelserver.launcher.upstream_errors import custom_response_filter
 from modelserver.project import PROJECT_ROOT, environment
 from modelserver.protocols.open_inference import PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
@@ -612,7 +612,7 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
             }
         ],
     )
-    # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/tracing.py).
+    # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/envoy/tracing.py).
     labels = {GENERIC_PATH: "/predictions/{model}"}
     manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER, *PAGE_CLUSTERS))
     return listener(PUBLIC_LISTENER, settings, settings.ports.public, manager)

@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from modelserver.launcher.routes import model_cluster
+from modelserver.launcher.envoy.routes import model_cluster
 from modelserver.launcher.tracing_settings import TracingSettings
 
 COLLECTOR_CLUSTER = "otel_collector"
