@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.launcher.runtime_folder import find_private_folder
-from modelserver.launcher.torchserve import (
+from modelserver.launcher.torchserve.process import (
     call_management,
     read_key_file,
     read_properties,

@@ -26,7 +26,7 @@ from modelserver.launcher.settings import (
     settings_from_command_line,
 )
 from modelserver.launcher.supervisor import Backoff, Supervisor
-from modelserver.launcher.torchserve import (
+from modelserver.launcher.torchserve.process import (
     CONFIG_TEMPLATE,
     KEY_FILE,
     SCALED_WORKERS_FILE,
@@ -234,7 +234,7 @@ def test_readiness_never_returns_from_stopping() -> None:
 
 
 def test_a_torchserve_without_keys_is_starting_not_hanging(tmp_path: Path) -> None:
-    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.torchserve.process import TorchServe  # pylint: disable=import-outside-toplevel
 
     torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path), {}, {})
     assert torchserve.model_status("m") == "TorchServe is starting"
@@ -253,7 +253,7 @@ def write_key_file(folder: Path, inference: str, expires: datetime) -> None:
 
 
 def test_keys_are_due_for_renewal_once_half_their_lifetime_has_passed(tmp_path: Path) -> None:
-    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.torchserve.process import TorchServe  # pylint: disable=import-outside-toplevel
 
     now = datetime(2027, 1, 1, tzinfo=UTC)
     torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path, key_lifetime_min=10), {}, {})

@@ -24,7 +24,8 @@ from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.project import PROJECT_ROOT
 
-log = logging.getLogger(__name__)
+# The TorchServe part's logger: log lines keep the name they have always carried.
+log = logging.getLogger("modelserver.launcher.torchserve")
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "config.properties"
 # TorchServe's default logging writes every request three times; ours keeps the hot path quiet.
