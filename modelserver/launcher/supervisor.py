@@ -47,12 +47,8 @@ from modelserver.launcher.open_inference_pages import OpenInferencePages
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.torchserve.process import (
-    SCALED_WORKERS_FILE,
-    TorchServe,
-    read_scaled_workers,
-    scale_path,
-)
+from modelserver.launcher.torchserve.management import SCALED_WORKERS_FILE, read_scaled_workers, scale_path
+from modelserver.launcher.torchserve.process import TorchServe
 from modelserver.openapi import build_openapi
 from modelserver.project import PROJECT_ROOT
 

@@ -26,15 +26,12 @@ from modelserver.launcher.settings import (
     settings_from_command_line,
 )
 from modelserver.launcher.supervisor import Backoff, Supervisor
-from modelserver.launcher.torchserve.process import (
-    CONFIG_TEMPLATE,
-    KEY_FILE,
+from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, read_properties, runtime_properties
+from modelserver.launcher.torchserve.keys import KEY_FILE, Tokens
+from modelserver.launcher.torchserve.management import (
     SCALED_WORKERS_FILE,
-    Tokens,
-    read_properties,
     read_scaled_workers,
     record_scaled_workers,
-    runtime_properties,
 )
 from modelserver.project import PROJECT_ROOT
 

@@ -24,7 +24,7 @@ from modelserver.launcher.envoy.routes import (
     model_cluster,
 )
 from modelserver.launcher.settings import settings_from_command_line
-from modelserver.launcher.torchserve.process import CONFIG_TEMPLATE, read_properties
+from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, read_properties
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 
