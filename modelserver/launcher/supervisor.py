@@ -28,11 +28,11 @@ from modelserver.archive import archive_path, recorded_names, recorded_trained_o
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds.registry import KINDS
-from modelserver.launcher.docs_pages import docs_pages
 from modelserver.launcher.envoy.config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
 from modelserver.launcher.envoy.process import Envoy
 from modelserver.launcher.envoy.routes import RouteTable
-from modelserver.launcher.health import (
+from modelserver.launcher.pages.docs import docs_pages
+from modelserver.launcher.pages.health import (
     Document,
     HealthServer,
     Pages,
@@ -41,9 +41,9 @@ from modelserver.launcher.health import (
     limited,
     static_pages,
 )
-from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
-from modelserver.launcher.open_inference_pages import OpenInferencePages
+from modelserver.launcher.pages.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelserver.launcher.pages.metrics import CachedScrape, MetricsScraper, http_source
+from modelserver.launcher.pages.open_inference import OpenInferencePages
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings

@@ -14,9 +14,9 @@ import requests
 from swagger_ui_bundle import swagger_ui_path
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher import docs_pages as docs
 from modelserver.launcher.envoy.config import GET_PAGES, LAUNCHER_PAGES
-from modelserver.launcher.health import HealthServer, Readiness, static_pages
+from modelserver.launcher.pages import docs
+from modelserver.launcher.pages.health import HealthServer, Readiness, static_pages
 from modelserver.launcher.supervisor import api_documents
 from modelserver.openapi import build_openapi
 

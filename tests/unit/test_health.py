@@ -13,7 +13,6 @@ import pytest
 import requests
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher import health
 from modelserver.launcher.envoy.config import (
     HEALTH_CLUSTER,
     METRICS_CLUSTER,
@@ -24,7 +23,8 @@ from modelserver.launcher.envoy.config import (
     envoy_config,
 )
 from modelserver.launcher.envoy.routes import RouteTable
-from modelserver.launcher.health import (
+from modelserver.launcher.pages import health
+from modelserver.launcher.pages.health import (
     HANDLER_THREADS,
     HealthServer,
     PageBusy,
@@ -34,7 +34,7 @@ from modelserver.launcher.health import (
     limited,
     public_reason,
 )
-from modelserver.launcher.metrics import CachedScrape
+from modelserver.launcher.pages.metrics import CachedScrape
 from modelserver.launcher.settings import LaunchSettings
 
 

@@ -18,7 +18,7 @@ from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy.config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.envoy.process import validate
 from modelserver.launcher.envoy.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
-from modelserver.launcher.health import Readiness
+from modelserver.launcher.pages.health import Readiness
 from modelserver.launcher.settings import (
     LaunchSettings,
     Ports,

@@ -63,7 +63,7 @@ HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes 
 # its readers through at once and queues a few more; beyond that Envoy answers its JSON 503
 # "at capacity" with Retry-After at once, so /healthcheck never queues behind a crowd on one of
 # them. The launcher serves each group for at most that many requests at once too (loopback
-# callers; modelserver/launcher/health.py keeps threads for /healthcheck beyond them all).
+# callers; modelserver/launcher/pages/health.py keeps threads for /healthcheck beyond them all).
 METRICS_CLUSTER = "metrics"  # GET /metrics (the Prometheus listener)
 DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files
 OPEN_INFERENCE_PAGES_CLUSTER = "v2_pages"  # /v2 health and metadata
