@@ -15,6 +15,7 @@ import yaml
 
 from modelserver.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
+from modelserver.launcher.build_step import served_archives
 from modelserver.launcher.envoy.config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
 from modelserver.launcher.envoy.process import validate
 from modelserver.launcher.envoy.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
@@ -384,11 +385,13 @@ def test_archives_are_built_in_a_child_so_the_launcher_never_loads_a_framework(t
         "from pathlib import Path\n"
         "from modelserver.project import environment\n"
         "from modelserver.launcher.settings import LaunchSettings\n"
-        "from modelserver.launcher.supervisor import Supervisor\n"
+        "from modelserver.catalogue import Catalogue\n"
+        "from modelserver.launcher.build_step import served_archives\n"
+        "import modelserver.launcher.supervisor\n"
         "root = Path(sys.argv[1])\n"
         "settings = LaunchSettings(model_store=root / 'store', runtime_dir=root / 'run',\n"
         "                          models=('crystal_sklearn', 'crystal_pytorch'))\n"
-        "archives = Supervisor(settings, environment()).build().archives\n"
+        "archives = served_archives(settings, environment(), Catalogue.load(settings.catalogue)).archives\n"
         "print(sorted(archives), all(path.exists() for path in archives.values()))\n"
         "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'openvino') if m in sys.modules))\n"
     )
@@ -441,7 +444,7 @@ def test_a_store_served_as_it_is_routes_by_the_names_its_build_recorded(
     settings = LaunchSettings(
         catalogue=tmp_path / "models.yaml", model_store=store, runtime_dir=tmp_path / "run", build=False
     )
-    served = Supervisor(settings, {}).build()
+    served = served_archives(settings, {}, Catalogue.load(settings.catalogue))
     assert served.names == {"crystal_sklearn": ("crystal_sklearn",)}, "only the built archive has a record"
     assert served.archives == {"crystal_sklearn": built.archive}
     # The others have no archive in the store: skipped, saying so, never handed to TorchServe.
@@ -542,7 +545,7 @@ def test_a_new_launcher_ends_the_groups_a_dead_one_left_and_nothing_else(tmp_pat
 def test_a_model_the_image_build_skipped_says_why_when_served_as_it_is(tmp_path: Path) -> None:
     """An image build skips a Hub model it cannot fetch and records why in the store's report;
     the container (--no-build) repeats that reason instead of waiting for a missing archive."""
-    from modelserver.launcher.supervisor import BUILD_REPORT, unbuilt_reasons  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.build_step import BUILD_REPORT, unbuilt_reasons  # pylint: disable=import-outside-toplevel
 
     store = tmp_path / "store"
     store.mkdir()
