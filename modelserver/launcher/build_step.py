@@ -95,16 +95,12 @@ def served_archives(settings: LaunchSettings, environ: Mapping[str, str], catalo
             skipped={**unselected, **unbuilt_reasons(store, absent)},
             names={name: names for name, names in recorded.items() if names},
             trained_on={
-                name: note
-                for name in selected
-                if (note := recorded_trained_on(catalogue.entry(name), store))
+                name: note for name in selected if (note := recorded_trained_on(catalogue.entry(name), store))
             },
         )
     report = run_build(settings, environ, selected)
     return Served(
-        archives={
-            name: Path(report["archives"][name]) for name in selected if name in report["archives"]
-        },
+        archives={name: Path(report["archives"][name]) for name in selected if name in report["archives"]},
         skipped={**unselected, **report["skipped"]},
         names={name: tuple(names) for name, names in report["names"].items()},
         trained_on=dict(report.get("trained_on", {})),
