@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import signal
@@ -23,30 +22,16 @@ from pathlib import Path
 
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
-from modelserver.kinds.registry import KINDS
 from modelserver.launcher.build_step import Served, served_archives
-from modelserver.launcher.envoy.config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
 from modelserver.launcher.envoy.process import Envoy
 from modelserver.launcher.envoy.routes import RouteTable
-from modelserver.launcher.pages.docs import docs_pages
-from modelserver.launcher.pages.health import (
-    Document,
-    HealthServer,
-    Pages,
-    ReaderLimit,
-    Readiness,
-    limited,
-    static_pages,
-)
-from modelserver.launcher.pages.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelserver.launcher.pages.metrics import CachedScrape, MetricsScraper, http_source
-from modelserver.launcher.pages.open_inference import OpenInferencePages
+from modelserver.launcher.pages.assembly import page_server
+from modelserver.launcher.pages.health import HealthServer, Readiness
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve.management import SCALED_WORKERS_FILE, read_scaled_workers, scale_path
 from modelserver.launcher.torchserve.process import TorchServe
-from modelserver.openapi import build_openapi
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +54,6 @@ def exclusive(requested: Path) -> Iterator[Path]:
 
 KEY_RETRY_S = 60  # after a failed key renewal
 STOP_POLL_S = 0.1  # how soon the main loop notices a stop signal's flag
-
-
-def api_documents(catalogue: Catalogue) -> dict[str, Document]:
-    """/openapi.json (generated from the request models) and /docs, Swagger UI with every file
-    served from here (works offline)."""
-    document = json.dumps(build_openapi(catalogue), indent=2).encode("utf-8")
-    return {
-        "/openapi.json": ("application/json", document),
-        **docs_pages(),
-    }
 
 
 @dataclass
@@ -185,14 +160,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         )
         if self.stopping():
             self._readiness.set_phase("stopping")
-        codecs = {name: KINDS[entry.kind].open_inference for name, entry in self._catalogue.models.items()}
-        self._health = HealthServer(
-            settings.ports.health,
-            self._readiness,
-            self._pages(self._readiness),
-            json_pages=ReaderLimit("the Open Inference pages", OPEN_INFERENCE_READERS).json_pages(
-                OpenInferencePages(codecs, self._readiness).answer
-            ),
+        self._health = page_server(
+            settings.ports.health, self._readiness, self._catalogue, settings.ports.metrics, self._envoy_stats
         )
         self._health.start()
         torchserve.start()
@@ -347,25 +316,6 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             log.info("Envoy restarted")
         except RuntimeError as error:
             log.error("could not restart Envoy: %s", error)
-
-    def _pages(self, readiness: Readiness) -> Pages:
-        """What the loopback health server answers besides /healthcheck: the API's documents
-        (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's, Envoy's and
-        the launcher's series in one scrape, shared for about a second, and made for at most
-        METRICS_READERS requests at once)."""
-        scraper = MetricsScraper(
-            sources={
-                "torchserve": http_source(f"http://127.0.0.1:{self._settings.ports.metrics}/metrics"),
-                "envoy": self._envoy_stats,
-            },
-            model_statuses=readiness.statuses,
-        )
-        shared = CachedScrape(scraper.scrape)
-        documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
-        return {
-            **documents.pages(static_pages(api_documents(self._catalogue))),
-            "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
-        }
 
     def _envoy_stats(self) -> str:
         """Envoy's statistics that have been used, as Prometheus text, from its admin socket."""
