@@ -28,7 +28,7 @@ from typing import Any
 from modelserver.archive import build_archive
 from modelserver.catalogue import DEFAULT_CATALOGUE, Catalogue
 from modelserver.errors import ConfigError, SourceUnavailable
-from modelserver.launcher.health import public_reason
+from modelserver.launcher.pages.health import public_reason
 from modelserver.project import PROJECT_ROOT, environment
 
 log = logging.getLogger("archive_scripts.build_archives")

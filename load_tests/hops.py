@@ -32,7 +32,7 @@ import requests
 from load_tests.bench.report import machine
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, component_of, running, write_catalogue
-from modelserver.launcher.metrics import SHARED_FOR_S
+from modelserver.launcher.pages.metrics import SHARED_FOR_S
 from modelserver.project import PROJECT_ROOT
 
 MODEL = "crystal_sklearn"

@@ -20,7 +20,7 @@ import sys
 COMMANDS = {
     "configmap": "modelserver.tools.k8s_configmap",
     "api-samples": "modelserver.tools.api_samples",
-    "envoy-config": "modelserver.launcher.envoy_config",
+    "envoy-config": "modelserver.launcher.envoy.config",
     "pin-revisions": "modelserver.tools.pin_revisions",
     "image-digests": "modelserver.tools.image_digests",
     "image": "modelserver.tools.image",

@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from modelserver.launcher.settings import Ports
-from modelserver.launcher.torchserve import Tokens, read_key_file
+from modelserver.launcher.torchserve.keys import Tokens, read_key_file
 from modelserver.project import PROJECT_ROOT
 
 

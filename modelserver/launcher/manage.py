@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from modelserver.launcher.runtime_folder import find_private_folder
-from modelserver.launcher.torchserve import (
-    call_management,
-    read_key_file,
-    read_properties,
-    record_scaled_workers,
-    scale_path,
-)
+from modelserver.launcher.torchserve.config import read_properties
+from modelserver.launcher.torchserve.keys import read_key_file
+from modelserver.launcher.torchserve.management import call_management, record_scaled_workers, scale_path
 from modelserver.project import PROJECT_ROOT
 
 

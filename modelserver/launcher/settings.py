@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from modelserver.catalogue import DEFAULT_CATALOGUE
 from modelserver.errors import ConfigError
-from modelserver.launcher.tracing import TracingSettings, tracing_from_environment
+from modelserver.launcher.tracing_settings import TracingSettings, tracing_from_environment
 from modelserver.project import PROJECT_ROOT
 
 

@@ -12,44 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from modelserver.archive import archive_path, recorded_names, recorded_trained_on
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
-from modelserver.kinds.registry import KINDS
-from modelserver.launcher.docs_pages import docs_pages
-from modelserver.launcher.envoy import Envoy
-from modelserver.launcher.envoy_config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
-from modelserver.launcher.health import (
-    Document,
-    HealthServer,
-    Pages,
-    ReaderLimit,
-    Readiness,
-    limited,
-    static_pages,
-)
-from modelserver.launcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelserver.launcher.metrics import CachedScrape, MetricsScraper, http_source
-from modelserver.launcher.open_inference_pages import OpenInferencePages
+from modelserver.launcher.build_step import Served, served_archives
+from modelserver.launcher.envoy.process import Envoy
+from modelserver.launcher.envoy.routes import RouteTable
+from modelserver.launcher.pages.assembly import page_server
+from modelserver.launcher.pages.health import HealthServer, Readiness
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
-from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.torchserve import SCALED_WORKERS_FILE, TorchServe, read_scaled_workers, scale_path
-from modelserver.openapi import build_openapi
-from modelserver.project import PROJECT_ROOT
+from modelserver.launcher.torchserve.management import SCALED_WORKERS_FILE, read_scaled_workers, scale_path
+from modelserver.launcher.torchserve.process import TorchServe
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +52,8 @@ def exclusive(requested: Path) -> Iterator[Path]:
         yield runtime_dir
 
 
-# The build CLI the launcher runs as a child process, and the report it writes for it.
-BUILD_MODULE = "archive_scripts.build_archives"
-BUILD_REPORT = "build-report.json"
 KEY_RETRY_S = 60  # after a failed key renewal
 STOP_POLL_S = 0.1  # how soon the main loop notices a stop signal's flag
-
-
-def api_documents(catalogue: Catalogue) -> dict[str, Document]:
-    """/openapi.json (generated from the request models) and /docs, Swagger UI with every file
-    served from here (works offline)."""
-    document = json.dumps(build_openapi(catalogue), indent=2).encode("utf-8")
-    return {
-        "/openapi.json": ("application/json", document),
-        **docs_pages(),
-    }
 
 
 @dataclass
@@ -116,58 +85,6 @@ class StopRequest:
 
     signum: int | None = None
     begun: bool = False
-
-
-@dataclass
-class Served:
-    """What this launcher serves: the archives, the models skipped (and why), and the names
-    each model answers to."""
-
-    archives: dict[str, Path] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    trained_on: dict[str, str] = field(default_factory=dict)  # what a recipe trained it on
-
-
-def run_build(settings: LaunchSettings, environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, Any]:
-    """Run the build CLI in a child process (its log lines go to ours) and read its report."""
-    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
-    report_file = settings.runtime_dir / BUILD_REPORT
-    report_file.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        BUILD_MODULE,
-        "--model-store",
-        str(settings.model_store),
-        "--catalogue",
-        str(settings.catalogue),
-        "--skip-unavailable",
-        "--report",
-        str(report_file),
-        *names,
-    ]
-    done = subprocess.run(command, env=dict(environ), cwd=PROJECT_ROOT, check=False)
-    try:
-        report: dict[str, Any] = json.loads(report_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        problem = f"the archive build exited {done.returncode} without a report; see its log above"
-        raise RuntimeError(problem) from None
-    if report.get("error"):
-        raise ConfigError(report["error"])
-    return report
-
-
-def unbuilt_reasons(store: Path, absent: set[str]) -> dict[str, str]:
-    """Why each model of `absent` has no archive in `store`: the reason the build that filled
-    the store recorded (an image build skips a Hub model it cannot fetch), else that it was
-    never built."""
-    try:
-        recorded = json.loads((store / BUILD_REPORT).read_text(encoding="utf-8")).get("skipped", {})
-    except (OSError, ValueError, AttributeError):
-        recorded = {}
-    fallback = "no archive in the model store (served with --no-build): build it with `make archives`"
-    return {name: str(recorded.get(name) or fallback) for name in sorted(absent)}
 
 
 def _alive(process: ManagedProcess | None) -> bool:
@@ -216,42 +133,6 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             time.sleep(min(STOP_POLL_S, left))
         return True
 
-    def build(self) -> Served:
-        """Build (or reuse) the archive of every served model; skip defaults that cannot be had.
-        The build runs in a child process (the build CLI): training a recipe or exporting a
-        graph loads ML frameworks, which must stay out of the supervising process. Its report
-        says what each model answers to; unbuilt (`--no-build`), the catalogue's names apply."""
-        catalogue = self._catalogue
-        selected = self._settings.models or tuple(catalogue.models)
-        unselected = {
-            name: "not selected for this server (--models)"
-            for name in sorted(set(catalogue.models) - set(selected))
-        }
-        if not self._settings.build:
-            store = self._settings.model_store
-            archives = {name: archive_path(catalogue.entry(name), store) for name in selected}
-            absent = {name for name, archive in archives.items() if not archive.exists()}
-            recorded = {name: recorded_names(catalogue.entry(name), store) for name in selected}
-            return Served(
-                archives={name: archive for name, archive in archives.items() if name not in absent},
-                skipped={**unselected, **unbuilt_reasons(store, absent)},
-                names={name: names for name, names in recorded.items() if names},
-                trained_on={
-                    name: note
-                    for name in selected
-                    if (note := recorded_trained_on(catalogue.entry(name), store))
-                },
-            )
-        report = run_build(self._settings, self._environ, selected)
-        return Served(
-            archives={
-                name: Path(report["archives"][name]) for name in selected if name in report["archives"]
-            },
-            skipped={**unselected, **report["skipped"]},
-            names={name: tuple(names) for name, names in report["names"].items()},
-            trained_on=dict(report.get("trained_on", {})),
-        )
-
     def run(self) -> int:
         """Start everything, serve until a signal or a crash, stop everything; exit code."""
         with exclusive(self._settings.runtime_dir) as runtime_dir:
@@ -260,7 +141,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 self._settings = self._settings.model_copy(update={"runtime_dir": runtime_dir})
             end_orphans(self._settings.runtime_dir)
             try:
-                self._served = self.build()
+                self._served = served_archives(self._settings, self._environ, self._catalogue)
                 return 0 if self.stopping() else self._serve(self._served.archives)
             finally:
                 self._shutdown()
@@ -279,14 +160,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         )
         if self.stopping():
             self._readiness.set_phase("stopping")
-        codecs = {name: KINDS[entry.kind].open_inference for name, entry in self._catalogue.models.items()}
-        self._health = HealthServer(
-            settings.ports.health,
-            self._readiness,
-            self._pages(self._readiness),
-            json_pages=ReaderLimit("the Open Inference pages", OPEN_INFERENCE_READERS).json_pages(
-                OpenInferencePages(codecs, self._readiness).answer
-            ),
+        self._health = page_server(
+            settings.ports.health, self._readiness, self._catalogue, settings.ports.metrics, self._envoy_stats
         )
         self._health.start()
         torchserve.start()
@@ -441,25 +316,6 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             log.info("Envoy restarted")
         except RuntimeError as error:
             log.error("could not restart Envoy: %s", error)
-
-    def _pages(self, readiness: Readiness) -> Pages:
-        """What the loopback health server answers besides /healthcheck: the API's documents
-        (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's, Envoy's and
-        the launcher's series in one scrape, shared for about a second, and made for at most
-        METRICS_READERS requests at once)."""
-        scraper = MetricsScraper(
-            sources={
-                "torchserve": http_source(f"http://127.0.0.1:{self._settings.ports.metrics}/metrics"),
-                "envoy": self._envoy_stats,
-            },
-            model_statuses=readiness.statuses,
-        )
-        shared = CachedScrape(scraper.scrape)
-        documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
-        return {
-            **documents.pages(static_pages(api_documents(self._catalogue))),
-            "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
-        }
 
     def _envoy_stats(self) -> str:
         """Envoy's statistics that have been used, as Prometheus text, from its admin socket."""

@@ -1,7 +1,7 @@
 """W3C trace context in the worker: the trace id of each request, in the handler's log.
 
 With tracing on, Envoy sends TorchServe a `traceparent` naming its span for the upstream call
-(`modelserver/launcher/tracing.py`); with it off, Envoy drops the header, so nothing is logged.
+(`modelserver/launcher/envoy/tracing.py`); with it off, Envoy drops the header, so nothing is logged.
 The worker logs one line per request of a sampled trace after its batch is answered, with the
 trace and parent span ids and the status: a trace found in the tracing backend leads to the
 worker's lines, and back. Never a body, never another header.

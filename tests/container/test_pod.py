@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
-from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS
+from modelserver.launcher.pages.metrics import IN_FLIGHT, QUEUE_SECONDS
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools.serve_closure import requirement_names
 from tests.container.pod import PodSpec, documents, network_namespace_of, probe_once, unique_name, wait_probe

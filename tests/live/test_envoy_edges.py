@@ -21,10 +21,10 @@ from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ErrorType, InvalidInput, error_response
 from modelserver.kinds.text_schemas import TextModelSettings
-from modelserver.launcher import envoy_config as envoy_config_module
-from modelserver.launcher.envoy import envoy_binary
-from modelserver.launcher.envoy_config import render_config
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.envoy import config as envoy_config_module
+from modelserver.launcher.envoy.config import render_config
+from modelserver.launcher.envoy.process import envoy_binary
+from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings, Ports
 from modelserver.serving.headers import HANDLER_ANSWER
 from tests.helpers import check_json_error

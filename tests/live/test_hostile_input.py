@@ -27,7 +27,7 @@ from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ErrorType
-from modelserver.launcher.routes import BODY_LIMIT_BYTES, BUFFER_FILTER, RouteTable
+from modelserver.launcher.envoy.routes import BODY_LIMIT_BYTES, BUFFER_FILTER, RouteTable
 from tests.helpers import answers_close, check_json_error, post
 from tests.unit.test_validation_properties import assert_close
 

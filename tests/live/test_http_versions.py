@@ -17,7 +17,7 @@ import pytest
 
 from load_tests.kit.routes import BRIEF_ROWS, crystal_answer_is_right
 from load_tests.kit.stack import Launcher
-from modelserver.launcher.envoy_config import H2_MAX_CONCURRENT_STREAMS, H2_STREAM_WINDOW_BYTES
+from modelserver.launcher.envoy.config import H2_MAX_CONCURRENT_STREAMS, H2_STREAM_WINDOW_BYTES
 
 BODY = json.dumps({"crystalData": BRIEF_ROWS}).encode()
 

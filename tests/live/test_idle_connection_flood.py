@@ -12,7 +12,7 @@ import requests
 from load_tests.kit.floods import Probes, idle_connections, probe_for
 from load_tests.kit.routes import BRIEF_ROWS, crystal_answer_is_right
 from load_tests.kit.stack import Launcher
-from modelserver.launcher.envoy_config import FIRST_BYTES_TIMEOUT_S
+from modelserver.launcher.envoy.config import FIRST_BYTES_TIMEOUT_S
 from modelserver.launcher.processes import raise_open_files_limit
 
 IDLE_CONNECTIONS = 1100

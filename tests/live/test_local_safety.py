@@ -16,8 +16,8 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, running
-from modelserver.launcher.envoy_config import ACCESS_LOG_NAME
-from modelserver.launcher.torchserve import KEY_FILE, Tokens
+from modelserver.launcher.envoy.config import ACCESS_LOG_NAME
+from modelserver.launcher.torchserve.keys import KEY_FILE, Tokens
 
 
 def descendants(pid: int) -> set[int]:

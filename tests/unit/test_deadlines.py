@@ -13,7 +13,7 @@ import pytest
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.catalogue import Catalogue
 from modelserver.kinds import crystal
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.serving.deadlines import ARRIVED_HEADER, WAIT_HEADER, deadline_passed
 from tests.helpers import crystal_handler
 

@@ -638,7 +638,7 @@ def test_the_load_autoscaling_overlay_scales_on_the_launchers_gauges_and_cpu(tmp
     """deploy/k8s scales on CPU alone (an HPA missing a metric never scales down); the overlay
     replaces the metrics with the gauges /metrics exports, each one a rule of the adapter, and
     CPU. The merged HPA validates strictly."""
-    from modelserver.launcher.metrics import IN_FLIGHT, QUEUE_SECONDS  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.pages.metrics import IN_FLIGHT, QUEUE_SECONDS  # pylint: disable=import-outside-toplevel
 
     base = manifests(K8S)["HorizontalPodAutoscaler"]
     assert [m["type"] for m in base["spec"]["metrics"]] == ["Resource"]

@@ -14,10 +14,10 @@ import requests
 from swagger_ui_bundle import swagger_ui_path
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher import docs_pages as docs
-from modelserver.launcher.envoy_config import GET_PAGES, LAUNCHER_PAGES
-from modelserver.launcher.health import HealthServer, Readiness, static_pages
-from modelserver.launcher.supervisor import api_documents
+from modelserver.launcher.envoy.config import GET_PAGES, LAUNCHER_PAGES
+from modelserver.launcher.pages import docs
+from modelserver.launcher.pages.assembly import api_documents
+from modelserver.launcher.pages.health import HealthServer, Readiness, static_pages
 from modelserver.openapi import build_openapi
 
 # Anything a browser could fetch from another host: an absolute or scheme-relative URL.

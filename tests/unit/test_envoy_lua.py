@@ -8,7 +8,7 @@ from typing import Any
 import lupa.luajit21 as luajit
 import pytest
 
-from modelserver.launcher.envoy_config import LUA_SOURCE
+from modelserver.launcher.envoy.config import LUA_SOURCE
 
 
 @pytest.fixture(name="runtime")

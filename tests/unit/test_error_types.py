@@ -10,8 +10,8 @@ import pytest
 
 from modelserver import errors
 from modelserver.errors import ERROR_TYPES, ErrorType, documented_type, error_response, type_of_status
-from modelserver.launcher.envoy_config import local_replies
-from modelserver.launcher.upstream_errors import upstream_errors
+from modelserver.launcher.envoy.config import local_replies
+from modelserver.launcher.envoy.upstream_errors import upstream_errors
 from modelserver.project import PROJECT_ROOT
 
 

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher import health
-from modelserver.launcher.envoy_config import (
+from modelserver.launcher.envoy.config import (
     HEALTH_CLUSTER,
     METRICS_CLUSTER,
     METRICS_LIMITS,
@@ -23,7 +22,9 @@ from modelserver.launcher.envoy_config import (
     PUBLIC_LISTENER,
     envoy_config,
 )
-from modelserver.launcher.health import (
+from modelserver.launcher.envoy.routes import RouteTable
+from modelserver.launcher.pages import health
+from modelserver.launcher.pages.health import (
     HANDLER_THREADS,
     HealthServer,
     PageBusy,
@@ -33,8 +34,7 @@ from modelserver.launcher.health import (
     limited,
     public_reason,
 )
-from modelserver.launcher.metrics import CachedScrape
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.pages.metrics import CachedScrape
 from modelserver.launcher.settings import LaunchSettings
 
 
@@ -347,7 +347,7 @@ def test_metrics_has_its_own_envoy_cluster_with_a_circuit_breaker() -> None:
 def test_only_healthcheck_reaches_the_unlimited_cluster() -> None:
     """The documents and the v2 pages have clusters of their own, each with a circuit breaker;
     the health cluster serves /healthcheck alone, so no crowd on a page queues a probe."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     built = envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     clusters = {cluster["name"]: cluster for cluster in built["static_resources"]["clusters"]}

@@ -15,10 +15,11 @@ import yaml
 
 from modelserver.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
-from modelserver.launcher.envoy import validate
-from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
-from modelserver.launcher.health import Readiness
-from modelserver.launcher.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
+from modelserver.launcher.build_step import served_archives
+from modelserver.launcher.envoy.config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config
+from modelserver.launcher.envoy.process import validate
+from modelserver.launcher.envoy.routes import CONNECTION_RETRIES, GENERIC_CLUSTER, SAFE_RETRIES, RouteTable
+from modelserver.launcher.pages.health import Readiness
 from modelserver.launcher.settings import (
     LaunchSettings,
     Ports,
@@ -26,15 +27,12 @@ from modelserver.launcher.settings import (
     settings_from_command_line,
 )
 from modelserver.launcher.supervisor import Backoff, Supervisor
-from modelserver.launcher.torchserve import (
-    CONFIG_TEMPLATE,
-    KEY_FILE,
+from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, read_properties, runtime_properties
+from modelserver.launcher.torchserve.keys import KEY_FILE, Tokens
+from modelserver.launcher.torchserve.management import (
     SCALED_WORKERS_FILE,
-    Tokens,
-    read_properties,
     read_scaled_workers,
     record_scaled_workers,
-    runtime_properties,
 )
 from modelserver.project import PROJECT_ROOT
 
@@ -234,7 +232,7 @@ def test_readiness_never_returns_from_stopping() -> None:
 
 
 def test_a_torchserve_without_keys_is_starting_not_hanging(tmp_path: Path) -> None:
-    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.torchserve.process import TorchServe  # pylint: disable=import-outside-toplevel
 
     torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path), {}, {})
     assert torchserve.model_status("m") == "TorchServe is starting"
@@ -253,7 +251,7 @@ def write_key_file(folder: Path, inference: str, expires: datetime) -> None:
 
 
 def test_keys_are_due_for_renewal_once_half_their_lifetime_has_passed(tmp_path: Path) -> None:
-    from modelserver.launcher.torchserve import TorchServe  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.torchserve.process import TorchServe  # pylint: disable=import-outside-toplevel
 
     now = datetime(2027, 1, 1, tzinfo=UTC)
     torchserve = TorchServe(LaunchSettings(runtime_dir=tmp_path, key_lifetime_min=10), {}, {})
@@ -387,11 +385,13 @@ def test_archives_are_built_in_a_child_so_the_launcher_never_loads_a_framework(t
         "from pathlib import Path\n"
         "from modelserver.project import environment\n"
         "from modelserver.launcher.settings import LaunchSettings\n"
-        "from modelserver.launcher.supervisor import Supervisor\n"
+        "from modelserver.catalogue import Catalogue\n"
+        "from modelserver.launcher.build_step import served_archives\n"
+        "import modelserver.launcher.supervisor\n"
         "root = Path(sys.argv[1])\n"
         "settings = LaunchSettings(model_store=root / 'store', runtime_dir=root / 'run',\n"
         "                          models=('crystal_sklearn', 'crystal_pytorch'))\n"
-        "archives = Supervisor(settings, environment()).build().archives\n"
+        "archives = served_archives(settings, environment(), Catalogue.load(settings.catalogue)).archives\n"
         "print(sorted(archives), all(path.exists() for path in archives.values()))\n"
         "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'openvino') if m in sys.modules))\n"
     )
@@ -444,7 +444,7 @@ def test_a_store_served_as_it_is_routes_by_the_names_its_build_recorded(
     settings = LaunchSettings(
         catalogue=tmp_path / "models.yaml", model_store=store, runtime_dir=tmp_path / "run", build=False
     )
-    served = Supervisor(settings, {}).build()
+    served = served_archives(settings, {}, Catalogue.load(settings.catalogue))
     assert served.names == {"crystal_sklearn": ("crystal_sklearn",)}, "only the built archive has a record"
     assert served.archives == {"crystal_sklearn": built.archive}
     # The others have no archive in the store: skipped, saying so, never handed to TorchServe.
@@ -460,7 +460,7 @@ def test_envoy_gets_the_open_files_its_connection_limit_needs() -> None:
     # In a child: the soft limit is lowered to the common 1024 first, as on many machines.
     probe = (
         "import resource\n"
-        "from modelserver.launcher.envoy import FILES_BESIDES_CLIENTS, allow_open_files\n"
+        "from modelserver.launcher.envoy.process import FILES_BESIDES_CLIENTS, allow_open_files\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))\n"
         "wanted = 4096 + FILES_BESIDES_CLIENTS\n"
@@ -545,7 +545,7 @@ def test_a_new_launcher_ends_the_groups_a_dead_one_left_and_nothing_else(tmp_pat
 def test_a_model_the_image_build_skipped_says_why_when_served_as_it_is(tmp_path: Path) -> None:
     """An image build skips a Hub model it cannot fetch and records why in the store's report;
     the container (--no-build) repeats that reason instead of waiting for a missing archive."""
-    from modelserver.launcher.supervisor import BUILD_REPORT, unbuilt_reasons  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.build_step import BUILD_REPORT, unbuilt_reasons  # pylint: disable=import-outside-toplevel
 
     store = tmp_path / "store"
     store.mkdir()
@@ -568,7 +568,7 @@ def test_metrics_port_comes_from_its_variable_or_option() -> None:
 def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
     """CONNECT reaches a route answering a JSON 405 (the filters that wait for a body are off
     there), on both listeners; Envoy's 403 for an Upgrade gets a sentence of its own."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     for listener in built["static_resources"]["listeners"]:
@@ -586,7 +586,7 @@ def test_connect_and_upgrades_are_refused_with_a_sentence() -> None:
 def test_the_operations_port_has_a_connection_budget_of_its_own() -> None:
     """/healthcheck and /metrics on the operations port: outside the public port's
     `--max-connections`, and at most OPERATIONS_CONNECTIONS of its own."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     built = config.envoy_config(LaunchSettings(), "t", RouteTable(Catalogue.load(), {}))
     listeners = {found["name"]: found for found in built["static_resources"]["listeners"]}
@@ -604,7 +604,7 @@ def test_memory_pressure_resets_big_streams_and_its_refusals_are_ours() -> None:
     """Before Envoy's heap is full enough to refuse every request, the streams holding the most
     memory are reset (HTTP/2, where Envoy accounts memory per stream); a refusal is our JSON with
     Retry-After, matched by its code details (Envoy sets no response flag on it)."""
-    from modelserver.launcher import envoy_config as config  # pylint: disable=import-outside-toplevel
+    from modelserver.launcher.envoy import config  # pylint: disable=import-outside-toplevel
 
     manager = config.overload_manager(LaunchSettings())
     actions = {a["name"].rsplit(".", 1)[1]: a["triggers"] for a in manager["actions"]}

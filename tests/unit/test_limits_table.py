@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from modelserver.kinds.text_schemas import TextModelSettings
-from modelserver.launcher import envoy_config as config
-from modelserver.launcher.routes import BODY_LIMIT_BYTES
+from modelserver.launcher.envoy import config
+from modelserver.launcher.envoy.routes import BODY_LIMIT_BYTES
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.project import PROJECT_ROOT
 

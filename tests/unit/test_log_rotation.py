@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelserver.launcher import processes
-from modelserver.launcher.envoy import AccessLogRotation
+from modelserver.launcher.envoy.process import AccessLogRotation
 from modelserver.launcher.processes import ChildLogs, ManagedProcess, RotatingLog, shift_rotated
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.launcher.supervisor import Supervisor

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelserver.launcher import manage, metrics
-from modelserver.launcher.metrics import MetricsScraper, http_source
+from modelserver.launcher import manage
+from modelserver.launcher.pages import metrics
+from modelserver.launcher.pages.metrics import MetricsScraper, http_source
 
 TORCHSERVE_TEXT = (
     "# HELP ts_inference_requests_total Torchserve prometheus counter metric with unit: Count\n"

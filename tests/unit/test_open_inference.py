@@ -13,8 +13,8 @@ import pytest
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.errors import BadRequest, InvalidInput
 from modelserver.kinds.registry import KINDS
-from modelserver.launcher.health import Readiness
-from modelserver.launcher.open_inference_pages import OpenInferencePages
+from modelserver.launcher.pages.health import Readiness
+from modelserver.launcher.pages.open_inference import OpenInferencePages
 from modelserver.payload import MAX_TEXTS_PER_REQUEST
 from modelserver.protocols import open_inference
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, parse_infer_request

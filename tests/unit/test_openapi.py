@@ -6,7 +6,7 @@ from openapi_spec_validator import validate
 
 from modelserver.catalogue import Catalogue
 from modelserver.kinds.crystal import CrystalRequest
-from modelserver.launcher.supervisor import api_documents
+from modelserver.launcher.pages.assembly import api_documents
 from modelserver.openapi import build_openapi
 
 

@@ -12,8 +12,8 @@ from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds.crystal import CrystalSettings
 from modelserver.kinds.text_schemas import TextModelSettings
-from modelserver.launcher.envoy_config import envoy_config
-from modelserver.launcher.routes import (
+from modelserver.launcher.envoy.config import envoy_config
+from modelserver.launcher.envoy.routes import (
     BINARY_TENSORS_HEADER,
     BODY_LIMIT_BYTES,
     BUFFER_FILTER,
@@ -24,7 +24,7 @@ from modelserver.launcher.routes import (
     model_cluster,
 )
 from modelserver.launcher.settings import settings_from_command_line
-from modelserver.launcher.torchserve import CONFIG_TEMPLATE, read_properties
+from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, read_properties
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
 

@@ -24,7 +24,7 @@ from modelserver.archive import build_archive, fingerprint, recorded_trained_on
 from modelserver.catalogue import Catalogue, ModelEntry, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.kinds.topics import load_pipeline
-from modelserver.launcher.health import Readiness
+from modelserver.launcher.pages.health import Readiness
 from modelserver.training import topics
 
 # The brief's six labels, as its text lists them.

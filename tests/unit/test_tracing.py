@@ -14,22 +14,17 @@ import yaml
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
-from modelserver.launcher.envoy import validate
-from modelserver.launcher.envoy_config import (
+from modelserver.launcher.envoy.config import (
     PROMETHEUS_LISTENER,
     PUBLIC_LISTENER,
     envoy_config,
     render_config,
 )
-from modelserver.launcher.routes import RouteTable
+from modelserver.launcher.envoy.process import validate
+from modelserver.launcher.envoy.routes import RouteTable
+from modelserver.launcher.envoy.tracing import COLLECTOR_CLUSTER, MODEL_TAG, TRACING_METADATA
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
-from modelserver.launcher.tracing import (
-    COLLECTOR_CLUSTER,
-    MODEL_TAG,
-    TRACING_METADATA,
-    TracingSettings,
-    tracing_from_environment,
-)
+from modelserver.launcher.tracing_settings import TracingSettings, tracing_from_environment
 from modelserver.serving.trace_context import TraceParent, parse_traceparent, request_traces
 from tests.helpers import crystal_handler
 

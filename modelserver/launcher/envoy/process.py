@@ -1,4 +1,4 @@
-"""Envoy: write its config (built as data in `envoy_config`), validate, start, hot-restart, drain
+"""Envoy: write its config (built as data in `config`), validate, start, hot-restart, drain
 and stop it."""
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelserver.launcher.envoy_config import ACCESS_LOG_NAME, PUBLIC_LISTENER, render_config
+from modelserver.launcher.envoy.config import ACCESS_LOG_NAME, PUBLIC_LISTENER, render_config
+from modelserver.launcher.envoy.routes import RouteTable
+from modelserver.launcher.envoy.unix_http import unix_request
 from modelserver.launcher.processes import (
     PRIVATE_UMASK,
     ManagedProcess,
     raise_open_files_limit,
     shift_rotated,
 )
-from modelserver.launcher.routes import RouteTable
 from modelserver.launcher.settings import LaunchSettings
-from modelserver.launcher.unix_http import unix_request
 
-log = logging.getLogger(__name__)
+# The Envoy part's logger: log lines keep the name they have always carried.
+log = logging.getLogger("modelserver.launcher.envoy")
 
 ACTIVE_REQUESTS_STAT = f"http.{PUBLIC_LISTENER}.downstream_rq_active"
 DRAIN_TIME_S = 2

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from swagger_ui_bundle import swagger_ui_path
 
-from modelserver.launcher.health import Document
+from modelserver.launcher.pages.health import Document
 
-log = logging.getLogger(__name__)
+# Log lines keep the logger name they have always carried.
+log = logging.getLogger("modelserver.launcher.docs_pages")
 
 HERE = Path(__file__).parent
 INDEX = HERE / "docs.html"

@@ -30,7 +30,8 @@ from typing import Any
 
 from modelserver.errors import ErrorType, ModelUnavailable, NotFound, error_response
 
-log = logging.getLogger(__name__)
+# Log lines keep the logger name they have always carried.
+log = logging.getLogger("modelserver.launcher.health")
 
 StatusSource = Callable[[str], str]
 PHASES = ("starting", "serving", "stopping")

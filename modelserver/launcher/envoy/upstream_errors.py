@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelserver.launcher.routes import METADATA_NAMESPACE, MODEL_KEY, header_to_add, typed
+from modelserver.launcher.envoy.routes import METADATA_NAMESPACE, MODEL_KEY, header_to_add, typed
 from modelserver.serving.headers import HANDLER_ANSWER
 
 CUSTOM_RESPONSE_FILTER = "envoy.filters.http.custom_response"

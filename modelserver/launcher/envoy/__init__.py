@@ -1,0 +1,1 @@
+"""Envoy in front of TorchServe: its config built as data, its routes, and its process."""

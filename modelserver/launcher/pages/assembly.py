@@ -1,0 +1,77 @@
+"""Every page the loopback server answers, put together once at start: /healthcheck from the
+readiness loop, the API's documents, /metrics for the whole stack and the Open Inference GET
+pages, each group limited to the readers Envoy lets through to it."""
+
+from __future__ import annotations
+
+import json
+
+from modelserver.catalogue import Catalogue
+from modelserver.kinds.registry import KINDS
+from modelserver.launcher.envoy.config import DOCUMENT_READERS, METRICS_READERS, OPEN_INFERENCE_READERS
+from modelserver.launcher.pages.docs import docs_pages
+from modelserver.launcher.pages.health import (
+    Document,
+    HealthServer,
+    Pages,
+    ReaderLimit,
+    Readiness,
+    limited,
+    static_pages,
+)
+from modelserver.launcher.pages.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelserver.launcher.pages.metrics import CachedScrape, MetricsScraper, Source, http_source
+from modelserver.launcher.pages.open_inference import OpenInferencePages
+from modelserver.openapi import build_openapi
+
+
+def api_documents(catalogue: Catalogue) -> dict[str, Document]:
+    """/openapi.json (generated from the request models) and /docs, Swagger UI with every file
+    served from here (works offline)."""
+    document = json.dumps(build_openapi(catalogue), indent=2).encode("utf-8")
+    return {
+        "/openapi.json": ("application/json", document),
+        **docs_pages(),
+    }
+
+
+def loopback_pages(
+    catalogue: Catalogue, readiness: Readiness, torchserve_metrics_port: int, envoy_stats: Source
+) -> Pages:
+    """What the loopback health server answers besides /healthcheck: the API's documents
+    (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's, Envoy's and
+    the launcher's series in one scrape, shared for about a second, and made for at most
+    METRICS_READERS requests at once)."""
+    scraper = MetricsScraper(
+        sources={
+            "torchserve": http_source(f"http://127.0.0.1:{torchserve_metrics_port}/metrics"),
+            "envoy": envoy_stats,
+        },
+        model_statuses=readiness.statuses,
+    )
+    shared = CachedScrape(scraper.scrape)
+    documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
+    return {
+        **documents.pages(static_pages(api_documents(catalogue))),
+        "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
+    }
+
+
+def page_server(
+    port: int,
+    readiness: Readiness,
+    catalogue: Catalogue,
+    torchserve_metrics_port: int,
+    envoy_stats: Source,
+) -> HealthServer:
+    """The loopback server on `port`, not started: /healthcheck, the `loopback_pages`, and the
+    Open Inference GET pages (from each kind's tensor codec and the readiness loop's reading)."""
+    codecs = {name: KINDS[entry.kind].open_inference for name, entry in catalogue.models.items()}
+    return HealthServer(
+        port,
+        readiness,
+        loopback_pages(catalogue, readiness, torchserve_metrics_port, envoy_stats),
+        json_pages=ReaderLimit("the Open Inference pages", OPEN_INFERENCE_READERS).json_pages(
+            OpenInferencePages(codecs, readiness).answer
+        ),
+    )

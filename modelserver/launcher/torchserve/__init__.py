@@ -1,0 +1,1 @@
+"""TorchServe behind Envoy: its runtime config, its keys, its management API and its process."""
