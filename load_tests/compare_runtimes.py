@@ -28,7 +28,7 @@ import torch
 
 from load_tests.bench.report import machine
 from load_tests.bench.timing_model import build_timing_model
-from modelserver.export import convert
+from modelserver.build.export import convert
 from modelserver.runtimes.forward import Graph, OpenVinoForward
 
 Run = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -25,7 +25,7 @@ import torch
 
 from load_tests.kit.stack import Launcher, running
 from load_tests.kit.tiny_models import make_bert_fill_mask
-from modelserver.export import FILL_MASK_PROBES, answers_differ
+from modelserver.build.export import FILL_MASK_PROBES, answers_differ
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
 

@@ -13,7 +13,7 @@ from load_tests.kit.tiny_models import (
     make_camembert_fill_mask,
     make_distilbert_sentiment,
 )
-from modelserver.export import export
+from modelserver.build.export import export
 from modelserver.project import PROJECT_ROOT
 from modelserver.training import run_recipe
 

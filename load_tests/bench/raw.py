@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from load_tests.bench.scenarios import SENTENCES
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stats import percentile
-from modelserver.export import export
+from modelserver.build.export import export
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
 from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRuntime, load_fill_mask_runtime
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from handlers.model_handler import ModelHandler
-from modelserver.archive import requested_runtime
+from modelserver.build.archive import requested_runtime
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError, InvalidInput
 from modelserver.kinds import ModelFiles, registry

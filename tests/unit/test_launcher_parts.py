@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelserver.archive import build_archive, recorded_names
+from modelserver.build.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.envoy import validate
 from modelserver.launcher.envoy_config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config

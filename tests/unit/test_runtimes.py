@@ -15,11 +15,9 @@ import torch
 import yaml
 
 from load_tests.kit.stack import write_catalogue
-from modelserver import archive
-from modelserver.archive import build_archive
-from modelserver.catalogue import Catalogue, ModelEntry
-from modelserver.errors import ConfigError
-from modelserver.export import (
+from modelserver.build import archive
+from modelserver.build.archive import build_archive
+from modelserver.build.export import (
     SCORE_TOLERANCE,
     TASKS,
     ParityReport,
@@ -29,6 +27,8 @@ from modelserver.export import (
     main,
     probe_texts,
 )
+from modelserver.catalogue import Catalogue, ModelEntry
+from modelserver.errors import ConfigError
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import load_fill_mask_runtime
 from modelserver.kinds.text_classification import load_text_classification_runtime
@@ -247,7 +247,7 @@ def test_a_failed_export_builds_eager_with_the_reason(
 ) -> None:
     monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.runtimes.no_such_exporter")
     entry = text_entry("openvino")
-    with caplog.at_level(logging.WARNING, logger="modelserver.archive"):
+    with caplog.at_level(logging.WARNING, logger="modelserver.build.archive"):
         built = build_archive(
             entry, tmp_path / "store", {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])}
         )

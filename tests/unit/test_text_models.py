@@ -11,8 +11,8 @@ from transformers import pipeline
 
 from handlers.model_handler import ModelHandler
 from modelserver import payload
+from modelserver.build.export import export
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
-from modelserver.export import export
 from modelserver.kinds import ModelFiles
 from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
 from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime

@@ -1,7 +1,7 @@
 """Export a text model's forward graph to OpenVINO at archive build, and prove it answers as
 PyTorch eager does before anything serves it.
 
-    python -m modelserver.export --task fill-mask --archive-dir DIR --settings JSON
+    python -m modelserver.build.export --task fill-mask --archive-dir DIR --settings JSON
 
 DIR is an unpacked-archive-like folder holding `model/` (from_pretrained format); the graph (for
 fill-mask: the encoder, and its masked-LM head as a second graph) and its parity report are

@@ -41,7 +41,7 @@ RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "mode
 # An exported graph depends on the code that exports and checks it, and on the model code.
 EXPORT_INPUTS = (PROJECT_ROOT / "modelserver" / "runtimes", PROJECT_ROOT / "modelserver" / "kinds")
 EXPORT_TIMEOUT_S = 1800
-EXPORT_MODULE = "modelserver.export"  # run in a child: `python -m EXPORT_MODULE`
+EXPORT_MODULE = "modelserver.build.export"  # run in a child: `python -m EXPORT_MODULE`
 # What an exported graph also depends on (read from the installed metadata, never imported).
 EXPORT_PACKAGES = ("torch", "transformers", "openvino", "nncf")
 
