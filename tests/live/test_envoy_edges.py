@@ -19,7 +19,7 @@ import requests
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.text import TextModelSettings
 from modelserver.launcher import envoy_config as envoy_config_module
 from modelserver.launcher.envoy import envoy_binary
 from modelserver.launcher.envoy_config import render_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.text import TextModelSettings
 from modelserver.launcher import envoy_config as config
 from modelserver.launcher.routes import BODY_LIMIT_BYTES
 from modelserver.launcher.settings import LaunchSettings
