@@ -53,7 +53,7 @@ def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session", name="pipelines")
 def fixture_pipelines(tiny_hf_models: dict[str, Path]) -> dict[str, Any]:
-    """The reference: transformers pipelines on the very tiny folders the runtimes and the stack serve."""
+    """The reference: transformers pipelines on the very tiny folders the predictors and the stack serve."""
     from transformers import pipeline  # pylint: disable=import-outside-toplevel
 
     tasks = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
