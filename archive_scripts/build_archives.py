@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modelserver.archive import build_archive
+from modelserver.build.archive import build_archive
 from modelserver.catalogue import DEFAULT_CATALOGUE, Catalogue
 from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.launcher.pages.health import public_reason

@@ -28,8 +28,8 @@ import torch
 
 from load_tests.bench.report import machine
 from load_tests.bench.timing_model import build_timing_model
-from modelserver.export import convert
-from modelserver.runtimes.forward import Graph, OpenVinoForward
+from modelserver.backends.forward import Graph, OpenVinoForward
+from modelserver.kinds.text.export import convert
 
 Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BATCHES = (1, 8, 16)

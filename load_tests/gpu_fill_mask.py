@@ -24,9 +24,11 @@ import requests
 import torch
 
 from load_tests.kit.stack import Launcher, running
-from modelserver.export import FILL_MASK_PROBES, answers_differ
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import load_fill_mask_runtime
+from modelserver.kinds.fill_mask.export import FILL_MASK_PROBES
+from modelserver.kinds.fill_mask.worker import load_fill_mask_predictor
+from modelserver.kinds.text import TextModelSettings
+from modelserver.kinds.text.export import answers_differ
 from modelserver.tools.tiny_models import make_bert_fill_mask
 
 
@@ -42,7 +44,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="gpu-") as work:
         folder = args.model or make_bert_fill_mask(Path(work) / "bert" / "model")
-        cpu = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"runtime": "torch", "threads": 2}))
+        cpu = load_fill_mask_predictor(
+            ModelFiles(folder.parent, TextModelSettings.model_validate({"runtime": "torch", "threads": 2}))
+        )
         launcher = Launcher(Path(work) / "stack", env={"FILL_MASK_MODEL": str(folder)}, models=("fill_mask",))
         with running(launcher) as stack:
             worker_log = stack.runtime_dir / "torchserve" / "logs" / "model_log.log"

@@ -22,13 +22,13 @@ from typing import Any
 from load_tests.bench.raw import RUNTIMES, runtime_for
 from load_tests.bench.timing_model import build_timing_model
 from modelserver.kinds import MODEL_SUBDIR
-from modelserver.kinds.fill_mask import FillMaskRuntime
+from modelserver.kinds.fill_mask.worker import FillMaskPredictor
 from modelserver.tools.tiny_models import ENGLISH
 
 SENTENCES = [text.replace(text.split()[1], "[MASK]", 1) for text in ENGLISH] * 4
 
 
-def throughput(runtime: FillMaskRuntime, batch: int, repeats: int) -> float:
+def throughput(runtime: FillMaskPredictor, batch: int, repeats: int) -> float:
     """Median sentences per second answering SENTENCES in requests batched `batch` at a time."""
     requests = [runtime.parse({"text": text}) for text in SENTENCES]
     runtime.predict(requests[:batch])  # warm-up
@@ -41,7 +41,7 @@ def throughput(runtime: FillMaskRuntime, batch: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def top1(runtime: FillMaskRuntime) -> tuple[list[int], list[float]]:
+def top1(runtime: FillMaskPredictor) -> tuple[list[int], list[float]]:
     """The top candidate token and its score for each sentence."""
     answers = runtime.predict([runtime.parse({"text": text, "top_k": 1}) for text in SENTENCES])
     return [answer[0]["token"] for answer in answers], [answer[0]["score"] for answer in answers]

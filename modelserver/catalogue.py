@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelserver.errors import ConfigError, SourceUnavailable
+from modelserver.kinds.kind import Kind
 from modelserver.kinds.registry import KINDS
 from modelserver.project import PROJECT_ROOT
 from modelserver.training import RECIPES
@@ -134,6 +143,8 @@ class ModelEntry(BaseModel):
     archive_format: Literal["default", "no-archive"] = "default"
     aliases: list[str] = Field(default_factory=list)  # other names a request may use (Hub ids)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    # `handler_config` parsed by the kind's settings model, once, when the entry loads.
+    _settings: BaseModel = PrivateAttr()
 
     @model_validator(mode="after")
     def _extra_files_stay_put(self) -> ModelEntry:
@@ -150,20 +161,20 @@ class ModelEntry(BaseModel):
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {sorted(KINDS)}")
         try:
-            KINDS[self.kind].settings.model_validate(self.handler_config)
+            self._settings = KINDS[self.kind].settings.model_validate(self.handler_config)
         except ValidationError as error:
             raise ValueError(f"handler_config.{first_problem(error)}") from None
         return self
 
     @property
     def settings(self) -> BaseModel:
-        """`handler_config` parsed by the kind's settings model (checked when the entry loaded)."""
-        return KINDS[self.kind].settings.model_validate(self.handler_config)
+        """`handler_config` as the kind's typed settings (parsed when the entry loaded)."""
+        return self._settings
 
     @property
-    def export_task(self) -> str | None:
-        """The export task of a kind whose forward pass can be compiled at build, else None."""
-        return KINDS[self.kind].export_task
+    def kind_declared(self) -> Kind:
+        """The kind this entry names, as its package declares it."""
+        return KINDS[self.kind]
 
     def served_names(self, hub_id: str | None = None) -> list[str]:
         """Names a request may use for this model: its served name, then the Hub ids of what

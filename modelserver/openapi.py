@@ -11,7 +11,8 @@ from pydantic.json_schema import models_json_schema
 
 from modelserver.catalogue import Catalogue, RouteSpec
 from modelserver.errors import ErrorType, documented_type
-from modelserver.kinds.registry import KINDS, Kind
+from modelserver.kinds.kind import Kind
+from modelserver.kinds.registry import KINDS
 from modelserver.protocols import open_inference
 
 REF = "#/components/schemas/{model}"
@@ -75,13 +76,13 @@ def _operation(
 ) -> dict[str, Any]:
     request, answer = kind.request, kind.answer
     # Its own answer (or the Hub shape), or any a body field can pick another model to give.
-    answers = [m for m in dict.fromkeys((answer, kind.hub_answer, *other_answers)) if m is not None]
+    answers = [m for m in dict.fromkeys((answer, kind.hf_answer, *other_answers)) if m is not None]
     refs = [{"$ref": REF.format(model=model.__name__)} for model in answers]
     answer_schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
     ndjson = (
         {"application/x-ndjson": {"schema": {"type": "string"}}} if "stream" in request.model_fields else {}
     )
-    schema = {"schema": _one_of(request, kind.hub_request), "example": example}
+    schema = {"schema": _one_of(request, kind.hf_request), "example": example}
     return {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": schema}},
@@ -115,7 +116,7 @@ def _route_operation(route: RouteSpec, kind_of: dict[str, Kind]) -> dict[str, An
         other_answers = tuple(
             model
             for target in reachable
-            for model in (kind_of[target].answer, kind_of[target].hub_answer)
+            for model in (kind_of[target].answer, kind_of[target].hf_answer)
             if model is not None
         )
         choices = f" ({', '.join(route.choices)})" if route.choices else ""
@@ -220,11 +221,11 @@ def build_openapi(catalogue: Catalogue) -> dict[str, Any]:
     paths.update(_open_inference_paths(catalogue))
     requests = (
         {kind.request for kind in KINDS.values()}
-        | {kind.hub_request for kind in KINDS.values() if kind.hub_request}
+        | {kind.hf_request for kind in KINDS.values() if kind.hf_request}
         | {open_inference.InferRequest}
     )
     answers = {kind.answer for kind in KINDS.values()} | {
-        kind.hub_answer for kind in KINDS.values() if kind.hub_answer
+        kind.hf_answer for kind in KINDS.values() if kind.hf_answer
     }
     models = requests | answers | {ErrorBody, Health, *V2_MODELS}
     _, schemas = models_json_schema(

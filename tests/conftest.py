@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from modelserver.export import export
+from modelserver.build.export import export
+from modelserver.kinds.text import TextModelSettings
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools.tiny_models import (
     make_bert_fill_mask,
@@ -17,7 +18,7 @@ from modelserver.tools.tiny_models import (
 )
 from modelserver.training import run_recipe
 
-TINY_TASKS = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}
+TINY_KINDS = {"fill_mask": "fill_mask", "camembert": "fill_mask", "sentiment": "text_classification"}
 LABELS_FILE = PROJECT_ROOT / "modelserver" / "kinds" / "crystal_labels.json"
 
 
@@ -38,21 +39,21 @@ def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny from_pretrained folders: BERT and CamemBERT masked LMs, a DistilBERT classifier,
     each exported to the compiled runtime (and parity-checked) as the archive build does."""
     root = tmp_path_factory.mktemp("tiny_hf")
-    # Each in <name>/model: the layout of an unpacked archive, so runtimes load them directly.
+    # Each in <name>/model: the layout of an unpacked archive, so predictors load them directly.
     folders = {
         "fill_mask": make_bert_fill_mask(root / "bert" / "model"),
         "camembert": make_camembert_fill_mask(root / "camembert" / "model"),
         "sentiment": make_distilbert_sentiment(root / "sentiment" / "model"),
     }
     for name, folder in folders.items():
-        report = export(TINY_TASKS[name], folder.parent, {})
+        report = export(TINY_KINDS[name], folder.parent, TextModelSettings())
         assert report.passed, (name, report.problems)
     return folders
 
 
 @pytest.fixture(scope="session", name="pipelines")
 def fixture_pipelines(tiny_hf_models: dict[str, Path]) -> dict[str, Any]:
-    """The reference: transformers pipelines on the very tiny folders the runtimes and the stack serve."""
+    """The reference: transformers pipelines on the very tiny folders the predictors and the stack serve."""
     from transformers import pipeline  # pylint: disable=import-outside-toplevel
 
     tasks = {"fill_mask": "fill-mask", "camembert": "fill-mask", "sentiment": "text-classification"}

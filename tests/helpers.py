@@ -18,7 +18,9 @@ import requests
 
 from load_tests.kit.stack import Launcher
 from modelserver.errors import ErrorType
+from modelserver.kinds import ModelFiles, SettingsT
 from modelserver.project import PROJECT_ROOT
+from modelserver.validation import parse_settings
 
 SEED_CRYSTAL = PROJECT_ROOT.parent / "shared" / "seed_data" / "crystal"
 
@@ -58,6 +60,18 @@ def answers_close(
             and all(answers_close(a, e, rel_tol, abs_tol) for a, e in zip(actual, expected, strict=True))
         )
     return type(actual) is type(expected) and actual == expected
+
+
+def model_files(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    settings_model: type[SettingsT],
+    model_dir: Path,
+    settings: Mapping[str, Any] | None = None,
+    model_file: str = "",
+    names: tuple[str, ...] = (),
+) -> ModelFiles[SettingsT]:
+    """An unpacked archive's files as the adapter hands them to a kind's loader: the `handler:`
+    settings parsed once, by the kind's settings model."""
+    return ModelFiles(model_dir, parse_settings(settings_model, dict(settings or {})), model_file, names)
 
 
 @dataclass

@@ -3,7 +3,7 @@
     python -m load_tests.bench.raw --bert DIR --threads 2 --batches 1,2,4,8,16 --crystal FILE
 
 BERT: what a fill-mask worker computes for one batch (the forward pass and the masked-LM head
-at the mask positions, `FillMaskRuntime.mask_probabilities`) on the benchmark's sentences,
+at the mask positions, `FillMaskPredictor.mask_probabilities`) on the benchmark's sentences,
 tokenised ahead of time, with the threads our worker uses, on each runtime: PyTorch eager fp32,
 OpenVINO fp32 (the default) and OpenVINO int8 (`quantize: int8`), each exported and gated as the
 archive build does. Crystal: `predict_proba` on one row, as one request costs. Prints one JSON line.
@@ -26,9 +26,10 @@ from threadpoolctl import threadpool_limits
 from load_tests.bench.scenarios import SENTENCES
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stats import percentile
-from modelserver.export import export
+from modelserver.build.export import export
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRuntime, load_fill_mask_runtime
+from modelserver.kinds.fill_mask.worker import FillMaskPredictor, load_fill_mask_predictor
+from modelserver.kinds.text import PUBLIC_MASK, TextModelSettings
 
 # Label in the results -> the handler settings that select it.
 RUNTIMES: dict[str, dict[str, Any]] = {
@@ -40,21 +41,21 @@ RUNTIMES: dict[str, dict[str, Any]] = {
 
 def runtime_for(
     folder: Path, work: Path, settings: dict[str, Any], parity: dict[str, Any] | None = None
-) -> FillMaskRuntime:
+) -> FillMaskPredictor:
     """The fill-mask runtime on `folder`'s weights, exported first if it is a compiled one
     (its parity report, against eager on these weights, goes into `parity`)."""
     archive = work / "-".join(f"{k}-{v}" for k, v in sorted(settings.items()))
     archive.mkdir()
     (archive / MODEL_SUBDIR).symlink_to(folder.resolve(), target_is_directory=True)
     if settings.get("runtime") != "torch":
-        report = export("fill-mask", archive, settings)
+        report = export("fill_mask", archive, TextModelSettings.model_validate(settings))
         sys.stderr.write(f"{settings}: {report.summary()}\n")
         if parity is not None:
             parity.update(report.as_json())
-    return load_fill_mask_runtime(ModelFiles(archive, settings=settings))
+    return load_fill_mask_predictor(ModelFiles(archive, TextModelSettings.model_validate(settings)))
 
 
-def bert_throughput(runtime: FillMaskRuntime, batches: list[int], seconds: float) -> dict[str, float]:
+def bert_throughput(runtime: FillMaskPredictor, batches: list[int], seconds: float) -> dict[str, float]:
     """Sentences per second of the model call at each batch size."""
     mask = runtime.tokenizer.mask_token
     rates = {}

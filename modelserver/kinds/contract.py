@@ -1,8 +1,9 @@
-"""What every kind's runtime offers the server, with each optional ability's default.
+"""What every kind's predictor offers the server, with each optional ability's default.
 
-A runtime parses one decoded body into its request and predicts a batch of requests. The rest
-is optional, and the defaults below are what a kind gets when it says nothing: invalid JSON is
-a 422, an answer may be up to `MAX_ANSWER_BYTES`, and no request streams.
+A predictor (a kind's loaded model) parses one decoded body into its request and predicts a
+batch of requests. The rest is optional, and the defaults below are what a kind gets when it
+says nothing: invalid JSON is a 422, an answer may be up to `MAX_ANSWER_BYTES`, and no request
+streams.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from modelserver.payload import MAX_ANSWER_BYTES
 RequestT = TypeVar("RequestT")
 
 
-class ModelRuntime(ABC, Generic[RequestT]):
+class Predictor(ABC, Generic[RequestT]):
     """One loaded model of a kind, as the batch logic drives it."""
 
     # The error for a body that is not JSON: a route whose published spec names another status

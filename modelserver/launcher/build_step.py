@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelserver.archive import archive_path, recorded_names, recorded_trained_on
+from modelserver.build.archive import archive_path, recorded_names, recorded_trained_on
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.settings import LaunchSettings

@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe v2, Triton, MLServer) over REST, as JSON tensors.
 
-Each kind has a codec: the tensors its model takes and gives (for `/v2/models/{name}`), how an
-`infer` request becomes the kind's own request bodies, and how their answers become output
-tensors. The worker's adapter uses the codec, so a v2 request is batched, validated and
+The protocol only: request and answer parsing and the generic `TensorCodec`. Each kind declares
+its own codec in its package (the tensors its model takes and gives, for `/v2/models/{name}`;
+how an `infer` request becomes the kind's own request bodies, and how their answers become
+output tensors). The worker's adapter uses the codec, so a v2 request is batched, validated and
 answered by the very code of the model's own routes. Framework-free: the launcher serves the
 metadata and readiness pages from the same codecs.
 
@@ -21,7 +22,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, InvalidInput, ModelFailure
-from modelserver.payload import MAX_TEXTS_PER_REQUEST
 from modelserver.validation import quoted, validate_body
 
 # The request header Envoy sets on the v2 `infer` route (and strips from every client request):
@@ -299,113 +299,19 @@ def parse_infer_request(payload: Any) -> InferRequest:
     return validate_body(InferRequest, payload, "inputs")
 
 
-# The kinds' codecs.
-
-CRYSTAL_FEATURES = 4  # the crystal brief's four measurements (a model with others refuses them)
-CRYSTAL_LABELS = 3
-CRYSTAL_IN = TensorSpec("crystalData", "FP32", (-1, CRYSTAL_FEATURES))
-CRYSTAL_LABEL = TensorSpec("label", "BYTES", (-1,))
-CRYSTAL_SCORES = TensorSpec("scores", "FP32", (-1, CRYSTAL_LABELS))
-
-
-def _crystal_bodies(
-    values: dict[str, list[Any]], _: dict[str, Any], shape: Sequence[int]
-) -> list[dict[str, Any]]:
-    rows, width = shape
-    flat = [float(value) for value in values[CRYSTAL_IN.name]]
-    return [{"crystalData": [flat[row * width : (row + 1) * width] for row in range(rows)]}]
-
-
-def _crystal_outputs(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
-    [answer] = answers
-    scores = [list(row.values()) for row in answer["scores"]]
-    width = len(scores[0]) if scores else CRYSTAL_LABELS
-    return {
-        CRYSTAL_LABEL.name: output_tensor(CRYSTAL_LABEL, [len(answer["prediction"])], answer["prediction"]),
-        CRYSTAL_SCORES.name: output_tensor(
-            CRYSTAL_SCORES, [len(scores), width], [s for row in scores for s in row]
-        ),
-    }
-
-
-CRYSTAL = TensorCodec(
-    inputs=(CRYSTAL_IN,),
-    outputs=(CRYSTAL_LABEL, CRYSTAL_SCORES),
-    bodies=_crystal_bodies,
-    answers=_crystal_outputs,
-    # The brief's 4 measurements and 3 labels: a model of other sizes is served on its own
-    # routes, and refused here with a 422 naming the shape.
-    notes={"scores": "in the order of the model's labels file"},
-)
-
-TEXT_IN = TensorSpec("text", "BYTES", (-1,))
-
-
-def _texts_body(
-    values: dict[str, list[Any]], parameters: dict[str, Any], _: Sequence[int]
-) -> list[dict[str, Any]]:
-    return [{"text": values[TEXT_IN.name], **parameters}]
-
-
-def _json_answers(spec: TensorSpec) -> Outputs:
-    """Each text's answer as one BYTES element holding its JSON (fill-mask's nested lists)."""
+def json_outputs(spec: TensorSpec) -> Outputs:
+    """Answers whose items are nested JSON: each item of the one own body's answer as one BYTES
+    element holding its JSON."""
 
     def outputs(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
-        [per_text] = answers
+        [per_item] = answers
         try:
-            data = [json.dumps(answer, separators=(",", ":"), allow_nan=False) for answer in per_text]
+            data = [json.dumps(answer, separators=(",", ":"), allow_nan=False) for answer in per_item]
         except ValueError:
             raise ModelFailure("the model produced an answer that is not valid JSON") from None
         return {spec.name: output_tensor(spec, [len(data)], data)}
 
     return outputs
-
-
-FILL_MASK_OUT = TensorSpec("candidates", "BYTES", (-1,))
-FILL_MASK = TensorCodec(
-    inputs=(TEXT_IN,),
-    outputs=(FILL_MASK_OUT,),
-    bodies=_texts_body,
-    answers=_json_answers(FILL_MASK_OUT),
-    parameters=("top_k",),
-    notes={"candidates": "per text, the JSON of its answer on /inference"},
-)
-
-LABEL_OUT = TensorSpec("label", "BYTES", (-1,))
-SCORE_OUT = TensorSpec("score", "FP32", (-1,))
-
-
-def _labels_and_scores(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
-    [per_text] = answers
-    return {
-        LABEL_OUT.name: output_tensor(LABEL_OUT, [len(per_text)], [answer["label"] for answer in per_text]),
-        SCORE_OUT.name: output_tensor(SCORE_OUT, [len(per_text)], [answer["score"] for answer in per_text]),
-    }
-
-
-TEXT_CLASSIFICATION = TensorCodec(
-    inputs=(TEXT_IN,), outputs=(LABEL_OUT, SCORE_OUT), bodies=_texts_body, answers=_labels_and_scores
-)
-
-
-def _one_body_per_text(
-    values: dict[str, list[Any]], _: dict[str, Any], __: Sequence[int]
-) -> list[dict[str, Any]]:
-    return [{"text": text} for text in values[TEXT_IN.name]]
-
-
-def _one_label_per_body(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
-    labels = [answer["label"] for answer in answers]
-    return {LABEL_OUT.name: output_tensor(LABEL_OUT, [len(labels)], labels)}
-
-
-TOPICS = TensorCodec(
-    inputs=(TEXT_IN,),
-    outputs=(LABEL_OUT,),
-    bodies=_one_body_per_text,
-    answers=_one_label_per_body,
-    max_items=MAX_TEXTS_PER_REQUEST,  # one own request per text
-)
 
 
 # The protocol's answers, for the OpenAPI document.
@@ -477,10 +383,10 @@ class ModelReadiness(BaseModel):
 def example_request(codec: TensorCodec, own_example: dict[str, Any]) -> dict[str, Any]:
     """An `infer` body for the API document, from the kind's own example request."""
     spec = codec.inputs[0]
-    if spec.datatype == "BYTES":
-        data: list[Any] = [own_example["text"]]
+    if spec.datatype == "BYTES":  # the example's one text, as a tensor of one element
+        data: list[Any] = [own_example[spec.name]]
         shape = [1]
-    else:
+    else:  # the example's rows, flat
         rows = own_example[spec.name]
         data, shape = [value for row in rows for value in row], [len(rows), len(rows[0])]
     return {"inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data}]}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from modelserver.errors import InvalidInput, ModelFailure, ServingError, error_response
-from modelserver.kinds.contract import ModelRuntime
+from modelserver.kinds.contract import Predictor
 from modelserver.payload import decode_json_body
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ class BatchTimes:
 
 @dataclass
 class BatchAnswerer(Generic[RequestT]):
-    """Runs a kind's `ModelRuntime` over TorchServe-style batches."""
+    """Runs a kind's `Predictor` over TorchServe-style batches."""
 
-    runtime: ModelRuntime[RequestT]
+    predictor: Predictor[RequestT]
     model_name: str = "model"
 
     def answer(
@@ -104,7 +104,7 @@ class BatchAnswerer(Generic[RequestT]):
         streams: list[tuple[int, RequestT]] = []
         for index, body in enumerate(bodies):
             try:
-                request = self.runtime.parse(self._decode(body))
+                request = self.predictor.parse(self._decode(body))
             except ServingError as error:
                 outcomes[index] = Outcome.of_error(error)
                 continue
@@ -113,26 +113,26 @@ class BatchAnswerer(Generic[RequestT]):
                 log.error("%s could not validate a request: %s", self.model_name, type(error).__name__)
                 outcomes[index] = Outcome.of_error(ModelFailure("the request could not be validated"))
                 continue
-            wants_stream = can_stream and self.runtime.wants_stream(request)
+            wants_stream = can_stream and self.predictor.wants_stream(request)
             (streams if wants_stream else valid).append((index, request))
         return valid, streams
 
     def _decode(self, body: Any) -> Any:
-        """Strict JSON; a runtime whose published spec names another status for invalid input
+        """Strict JSON; a kind whose published spec names another status for invalid input
         (`invalid_input`, e.g. /prediction's 405) gets its own error class."""
         try:
             return decode_json_body(body)
         except InvalidInput as error:
-            raise self.runtime.invalid_input(error.message) from None
+            raise self.predictor.invalid_input(error.message) from None
 
     def _predict(self, requests: list[RequestT]) -> list[Outcome]:
         if not requests:
             return []
         try:
-            answers = self.runtime.predict(requests)
+            answers = self.predictor.predict(requests)
             if len(answers) != len(requests):
                 raise ModelFailure(f"{len(answers)} answers for {len(requests)} requests")
-            # A runtime may answer one request of a batch with an error (e.g. a text too long).
+            # A predictor may answer one request of a batch with an error (e.g. a text too long).
             return [
                 Outcome.of_error(answer) if isinstance(answer, ServingError) else Outcome(200, answer)
                 for answer in answers
@@ -157,7 +157,7 @@ class BatchAnswerer(Generic[RequestT]):
     def _stream(self, streams: list[tuple[int, RequestT]], emit: Emit) -> dict[int, Outcome]:
         """Answer streaming requests chunk by chunk, taking turns so each gets its first lines
         early; every chunk but a request's last goes out through `emit`."""
-        parts = {index: self.runtime.stream_parts(request) for index, request in streams}
+        parts = {index: self.predictor.stream_parts(request) for index, request in streams}
         sent = dict.fromkeys(parts, 0)  # items answered so far, per request
         finished: dict[int, Outcome] = {}
         for turn in range(max(len(chunks) for chunks in parts.values())):
@@ -179,7 +179,7 @@ class BatchAnswerer(Generic[RequestT]):
         if outcome.status == 200:
             return [{"index": offset + i, "result": result} for i, result in enumerate(outcome.body)]
         lines: list[dict[str, Any]] = []
-        for i, single in enumerate(self.runtime.stream_parts(part, size=1)):
+        for i, single in enumerate(self.predictor.stream_parts(part, size=1)):
             [alone] = self._predict([single])
             line: dict[str, Any] = {"index": offset + i}
             line.update({"result": alone.body[0]} if alone.status == 200 else _error_fields(alone.body))

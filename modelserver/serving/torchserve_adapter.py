@@ -1,7 +1,8 @@
 """The TorchServe side of every model: context and bytes in, per-request statuses out.
 
-One handler serves every kind: the archive's model-config.yaml names the kind, and the kind
-registry loads its runtime. It reads only duck-typed attributes of TorchServe's `Context`, so
+One handler serves every kind: the archive's model-config.yaml names the kind, the kind's
+settings model parses its `handler:` section (once, here), and the kind registry loads its
+predictor. It reads only duck-typed attributes of TorchServe's `Context`, so
 nothing here imports `ts`.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 
 from modelserver.errors import ConfigError, InvalidInput, ModelFailure, error_response
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.contract import ModelRuntime
+from modelserver.kinds.contract import Predictor
 from modelserver.kinds.registry import kind_named
 from modelserver.payload import MAX_ANSWER_BYTES, request_body
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
@@ -28,6 +29,7 @@ from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.serving.protocol_batch import answer_batch
 from modelserver.serving.trace_context import log_traced, request_traces
 from modelserver.serving.ts_socket import install_read_ahead
+from modelserver.validation import parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -147,24 +149,24 @@ class TorchServeAdapter:
     def initialize(self, context: Any) -> None:
         """Load the model once per worker; a bad archive fails the load with its reason."""
         config = getattr(context, "model_yaml_config", None) or {}
-        files = ModelFiles(
-            model_dir=Path(context.system_properties["model_dir"]),
-            model_file=serialized_file(context),
-            settings=handler_settings(context),
-            names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
-            gpu_id=gpu_of(context),
-        )
         if "kind" not in config:
             raise ConfigError(
                 "this archive names no model kind: it was built by an older builder; rebuild it"
             )
         kind = kind_named(config["kind"])
-        runtime: ModelRuntime[Any] = kind.load(files)
+        files = ModelFiles(
+            model_dir=Path(context.system_properties["model_dir"]),
+            settings=parse_settings(kind.settings, handler_settings(context)),
+            model_file=serialized_file(context),
+            names=tuple(dict.fromkeys([context.model_name, *config.get("served_names", [])])),
+            gpu_id=gpu_of(context),
+        )
+        predictor: Predictor[Any] = kind.load(files)
         self._codec = kind.open_inference
         if type(context).__module__.startswith("ts."):  # a real worker, not a test's fake context
             install_read_ahead()
-        self._answerer = BatchAnswerer(runtime, model_name=context.model_name)
-        self._answer_limit = runtime.max_answer_bytes
+        self._answerer = BatchAnswerer(predictor, model_name=context.model_name)
+        self._answer_limit = predictor.max_answer_bytes
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[bytes]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from modelserver.kinds.crystal_torch import CrystalNet
+from modelserver.kinds.crystal.torch_classifier import CrystalNet
 from modelserver.training.iris_data import iris_splits
 
 

@@ -14,7 +14,7 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher
-from modelserver.kinds.crystal import load_classifier
+from modelserver.kinds.crystal.worker import load_classifier
 from modelserver.serving.headers import HANDLER_ANSWER
 from tests.helpers import access_log, answers_close, logged_requests, post
 

@@ -20,7 +20,7 @@ from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, free_ports
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ErrorType, InvalidInput, error_response
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.text import TextModelSettings
 from modelserver.launcher.envoy import config as envoy_config_module
 from modelserver.launcher.envoy.config import render_config
 from modelserver.launcher.envoy.process import envoy_binary

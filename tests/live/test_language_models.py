@@ -36,8 +36,8 @@ def test_inference_equals_the_fill_mask_pipeline(
     same_answer(response.json(), expected if isinstance(body["text"], list) else expected[0])
 
 
-def test_the_text_models_serve_the_compiled_runtime(stack: Launcher) -> None:
-    """The default runtime was exported at build, passed its parity gate and is what serves:
+def test_the_text_models_serve_the_compiled_backend(stack: Launcher) -> None:
+    """The default backend was exported at build, passed its parity gate and is what serves:
     the pipeline-equality tests of this file run through it."""
     store = stack.workdir / "model_store"
     for name in ("fill_mask", "camembert", "sentiment"):

@@ -11,7 +11,7 @@ import requests
 
 from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.stack import Launcher, running
-from modelserver.kinds.crystal import load_classifier
+from modelserver.kinds.crystal.worker import load_classifier
 from tests.helpers import SEED_CRYSTAL
 
 pytestmark = pytest.mark.skipif(

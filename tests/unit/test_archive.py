@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelserver import archive as archive_module
-from modelserver.archive import build_archive, fingerprint
+from modelserver.build import archive as archive_module
+from modelserver.build.archive import build_archive, fingerprint
 from modelserver.catalogue import HUB_COMMIT, Catalogue, ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError
 
@@ -150,7 +150,7 @@ def test_python_caches_are_not_inputs(tmp_path: Path) -> None:
     """Importing changed code writes __pycache__ beside it; that must not rebuild an archive."""
     import hashlib  # pylint: disable=import-outside-toplevel
 
-    from modelserver.archive import _hash_path  # pylint: disable=import-outside-toplevel
+    from modelserver.build.archive import _hash_path  # pylint: disable=import-outside-toplevel
 
     (tmp_path / "kind.py").write_text("ANSWER = 42\n")
 
@@ -184,7 +184,7 @@ def test_a_model_folder_linking_outside_itself_is_refused(catalogue: Catalogue, 
 def test_links_are_checked_against_the_folder_and_a_hub_cache() -> None:
     import tempfile  # pylint: disable=import-outside-toplevel
 
-    from modelserver.archive import links_leaving  # pylint: disable=import-outside-toplevel
+    from modelserver.build.archive import links_leaving  # pylint: disable=import-outside-toplevel
 
     with tempfile.TemporaryDirectory() as work:
         repo = Path(work) / "models--org--name"

@@ -10,7 +10,7 @@ import pytest
 
 from handlers.model_handler import ModelHandler
 from load_tests.kit.routes import BRIEF_ROWS
-from modelserver.kinds import crystal
+from modelserver.kinds.crystal import worker as crystal_worker
 from tests.helpers import FakeContext, answers_close, crystal_handler
 
 GOOD = json.dumps({"crystalData": BRIEF_ROWS[:1]}).encode()
@@ -63,7 +63,8 @@ def test_a_model_that_raises_gives_500_to_valid_requests_only(
     def explode(_self: Any, _rows: Any) -> Any:
         raise Boom("kaput")
 
-    monkeypatch.setattr("modelserver.kinds.crystal_sklearn.SklearnClassifier.predict_proba", explode)
+    classifier = "modelserver.kinds.crystal.sklearn_classifier.SklearnClassifier"
+    monkeypatch.setattr(f"{classifier}.predict_proba", explode)
     bodies = decode(handler.handle([{"body": GOOD}, {"body": b"{}"}, {"body": GOOD}], context))
     assert [context.status_of(i) for i in range(3)] == [500, 422, 500]
     assert "crystal_sklearn model failed" in bodies[0]["error"] and "Boom" in bodies[0]["error"]
@@ -75,14 +76,16 @@ def test_a_poison_request_fails_alone(
 ) -> None:
     """If the batched call fails, each request is retried alone: only the culprit gets 500."""
     handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
-    real = crystal.CrystalRuntime.predict
+    real = crystal_worker.CrystalPredictor.predict
 
-    def fragile(self: crystal.CrystalRuntime, requests: list[crystal.CrystalRequest]) -> list[Any]:
+    def fragile(
+        self: crystal_worker.CrystalPredictor, requests: list[crystal_worker.CrystalRequest]
+    ) -> list[Any]:
         if any(request.crystalData[0][0] == 0.5 for request in requests):
             raise Boom("poison")
         return real(self, requests)
 
-    monkeypatch.setattr(crystal.CrystalRuntime, "predict", fragile)
+    monkeypatch.setattr(crystal_worker.CrystalPredictor, "predict", fragile)
     poison = json.dumps({"crystalData": [[0.5, 0.5, 0.5, 0.5]]}).encode()
     bodies = decode(handler.handle([{"body": GOOD}, {"body": poison}, {"body": GOOD}], context))
     assert [context.status_of(i) for i in range(3)] == [200, 500, 200]
@@ -118,14 +121,14 @@ def test_a_validation_bug_costs_only_its_own_request(
     crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
-    real = crystal.CrystalRuntime.parse
+    real = crystal_worker.CrystalPredictor.parse
 
-    def buggy(self: crystal.CrystalRuntime, payload: Any) -> crystal.CrystalRequest:
+    def buggy(self: crystal_worker.CrystalPredictor, payload: Any) -> crystal_worker.CrystalRequest:
         if payload.get("trip"):
             raise KeyError("bug")
         return real(self, payload)
 
-    monkeypatch.setattr(crystal.CrystalRuntime, "parse", buggy)
+    monkeypatch.setattr(crystal_worker.CrystalPredictor, "parse", buggy)
     trip = json.dumps({"crystalData": BRIEF_ROWS[:1], "trip": 1}).encode()
     bodies = decode(handler.handle([{"body": GOOD}, {"body": trip}], context))
     assert [context.status_of(i) for i in range(2)] == [200, 500]

@@ -14,24 +14,24 @@ import torch
 
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.crystal import CrystalRuntime, CrystalSettings, load_classifier, load_crystal_runtime
-from modelserver.kinds.crystal_torch import CrystalNet
-from tests.helpers import SEED_CRYSTAL, answers_close
+from modelserver.kinds.crystal import CrystalSettings
+from modelserver.kinds.crystal.torch_classifier import CrystalNet
+from modelserver.kinds.crystal.worker import CrystalPredictor, load_classifier, load_crystal_predictor
+from tests.helpers import SEED_CRYSTAL, answers_close, model_files
 
 FRAMEWORKS = ("sklearn", "pytorch")
 SETTINGS = {"labels_file": "crystal_labels.json"}
 
 
-def runtime(dirs: dict[str, Path], framework: str, **settings: Any) -> CrystalRuntime:
-    """A runtime for one of the default models."""
+def predictor(dirs: dict[str, Path], framework: str, **settings: Any) -> CrystalPredictor:
+    """A predictor for one of the default models."""
     config = {**SETTINGS, "framework": framework, **settings}
-    return load_crystal_runtime(ModelFiles(dirs[framework], f"{framework}.model", config))
+    return load_crystal_predictor(model_files(CrystalSettings, dirs[framework], config, f"{framework}.model"))
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_answers_follow_the_brief(crystal_model_dirs: dict[str, Path], framework: str) -> None:
-    model = runtime(crystal_model_dirs, framework)
+    model = predictor(crystal_model_dirs, framework)
     answer = model.predict([model.parse({"crystalData": BRIEF_ROWS})])[0]
     assert len(answer["prediction"]) == len(answer["scores"]) == 3
     for label, scores in zip(answer["prediction"], answer["scores"], strict=True):
@@ -45,7 +45,7 @@ def test_answers_follow_the_brief(crystal_model_dirs: dict[str, Path], framework
 def test_a_batch_gives_each_request_its_own_answer(
     crystal_model_dirs: dict[str, Path], framework: str
 ) -> None:
-    model = runtime(crystal_model_dirs, framework)
+    model = predictor(crystal_model_dirs, framework)
     requests = [model.parse({"crystalData": [row]}) for row in BRIEF_ROWS]
     batched = model.predict(requests)
     alone = [model.predict([request])[0] for request in requests]
@@ -58,7 +58,7 @@ def test_defaults_tell_the_classes_apart(crystal_model_dirs: dict[str, Path]) ->
     """The default models are trained, not random: scaled iris rows of each class are recognised."""
     rows = [[0.22, 0.62, 0.07, 0.04], [0.56, 0.38, 0.58, 0.54], [0.72, 0.46, 0.84, 0.92]]
     for framework in FRAMEWORKS:
-        model = runtime(crystal_model_dirs, framework)
+        model = predictor(crystal_model_dirs, framework)
         answer = model.predict([model.parse({"crystalData": rows})])[0]
         assert answer["prediction"] == ["blue", "green", "yellow"], framework
 
@@ -91,7 +91,7 @@ ANOMALIES = {
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("case", sorted(ANOMALIES))
 def test_anomalies_are_invalid_input(crystal_model_dirs: dict[str, Path], framework: str, case: str) -> None:
-    model = runtime(crystal_model_dirs, framework)
+    model = predictor(crystal_model_dirs, framework)
     with pytest.raises(InvalidInput) as caught:
         model.parse(ANOMALIES[case])
     assert caught.value.status == 422
@@ -99,13 +99,13 @@ def test_anomalies_are_invalid_input(crystal_model_dirs: dict[str, Path], framew
 
 
 def test_row_limit_is_enforced(crystal_model_dirs: dict[str, Path]) -> None:
-    model = runtime(crystal_model_dirs, "sklearn", max_rows=2)
+    model = predictor(crystal_model_dirs, "sklearn", max_rows=2)
     with pytest.raises(InvalidInput, match="at most 2 rows"):
         model.parse({"crystalData": BRIEF_ROWS})
 
 
 def test_a_model_field_for_another_model_is_a_bad_request(crystal_model_dirs: dict[str, Path]) -> None:
-    model = runtime(crystal_model_dirs, "sklearn")
+    model = predictor(crystal_model_dirs, "sklearn")
     assert model.parse({"crystalData": BRIEF_ROWS, "model": "sklearn"}).model == "sklearn"
     with pytest.raises(BadRequest, match="pytorch") as caught:
         model.parse({"crystalData": BRIEF_ROWS, "model": "pytorch"})
@@ -120,7 +120,9 @@ def test_non_finite_model_output_is_a_model_failure(
         net.layer3.weight.fill_(float("nan"))
     torch.save(net.state_dict(), tmp_path / "nan.model")
     shutil.copy(crystal_model_dirs["pytorch"] / "crystal_labels.json", tmp_path)
-    model = load_crystal_runtime(ModelFiles(tmp_path, "nan.model", {**SETTINGS, "framework": "pytorch"}))
+    model = load_crystal_predictor(
+        model_files(CrystalSettings, tmp_path, {**SETTINGS, "framework": "pytorch"}, "nan.model")
+    )
     answers = model.predict([model.parse({"crystalData": BRIEF_ROWS})])
     answer = answers[0]
     assert len(answers) == 1 and isinstance(answer, ModelFailure) and "not finite" in str(answer)
@@ -131,7 +133,7 @@ def test_non_finite_model_output_is_a_model_failure(
 def test_values_too_large_to_score_fail_only_their_request_with_422(
     crystal_model_dirs: dict[str, Path], framework: str, huge: float
 ) -> None:
-    model = runtime(crystal_model_dirs, framework)
+    model = predictor(crystal_model_dirs, framework)
     good = model.parse({"crystalData": BRIEF_ROWS})
     bad = model.parse({"crystalData": [[huge, huge, huge, huge]]})
     alone = model.predict([good])[0]
@@ -147,7 +149,9 @@ def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_
     shutil.copy(crystal_model_dirs["sklearn"] / "sklearn.model", tmp_path)
     (tmp_path / "crystal_labels.json").write_text(json.dumps(["blue", "green"]))
     with pytest.raises(ConfigError, match="2 labels for a model with 3 classes"):
-        load_crystal_runtime(ModelFiles(tmp_path, "sklearn.model", {**SETTINGS, "framework": "sklearn"}))
+        load_crystal_predictor(
+            model_files(CrystalSettings, tmp_path, {**SETTINGS, "framework": "sklearn"}, "sklearn.model")
+        )
 
 
 @pytest.mark.parametrize(
@@ -156,7 +160,9 @@ def test_labels_must_match_the_classes(crystal_model_dirs: dict[str, Path], tmp_
 )
 def test_bad_settings_fail_the_load(crystal_model_dirs: dict[str, Path], settings: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="bad handler settings"):
-        load_crystal_runtime(ModelFiles(crystal_model_dirs["sklearn"], "sklearn.model", settings))
+        load_crystal_predictor(
+            model_files(CrystalSettings, crystal_model_dirs["sklearn"], settings, "sklearn.model")
+        )
 
 
 def test_torch_loading_refuses_pickled_objects(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.catalogue import Catalogue
-from modelserver.kinds import crystal
+from modelserver.kinds.crystal import worker as crystal_worker
 from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.serving.deadlines import ARRIVED_HEADER, WAIT_HEADER, deadline_passed
 from tests.helpers import crystal_handler
@@ -46,13 +46,13 @@ def test_late_requests_are_answered_504_and_never_reach_the_model(
 ) -> None:
     handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
     seen: list[int] = []
-    real = crystal.CrystalRuntime.predict
+    real = crystal_worker.CrystalPredictor.predict
 
-    def counting(self: crystal.CrystalRuntime, requests: Any) -> Any:
+    def counting(self: crystal_worker.CrystalPredictor, requests: Any) -> Any:
         seen.append(len(requests))
         return real(self, requests)
 
-    monkeypatch.setattr(crystal.CrystalRuntime, "predict", counting)
+    monkeypatch.setattr(crystal_worker.CrystalPredictor, "predict", counting)
     now_ms = int(time.time() * 1000)
     context.request_headers = {
         0: {ARRIVED_HEADER: str(now_ms - 20_000), WAIT_HEADER: "15000"},
@@ -71,7 +71,7 @@ def test_a_batch_of_late_requests_only_runs_no_model(
     crystal_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handler, context = crystal_handler(crystal_model_dirs["sklearn"], "sklearn")
-    monkeypatch.setattr(crystal.CrystalRuntime, "predict", lambda *_: pytest.fail("the model ran"))
+    monkeypatch.setattr(crystal_worker.CrystalPredictor, "predict", lambda *_: pytest.fail("the model ran"))
     stale = {ARRIVED_HEADER: str(int(time.time() * 1000) - 30_000), WAIT_HEADER: "15000"}
     context.request_headers = {0: stale, 1: stale}
     handler.handle([{"body": GOOD}] * 2, context)

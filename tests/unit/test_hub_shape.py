@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 
 from modelserver.errors import InvalidInput, ServingError
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
-from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime
-from tests.helpers import answers_close
+from modelserver.kinds.fill_mask.worker import FillMaskPredictor, load_fill_mask_predictor
+from modelserver.kinds.text import TextModelSettings
+from modelserver.kinds.text_classification.worker import (
+    TextClassificationPredictor,
+    load_text_classification_predictor,
+)
+from tests.helpers import answers_close, model_files
 
 # Against a pipeline run apart: float32 rounding of another batch, within 1e-5 absolute (as the
 # other pipeline-equality tests).
@@ -33,26 +36,30 @@ EAGER = {"runtime": "torch"}
 
 
 @pytest.fixture(scope="module", name="fill_mask")
-def fixture_fill_mask(tiny_hf_models: dict[str, Path]) -> FillMaskRuntime:
+def fixture_fill_mask(tiny_hf_models: dict[str, Path]) -> FillMaskPredictor:
     """The tiny BERT."""
     folder = tiny_hf_models["fill_mask"]
-    return load_fill_mask_runtime(ModelFiles(folder.parent, settings=EAGER, names=("fill_mask",)))
+    return load_fill_mask_predictor(
+        model_files(TextModelSettings, folder.parent, settings=EAGER, names=("fill_mask",))
+    )
 
 
 @pytest.fixture(scope="module", name="sentiment")
-def fixture_sentiment(tiny_hf_models: dict[str, Path]) -> TextClassificationRuntime:
+def fixture_sentiment(tiny_hf_models: dict[str, Path]) -> TextClassificationPredictor:
     """The tiny DistilBERT classifier."""
     folder = tiny_hf_models["sentiment"]
-    return load_text_classification_runtime(ModelFiles(folder.parent, settings=EAGER, names=("sentiment",)))
+    return load_text_classification_predictor(
+        model_files(TextModelSettings, folder.parent, settings=EAGER, names=("sentiment",))
+    )
 
 
-def answer(runtime: Any, *bodies: Any) -> list[Any]:
+def answer(predictor: Any, *bodies: Any) -> list[Any]:
     """Answers to several bodies predicted as one batch."""
-    return runtime.predict([runtime.parse(body) for body in bodies])
+    return predictor.predict([predictor.parse(body) for body in bodies])
 
 
 def test_fill_mask_in_the_hub_shape_equals_the_pipeline(
-    pipelines: dict[str, Any], fill_mask: FillMaskRuntime
+    pipelines: dict[str, Any], fill_mask: FillMaskPredictor
 ) -> None:
     reference = pipelines["fill_mask"]
     text = "Hello I'm a [MASK] model."
@@ -68,7 +75,7 @@ def test_fill_mask_in_the_hub_shape_equals_the_pipeline(
 
 
 def test_fill_mask_targets_restrict_the_candidates_as_the_pipeline_does(
-    pipelines: dict[str, Any], fill_mask: FillMaskRuntime
+    pipelines: dict[str, Any], fill_mask: FillMaskPredictor
 ) -> None:
     reference = pipelines["fill_mask"]
     text = "Hello I'm a [MASK] model."
@@ -82,7 +89,7 @@ def test_fill_mask_targets_restrict_the_candidates_as_the_pipeline_does(
 
 
 def test_sentiment_in_the_hub_shape_is_every_label_best_first(
-    pipelines: dict[str, Any], sentiment: TextClassificationRuntime
+    pipelines: dict[str, Any], sentiment: TextClassificationPredictor
 ) -> None:
     reference = pipelines["sentiment"]
     texts = ["I love this movie, it is great.", "terrible and boring"]
@@ -121,27 +128,29 @@ def test_sentiment_in_the_hub_shape_is_every_label_best_first(
     ],
     ids=lambda value: json.dumps(value)[:40],
 )
-def test_bad_hub_bodies_are_422_naming_the_problem(fill_mask: FillMaskRuntime, body: Any, says: str) -> None:
+def test_bad_hub_bodies_are_422_naming_the_problem(
+    fill_mask: FillMaskPredictor, body: Any, says: str
+) -> None:
     with pytest.raises(InvalidInput) as refused:
         fill_mask.parse(body)
     assert refused.value.status == 422
     assert says in refused.value.message
 
 
-def test_a_bad_hub_parameter_on_sentiment_is_422(sentiment: TextClassificationRuntime) -> None:
+def test_a_bad_hub_parameter_on_sentiment_is_422(sentiment: TextClassificationPredictor) -> None:
     for parameters in ({"function_to_apply": "tanh"}, {"top_k": -1}, {"targets": ["a"]}):
         with pytest.raises(InvalidInput, match="parameters"):
             sentiment.parse({"inputs": "fine", "parameters": parameters})
 
 
-def test_a_hub_text_over_the_cap_fails_alone(sentiment: TextClassificationRuntime) -> None:
+def test_a_hub_text_over_the_cap_fails_alone(sentiment: TextClassificationPredictor) -> None:
     too_long = "word " * (sentiment.max_text_chars // 5 + 1)
     refused, fine = answer(sentiment, {"inputs": too_long}, {"inputs": "fine"})
     assert isinstance(refused, ServingError) and refused.status == 422
     assert isinstance(fine, list) and isinstance(fine[0], list) and fine[0][0]["label"]
 
 
-def test_targets_count_the_candidates_they_allow_and_are_bounded(fill_mask: FillMaskRuntime) -> None:
+def test_targets_count_the_candidates_they_allow_and_are_bounded(fill_mask: FillMaskPredictor) -> None:
     word = next(w for w in fill_mask.tokenizer.get_vocab() if w.isalpha())
     many_masks = " ".join(["[MASK]"] * 41)
     # 41 masks x top_k 50 would be 2,050 candidates; with one target it is 41.

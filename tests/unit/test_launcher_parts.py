@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelserver.archive import build_archive, recorded_names
+from modelserver.build.archive import build_archive, recorded_names
 from modelserver.catalogue import Catalogue
 from modelserver.launcher.build_step import served_archives
 from modelserver.launcher.envoy.config import BODY_LIMIT_BYTES, HEALTH_CLUSTER, envoy_config, render_config

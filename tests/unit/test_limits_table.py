@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.text import TextModelSettings
 from modelserver.launcher.envoy import config
 from modelserver.launcher.envoy.routes import BODY_LIMIT_BYTES
 from modelserver.launcher.settings import LaunchSettings

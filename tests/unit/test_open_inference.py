@@ -12,11 +12,13 @@ import pytest
 
 from load_tests.kit.routes import BRIEF_ROWS
 from modelserver.errors import BadRequest, InvalidInput
+from modelserver.kinds.crystal import CRYSTAL
+from modelserver.kinds.fill_mask import FILL_MASK
 from modelserver.kinds.registry import KINDS
+from modelserver.kinds.topics import TOPICS
 from modelserver.launcher.pages.health import Readiness
 from modelserver.launcher.pages.open_inference import OpenInferencePages
 from modelserver.payload import MAX_TEXTS_PER_REQUEST
-from modelserver.protocols import open_inference
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, parse_infer_request
 from tests.helpers import answers_close, crystal_handler
 
@@ -46,7 +48,7 @@ def test_every_kind_has_tensors_with_names_datatypes_and_shapes() -> None:
 
 
 def test_crystal_rows_round_trip_flat_or_nested() -> None:
-    codec = open_inference.CRYSTAL
+    codec = CRYSTAL
     flat = parse_infer_request(crystal_infer(BRIEF_ROWS[:2]))
     nested = parse_infer_request({"inputs": [{**flat.inputs[0].model_dump(), "data": BRIEF_ROWS[:2]}]})
     assert codec.to_bodies(flat) == codec.to_bodies(nested) == [{"crystalData": BRIEF_ROWS[:2]}]
@@ -117,7 +119,7 @@ def test_crystal_rows_round_trip_flat_or_nested() -> None:
 def test_bad_tensors_are_4xx_naming_the_problem(
     body: dict[str, Any], error: type[Exception], says: str
 ) -> None:
-    codec = open_inference.CRYSTAL
+    codec = CRYSTAL
     with pytest.raises(error) as refused:
         request = parse_infer_request(body)
         codec.requested(request)
@@ -133,17 +135,17 @@ def test_binary_output_wishes_are_answered_in_json() -> None:
             outputs=[{"name": "scores", "parameters": {"binary_data": True}}],
         )
     )
-    assert open_inference.CRYSTAL.requested(request) == ["scores"]
-    assert open_inference.CRYSTAL.to_bodies(request) == [{"crystalData": BRIEF_ROWS[:1]}]
+    assert CRYSTAL.requested(request) == ["scores"]
+    assert CRYSTAL.to_bodies(request) == [{"crystalData": BRIEF_ROWS[:1]}]
 
 
 def test_texts_map_to_one_body_per_kind() -> None:
     request = parse_infer_request(text_infer(["a [MASK]", "b [MASK]"], parameters={"top_k": 2}))
-    assert open_inference.FILL_MASK.to_bodies(request) == [{"text": ["a [MASK]", "b [MASK]"], "top_k": 2}]
+    assert FILL_MASK.to_bodies(request) == [{"text": ["a [MASK]", "b [MASK]"], "top_k": 2}]
     topics = parse_infer_request(text_infer(["hockey", "space"]))
-    assert open_inference.TOPICS.to_bodies(topics) == [{"text": "hockey"}, {"text": "space"}]
+    assert TOPICS.to_bodies(topics) == [{"text": "hockey"}, {"text": "space"}]
     with pytest.raises(InvalidInput, match="string"):
-        open_inference.TOPICS.to_bodies(parse_infer_request(text_infer([3])))  # type: ignore[list-item]
+        TOPICS.to_bodies(parse_infer_request(text_infer([3])))  # type: ignore[list-item]
 
 
 def test_the_handler_answers_v2_and_own_requests_in_one_batch(crystal_model_dirs: dict[str, Path]) -> None:
@@ -250,7 +252,7 @@ def crystal_tensor(datatype: str, data: list[Any], shape: list[int] | None = Non
 )
 def test_each_datatype_holds_only_its_own_values(datatype: str, data: list[Any], says: str) -> None:
     with pytest.raises(InvalidInput, match="crystalData") as refused:
-        open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
+        CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
     assert says in str(refused.value)
 
 
@@ -266,34 +268,30 @@ def test_each_datatype_holds_only_its_own_values(datatype: str, data: list[Any],
     ],
 )
 def test_values_at_a_datatypes_limits_are_taken(datatype: str, data: list[Any]) -> None:
-    (body,) = open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
+    (body,) = CRYSTAL.to_bodies(parse_infer_request(crystal_tensor(datatype, data)))
     assert len(body["crystalData"]) == 1
 
 
 def test_nested_data_must_follow_the_declared_shape() -> None:
     rows = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]
     assert (
-        len(
-            open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", rows, [2, 4])))[0][
-                "crystalData"
-            ]
-        )
+        len(CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", rows, [2, 4])))[0]["crystalData"])
         == 2
     )
     deeper = [[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.6], [0.7, 0.8]]]  # 8 values, but 3 levels for 2
     ragged = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7, 0.8]]  # 8 values in rows of 3 and 5
     for data in (deeper, ragged):
         with pytest.raises(InvalidInput, match="does not follow its shape"):
-            open_inference.CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", data, [2, 4])))
+            CRYSTAL.to_bodies(parse_infer_request(crystal_tensor("FP32", data, [2, 4])))
 
 
 def test_a_huge_integer_or_too_many_texts_are_422_not_a_crash() -> None:
     huge = {"name": "crystalData", "shape": [1, 4], "datatype": "FP32", "data": [10**310, 0, 0, 0]}
     with pytest.raises(InvalidInput, match="finite number"):
-        open_inference.CRYSTAL.to_bodies(parse_infer_request({"inputs": [huge]}))
+        CRYSTAL.to_bodies(parse_infer_request({"inputs": [huge]}))
     many = parse_infer_request(text_infer(["x"] * (MAX_TEXTS_PER_REQUEST + 1)))
     with pytest.raises(InvalidInput, match="at most 64 elements"):
-        open_inference.TOPICS.to_bodies(many)
+        TOPICS.to_bodies(many)
 
 
 def test_a_codec_failure_costs_its_request_only(
@@ -304,7 +302,7 @@ def test_a_codec_failure_costs_its_request_only(
     def broken(*_: Any) -> Any:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(handler, "_codec", dataclasses.replace(open_inference.CRYSTAL, answers=broken))
+    monkeypatch.setattr(handler, "_codec", dataclasses.replace(CRYSTAL, answers=broken))
     batch = [{"body": crystal_infer(BRIEF_ROWS)}, {"body": {"crystalData": BRIEF_ROWS}}]
     context.request_headers = {0: V2}
     bodies = [json.loads(answer) for answer in handler.handle(batch, context)]
@@ -317,4 +315,4 @@ def test_a_nan_in_a_json_answer_is_a_500() -> None:
 
     request = parse_infer_request(text_infer(["a [MASK]"]))
     with pytest.raises(ModelFailure):
-        open_inference.FILL_MASK.to_response("fill_mask", request, [[[{"score": float("nan")}]]], [1])
+        FILL_MASK.to_response("fill_mask", request, [[[{"score": float("nan")}]]], [1])

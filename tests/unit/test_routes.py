@@ -11,7 +11,7 @@ import yaml
 from modelserver.catalogue import TORCHSERVE_JOB_QUEUE, Catalogue
 from modelserver.errors import ConfigError
 from modelserver.kinds.crystal import CrystalSettings
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.text import TextModelSettings
 from modelserver.launcher.envoy.config import envoy_config
 from modelserver.launcher.envoy.routes import (
     BINARY_TENSORS_HEADER,

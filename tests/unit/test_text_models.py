@@ -11,16 +11,18 @@ from transformers import pipeline
 
 from handlers.model_handler import ModelHandler
 from modelserver import payload
+from modelserver.build.export import export
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ServingError
-from modelserver.export import export
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import FillMaskRuntime, load_fill_mask_runtime
-from modelserver.kinds.text_classification import TextClassificationRuntime, load_text_classification_runtime
-from modelserver.kinds.text_schemas import TextModelSettings
+from modelserver.kinds.fill_mask.worker import FillMaskPredictor, load_fill_mask_predictor
+from modelserver.kinds.text import TextModelSettings
+from modelserver.kinds.text_classification.worker import (
+    TextClassificationPredictor,
+    load_text_classification_predictor,
+)
 from modelserver.serving import torchserve_adapter
 from modelserver.serving.batch import BatchAnswerer, Outcome
 from modelserver.serving.torchserve_adapter import encode
-from tests.helpers import FakeContext
+from tests.helpers import FakeContext, model_files
 
 SCORE_TOLERANCE = 1e-5
 
@@ -42,40 +44,44 @@ def same_answer(ours: Any, theirs: Any) -> None:
         assert ours == theirs
 
 
-# Every runtime answers as the pipeline does: the default (compiled) one and PyTorch eager.
-RUNTIMES = [{}, {"runtime": "torch"}]
+# Every predictor answers as the pipeline does: the default (compiled) one and PyTorch eager.
+BACKENDS = [{}, {"runtime": "torch"}]
 
 
-@pytest.fixture(scope="module", name="fill_mask", params=RUNTIMES, ids=["default", "torch"])
-def fixture_fill_mask(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskRuntime:
+@pytest.fixture(scope="module", name="fill_mask", params=BACKENDS, ids=["default", "torch"])
+def fixture_fill_mask(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskPredictor:
     """The tiny BERT, as its archive would load it."""
     folder = tiny_hf_models["fill_mask"]
     names = ("fill_mask", "bert-base-uncased")
-    return load_fill_mask_runtime(ModelFiles(folder.parent, settings=request.param, names=names))
-
-
-@pytest.fixture(scope="module", name="camembert", params=RUNTIMES, ids=["default", "torch"])
-def fixture_camembert(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskRuntime:
-    """The tiny CamemBERT (`<mask>`, Unigram tokenizer)."""
-    folder = tiny_hf_models["camembert"]
-    names = ("camembert", "camembert-base")
-    return load_fill_mask_runtime(ModelFiles(folder.parent, settings=request.param, names=names))
-
-
-@pytest.fixture(scope="module", name="sentiment", params=RUNTIMES, ids=["default", "torch"])
-def fixture_sentiment(
-    tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest
-) -> TextClassificationRuntime:
-    """The tiny DistilBERT classifier."""
-    folder = tiny_hf_models["sentiment"]
-    return load_text_classification_runtime(
-        ModelFiles(folder.parent, settings=request.param, names=("sentiment",))
+    return load_fill_mask_predictor(
+        model_files(TextModelSettings, folder.parent, settings=request.param, names=names)
     )
 
 
-def answer(runtime: Any, *bodies: dict[str, Any]) -> list[Any]:
+@pytest.fixture(scope="module", name="camembert", params=BACKENDS, ids=["default", "torch"])
+def fixture_camembert(tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest) -> FillMaskPredictor:
+    """The tiny CamemBERT (`<mask>`, Unigram tokenizer)."""
+    folder = tiny_hf_models["camembert"]
+    names = ("camembert", "camembert-base")
+    return load_fill_mask_predictor(
+        model_files(TextModelSettings, folder.parent, settings=request.param, names=names)
+    )
+
+
+@pytest.fixture(scope="module", name="sentiment", params=BACKENDS, ids=["default", "torch"])
+def fixture_sentiment(
+    tiny_hf_models: dict[str, Path], request: pytest.FixtureRequest
+) -> TextClassificationPredictor:
+    """The tiny DistilBERT classifier."""
+    folder = tiny_hf_models["sentiment"]
+    return load_text_classification_predictor(
+        model_files(TextModelSettings, folder.parent, settings=request.param, names=("sentiment",))
+    )
+
+
+def answer(predictor: Any, *bodies: dict[str, Any]) -> list[Any]:
     """Answers for several requests predicted as one batch (errors included)."""
-    return runtime.predict([runtime.parse(body) for body in bodies])
+    return predictor.predict([predictor.parse(body) for body in bodies])
 
 
 BERT_TEXTS = [
@@ -88,7 +94,7 @@ BERT_TEXTS = [
 
 @pytest.mark.parametrize("top_k", [1, 5, 50])
 def test_fill_mask_equals_the_pipeline(
-    tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime, top_k: int
+    tiny_hf_models: dict[str, Path], fill_mask: FillMaskPredictor, top_k: int
 ) -> None:
     folder = str(tiny_hf_models["fill_mask"])
     reference = pipeline("fill-mask", model=folder, tokenizer=folder)
@@ -102,7 +108,7 @@ def test_fill_mask_equals_the_pipeline(
 
 
 def test_camembert_takes_mask_in_either_spelling(
-    tiny_hf_models: dict[str, Path], camembert: FillMaskRuntime
+    tiny_hf_models: dict[str, Path], camembert: FillMaskPredictor
 ) -> None:
     folder = str(tiny_hf_models["camembert"])
     reference = pipeline("fill-mask", model=folder, tokenizer=folder)
@@ -115,7 +121,7 @@ def test_camembert_takes_mask_in_either_spelling(
 
 
 def test_sentiment_equals_the_pipeline(
-    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime
+    tiny_hf_models: dict[str, Path], sentiment: TextClassificationPredictor
 ) -> None:
     folder = str(tiny_hf_models["sentiment"])
     reference = pipeline("text-classification", model=folder, tokenizer=folder)
@@ -148,12 +154,12 @@ def test_sentiment_equals_the_pipeline(
     ],
     ids=lambda body: json.dumps(body)[:40],
 )
-def test_fill_mask_refuses_bad_requests_with_422(fill_mask: FillMaskRuntime, body: Any) -> None:
+def test_fill_mask_refuses_bad_requests_with_422(fill_mask: FillMaskPredictor, body: Any) -> None:
     with pytest.raises(InvalidInput):
         fill_mask.parse(body)
 
 
-def test_model_name_and_task_must_fit(fill_mask: FillMaskRuntime) -> None:
+def test_model_name_and_task_must_fit(fill_mask: FillMaskPredictor) -> None:
     assert fill_mask.parse({"text": "a [MASK]", "model_name": "bert-base-uncased", "task": "fill-mask"})
     with pytest.raises(BadRequest, match="camembert"):
         fill_mask.parse({"text": "a [MASK]", "model_name": "camembert"})
@@ -161,7 +167,7 @@ def test_model_name_and_task_must_fit(fill_mask: FillMaskRuntime) -> None:
         fill_mask.parse({"text": "a [MASK]", "task": "sentiment-analysis"})
 
 
-def test_a_text_too_long_is_422_naming_the_limit_and_alone(fill_mask: FillMaskRuntime) -> None:
+def test_a_text_too_long_is_422_naming_the_limit_and_alone(fill_mask: FillMaskPredictor) -> None:
     long_text = "[MASK] " + "word " * 200
     good, too_long = answer(fill_mask, {"text": "a [MASK] day"}, {"text": ["fine [MASK]", long_text]})
     assert isinstance(good, list) and good[0]["token_str"]
@@ -169,7 +175,7 @@ def test_a_text_too_long_is_422_naming_the_limit_and_alone(fill_mask: FillMaskRu
     assert f"at most {fill_mask.max_tokens}" in too_long.message
 
 
-def test_sentiment_refuses_bad_requests(sentiment: TextClassificationRuntime) -> None:
+def test_sentiment_refuses_bad_requests(sentiment: TextClassificationPredictor) -> None:
     for body in ({"text": ""}, {"text": ["ok", ""]}, {"text": 1}, {"text": "ok", "top_k": 3}):
         with pytest.raises(InvalidInput):
             sentiment.parse(body)
@@ -177,7 +183,7 @@ def test_sentiment_refuses_bad_requests(sentiment: TextClassificationRuntime) ->
     assert isinstance(too_long, InvalidInput) and "at most" in too_long.message
 
 
-def test_streaming_sends_each_chunk_as_ndjson_lines(fill_mask: FillMaskRuntime) -> None:
+def test_streaming_sends_each_chunk_as_ndjson_lines(fill_mask: FillMaskPredictor) -> None:
     texts = [f"text {i} is [MASK]" for i in range(9)] + ["[MASK] " + "word " * 200]
     sent: list[tuple[int, bytes]] = []
     answerer = BatchAnswerer(fill_mask, "fill_mask")
@@ -195,7 +201,7 @@ def test_streaming_sends_each_chunk_as_ndjson_lines(fill_mask: FillMaskRuntime) 
     assert "at most" in lines[9]["error"] and "result" not in lines[9]
 
 
-def test_a_list_of_one_text_gets_a_list_of_one_answer(fill_mask: FillMaskRuntime) -> None:
+def test_a_list_of_one_text_gets_a_list_of_one_answer(fill_mask: FillMaskPredictor) -> None:
     """Deliberately unlike the pipeline (which unwraps a one-item list): list in, list out."""
     [listed] = answer(fill_mask, {"text": ["a [MASK] day"]})
     [single] = answer(fill_mask, {"text": "a [MASK] day"})
@@ -205,11 +211,11 @@ def test_a_list_of_one_text_gets_a_list_of_one_answer(fill_mask: FillMaskRuntime
 def test_request_budgets_are_422(tiny_hf_models: dict[str, Path]) -> None:
     folder = tiny_hf_models["fill_mask"]
     settings = {"max_candidates": 20, "max_request_tokens": 30}
-    runtime = load_fill_mask_runtime(ModelFiles(folder.parent, settings=settings))
+    predictor = load_fill_mask_predictor(model_files(TextModelSettings, folder.parent, settings=settings))
     with pytest.raises(InvalidInput, match="asks for 25 candidates; at most 20"):
-        runtime.parse({"text": ["[MASK] [MASK]", "[MASK] and [MASK] and [MASK]"], "top_k": 5})
+        predictor.parse({"text": ["[MASK] [MASK]", "[MASK] and [MASK] and [MASK]"], "top_k": 5})
     [over, fine] = answer(
-        runtime, {"text": ["the [MASK] sat on the mat today"] * 4}, {"text": "the [MASK] sat"}
+        predictor, {"text": ["the [MASK] sat on the mat today"] * 4}, {"text": "the [MASK] sat"}
     )
     assert isinstance(over, InvalidInput) and "at most 30 per request" in over.message
     assert isinstance(fine, list)
@@ -218,8 +224,10 @@ def test_request_budgets_are_422(tiny_hf_models: dict[str, Path]) -> None:
 def test_long_and_short_texts_are_grouped_by_length(tiny_hf_models: dict[str, Path]) -> None:
     """A tight forward budget splits the batch into several passes; answers do not change."""
     folder = tiny_hf_models["fill_mask"]
-    tight = load_fill_mask_runtime(ModelFiles(folder.parent, settings={"forward_tokens": 64}))
-    loose = load_fill_mask_runtime(ModelFiles(folder.parent))
+    tight = load_fill_mask_predictor(
+        model_files(TextModelSettings, folder.parent, settings={"forward_tokens": 64})
+    )
+    loose = load_fill_mask_predictor(model_files(TextModelSettings, folder.parent))
     texts = ["[MASK]", "the cat sat on the [MASK] " * 4, "paris [MASK]", "hello i'm a [MASK] model."]
     for mine, reference in zip(answer(tight, {"text": texts}), answer(loose, {"text": texts}), strict=True):
         same_answer(mine, reference)
@@ -240,45 +248,51 @@ def test_scores_follow_the_pipelines_function(
 ) -> None:
     from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
 
-    from modelserver.kinds.text_classification import score_function  # pylint: disable=import-outside-toplevel
+    from modelserver.kinds.text_classification.worker import (  # pylint: disable=import-outside-toplevel
+        score_function,
+    )
 
     assert score_function(SimpleNamespace(problem_type=problem_type, num_labels=num_labels)) == expected
 
 
 def test_a_classifier_without_a_padding_token_still_batches(
-    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime
+    tiny_hf_models: dict[str, Path], sentiment: TextClassificationPredictor
 ) -> None:
     folder = tiny_hf_models["sentiment"]
-    runtime = load_text_classification_runtime(ModelFiles(folder.parent))
-    runtime._tokenizer.pad_token = None  # pylint: disable=protected-access
+    predictor = load_text_classification_predictor(model_files(TextModelSettings, folder.parent))
+    predictor._tokenizer.pad_token = None  # pylint: disable=protected-access
     texts = ["I love this movie", "terrible and boring film"]
-    same_answer(answer(runtime, {"text": texts})[0], answer(sentiment, {"text": texts})[0])
+    same_answer(answer(predictor, {"text": texts})[0], answer(sentiment, {"text": texts})[0])
 
 
 @pytest.fixture(scope="module", name="int8_fill_mask")
 def fixture_int8_fill_mask(
     tiny_hf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> FillMaskRuntime:
+) -> FillMaskPredictor:
     """The tiny BERT quantised to int8 by OpenVINO's post-training quantisation at export."""
     archive = tmp_path_factory.mktemp("int8_bert")
     (archive / "model").symlink_to(tiny_hf_models["fill_mask"], target_is_directory=True)
-    report = export("fill-mask", archive, {"quantize": "int8"})
+    report = export("fill_mask", archive, TextModelSettings(quantize="int8"))
     assert report.passed and report.quantize == "int8", report.problems
-    return load_fill_mask_runtime(ModelFiles(archive, settings={"quantize": "int8"}))
+    return load_fill_mask_predictor(model_files(TextModelSettings, archive, settings={"quantize": "int8"}))
 
 
-def test_quantised_model_loads_and_answers(int8_fill_mask: FillMaskRuntime) -> None:
+def test_quantised_model_loads_and_answers(int8_fill_mask: FillMaskPredictor) -> None:
     [result] = answer(int8_fill_mask, {"text": "Hello I'm a [MASK] model.", "top_k": 3})
     assert len(result) == 3 and all(0 <= r["score"] <= 1 for r in result)
 
 
-def test_int8_needs_the_compiled_runtime(tiny_hf_models: dict[str, Path]) -> None:
+def test_int8_needs_the_compiled_backend(tiny_hf_models: dict[str, Path]) -> None:
     folder = tiny_hf_models["fill_mask"]
     with pytest.raises(ConfigError, match="int8 needs runtime: openvino"):
-        load_fill_mask_runtime(ModelFiles(folder.parent, settings={"quantize": "int8", "runtime": "torch"}))
+        load_fill_mask_predictor(
+            model_files(TextModelSettings, folder.parent, settings={"quantize": "int8", "runtime": "torch"})
+        )
 
 
-def test_int8_keeps_the_top_candidate(int8_fill_mask: FillMaskRuntime, fill_mask: FillMaskRuntime) -> None:
+def test_int8_keeps_the_top_candidate(
+    int8_fill_mask: FillMaskPredictor, fill_mask: FillMaskPredictor
+) -> None:
     """Quantisation may move scores a little; on this model it must not change the top-1."""
     int8 = int8_fill_mask
     top = [{"text": text, "top_k": 1} for text in BERT_TEXTS[:1] + BERT_TEXTS[2:]]
@@ -308,12 +322,14 @@ class RecordingTokenizer:
         return getattr(self.tokenizer, name)
 
 
-def bert_with(tiny_hf_models: dict[str, Path], **settings: Any) -> FillMaskRuntime:
+def bert_with(tiny_hf_models: dict[str, Path], **settings: Any) -> FillMaskPredictor:
     """The tiny BERT with these handler settings."""
-    return load_fill_mask_runtime(ModelFiles(tiny_hf_models["fill_mask"].parent, settings=settings))
+    return load_fill_mask_predictor(
+        model_files(TextModelSettings, tiny_hf_models["fill_mask"].parent, settings=settings)
+    )
 
 
-def test_character_caps_default_to_the_token_budgets(fill_mask: FillMaskRuntime) -> None:
+def test_character_caps_default_to_the_token_budgets(fill_mask: FillMaskPredictor) -> None:
     assert fill_mask.max_text_chars == 32 * fill_mask.max_tokens == 2048
     assert fill_mask.max_request_chars == 8 * 2048
     assert fill_mask.max_answer_bytes == 8 * 2**20
@@ -322,13 +338,13 @@ def test_character_caps_default_to_the_token_budgets(fill_mask: FillMaskRuntime)
 def test_a_text_over_the_character_cap_never_reaches_the_tokenizer_and_fails_alone(
     tiny_hf_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = bert_with(tiny_hf_models, max_text_chars=40)
-    alone = answer(runtime, {"text": "a [MASK] day"}, {"text": "paris is the [MASK]"})
-    recorder = RecordingTokenizer(runtime.tokenizer)
-    monkeypatch.setattr(runtime, "_tokenizer", recorder)
+    predictor = bert_with(tiny_hf_models, max_text_chars=40)
+    alone = answer(predictor, {"text": "a [MASK] day"}, {"text": "paris is the [MASK]"})
+    recorder = RecordingTokenizer(predictor.tokenizer)
+    monkeypatch.setattr(predictor, "_tokenizer", recorder)
     long_text = "the [MASK] " + "x" * 30  # 41 characters, only 3 tokens: the tokens alone would pass
     good, too_long, other = answer(
-        runtime,
+        predictor,
         {"text": "a [MASK] day"},
         {"text": ["fine [MASK]", long_text]},
         {"text": "paris is the [MASK]"},
@@ -341,15 +357,15 @@ def test_a_text_over_the_character_cap_never_reaches_the_tokenizer_and_fails_alo
 
 
 def test_a_request_over_its_character_cap_is_refused_before_tokenization(
-    tiny_hf_models: dict[str, Path], sentiment: TextClassificationRuntime, monkeypatch: pytest.MonkeyPatch
+    tiny_hf_models: dict[str, Path], sentiment: TextClassificationPredictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = load_text_classification_runtime(
-        ModelFiles(tiny_hf_models["sentiment"].parent, settings={"max_request_chars": 30})
+    predictor = load_text_classification_predictor(
+        model_files(TextModelSettings, tiny_hf_models["sentiment"].parent, settings={"max_request_chars": 30})
     )
-    recorder = RecordingTokenizer(runtime.tokenizer)
-    monkeypatch.setattr(runtime, "_tokenizer", recorder)
+    recorder = RecordingTokenizer(predictor.tokenizer)
+    monkeypatch.setattr(predictor, "_tokenizer", recorder)
     at_cap = ["a" * 10, "b" * 20]
-    over, fine = answer(runtime, {"text": ["I love it", "x" * 22]}, {"text": at_cap})
+    over, fine = answer(predictor, {"text": ["I love it", "x" * 22]}, {"text": at_cap})
     assert isinstance(over, InvalidInput)
     assert over.message == "the texts hold 31 characters in all; at most 30 per request"
     assert recorder.seen == at_cap
@@ -359,10 +375,10 @@ def test_a_request_over_its_character_cap_is_refused_before_tokenization(
 def test_a_streamed_text_over_the_character_cap_gets_its_own_error_line(
     tiny_hf_models: dict[str, Path],
 ) -> None:
-    runtime = bert_with(tiny_hf_models, max_text_chars=40)
+    predictor = bert_with(tiny_hf_models, max_text_chars=40)
     texts = ["a [MASK] day", "[MASK] " + "y" * 40, "paris is the [MASK]"]
     sent: list[bytes] = []
-    [outcome] = BatchAnswerer(runtime).answer(
+    [outcome] = BatchAnswerer(predictor).answer(
         [json.dumps({"text": texts, "stream": True, "top_k": 2})], emit=lambda _, chunk: sent.append(chunk)
     )
     assert outcome.status == 200 and not sent  # three texts: one chunk
@@ -374,18 +390,18 @@ def test_a_streamed_text_over_the_character_cap_gets_its_own_error_line(
         "type": "invalid_input",
         "code": 422,
     }
-    [expected] = answer(runtime, {"text": [texts[0], texts[2]], "top_k": 2})
+    [expected] = answer(predictor, {"text": [texts[0], texts[2]], "top_k": 2})
     same_answer([lines[0]["result"], lines[2]["result"]], expected)
 
 
-def answer_bound(runtime: FillMaskRuntime, texts: list[str], top_k: int) -> int:
-    """The runtime's own bound on a request's answer, summed over its texts."""
-    encoded = runtime.tokenizer(texts)["input_ids"]
-    return sum(runtime.answer_bound(ids, top_k) for ids in encoded)
+def answer_bound(predictor: FillMaskPredictor, texts: list[str], top_k: int) -> int:
+    """The predictor's own bound on a request's answer, summed over its texts."""
+    encoded = predictor.tokenizer(texts)["input_ids"]
+    return sum(predictor.answer_bound(ids, top_k) for ids in encoded)
 
 
 def test_the_answer_size_cap_refuses_what_could_exceed_it_and_accepts_just_under(
-    tiny_hf_models: dict[str, Path], fill_mask: FillMaskRuntime
+    tiny_hf_models: dict[str, Path], fill_mask: FillMaskPredictor
 ) -> None:
     texts = ["the [MASK] sat on the [MASK] today.", "hello i'm a [MASK] model."]
     bound = answer_bound(fill_mask, texts, 10)
@@ -413,11 +429,11 @@ def test_a_stream_keeps_each_chunk_under_the_answer_cap(tiny_hf_models: dict[str
     plain = bert_with(tiny_hf_models)
     chunk_bound = max(answer_bound(plain, texts[i : i + 4], top_k) for i in (0, 4))
     assert answer_bound(plain, texts, top_k) > chunk_bound
-    runtime = bert_with(tiny_hf_models, max_answer_bytes=chunk_bound)
-    [whole] = answer(runtime, {"text": texts, "top_k": top_k})
+    predictor = bert_with(tiny_hf_models, max_answer_bytes=chunk_bound)
+    [whole] = answer(predictor, {"text": texts, "top_k": top_k})
     assert isinstance(whole, InvalidInput)  # not streamed: one response over the cap
     sent: list[bytes] = []
-    [outcome] = BatchAnswerer(runtime).answer(
+    [outcome] = BatchAnswerer(predictor).answer(
         [json.dumps({"text": texts, "stream": True, "top_k": top_k})],
         emit=lambda _, chunk: sent.append(chunk),
     )
@@ -465,7 +481,7 @@ def test_the_handler_turns_an_answer_over_the_cap_into_that_requests_422(
     context = FakeContext(tiny_hf_models["fill_mask"].parent, "fill_mask", {"max_answer_bytes": 2048})
     handler = ModelHandler()
     handler.initialize(context)
-    monkeypatch.setattr(FillMaskRuntime, "answer_bound", lambda *_: 0)  # an estimate that misses
+    monkeypatch.setattr(FillMaskPredictor, "answer_bound", lambda *_: 0)  # an estimate that misses
     small, big = handler.handle(
         [
             {"body": b'{"text": "a [MASK] day", "top_k": 1}'},

@@ -12,10 +12,11 @@ import skops.io
 from load_tests.kit.topics_corpus import TOPIC_WORDS, write_corpus
 from modelserver.catalogue import Catalogue, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable, SpecValidationFailed
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.topics import TopicsRequest, TopicsRuntime, load_pipeline, load_topics_runtime
+from modelserver.kinds.topics import TopicsRequest, TopicsSettings
+from modelserver.kinds.topics.worker import TopicsPredictor, load_pipeline, load_topics_predictor
 from modelserver.training import topics
 from modelserver.training.topics_report import write_report
+from tests.helpers import model_files
 
 
 @pytest.fixture(scope="module", name="corpus")
@@ -106,17 +107,21 @@ def test_loading_refuses_types_outside_the_allowlist(tmp_path: Path) -> None:
         load_pipeline(tmp_path / "garbage.model")
 
 
-@pytest.fixture(scope="module", name="runtime")
-def fixture_runtime(saved_model: Path) -> TopicsRuntime:
-    """The served runtime, as the archive loads it."""
-    return load_topics_runtime(ModelFiles(saved_model.parent, saved_model.name, {}))
+@pytest.fixture(scope="module", name="predictor")
+def fixture_predictor(saved_model: Path) -> TopicsPredictor:
+    """The served predictor, as the archive loads it."""
+    return load_topics_predictor(model_files(TopicsSettings, saved_model.parent, {}, saved_model.name))
 
 
-def test_predictions_are_one_label_string_each(runtime: TopicsRuntime) -> None:
+def test_predictions_are_one_label_string_each(predictor: TopicsPredictor) -> None:
     requests = [
-        runtime.parse({"text": text}) for text in ("nasa shuttle orbit", "rsa cipher key", "pitcher inning")
+        predictor.parse({"text": text}) for text in ("nasa shuttle orbit", "rsa cipher key", "pitcher inning")
     ]
-    assert runtime.predict(requests) == [{"label": "space"}, {"label": "cryptography"}, {"label": "baseball"}]
+    assert predictor.predict(requests) == [
+        {"label": "space"},
+        {"label": "cryptography"},
+        {"label": "baseball"},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -135,9 +140,9 @@ def test_predictions_are_one_label_string_each(runtime: TopicsRuntime) -> None:
         None,
     ],
 )
-def test_bodies_the_specs_schema_refuses_are_its_405(runtime: TopicsRuntime, body: Any) -> None:
+def test_bodies_the_specs_schema_refuses_are_its_405(predictor: TopicsPredictor, body: Any) -> None:
     with pytest.raises(SpecValidationFailed) as caught:
-        runtime.parse(body)
+        predictor.parse(body)
     assert caught.value.status == 405
 
 
@@ -153,18 +158,22 @@ def test_bodies_the_specs_schema_refuses_are_its_405(runtime: TopicsRuntime, bod
     ],
     ids=["an id", "unnamed fields", "no text but an id", "{}", "empty text", "blank text"],
 )
-def test_bodies_the_specs_schema_accepts_are_answered(runtime: TopicsRuntime, body: Any, text: str) -> None:
+def test_bodies_the_specs_schema_accepts_are_answered(
+    predictor: TopicsPredictor, body: Any, text: str
+) -> None:
     # ApiRequest names `text` only, requires nothing and allows other properties (Swagger 2.0):
     # unnamed fields are ignored and a missing text is an empty document.
-    request = runtime.parse(body)
+    request = predictor.parse(body)
     assert request.text == text
-    [answer] = runtime.predict([request])
+    [answer] = predictor.predict([request])
     assert set(answer) == {"label"} and answer["label"] in TOPIC_WORDS
 
 
-def test_an_empty_document_gets_the_label_of_any_text_without_a_known_word(runtime: TopicsRuntime) -> None:
+def test_an_empty_document_gets_the_label_of_any_text_without_a_known_word(
+    predictor: TopicsPredictor,
+) -> None:
     # No word the model knows carries no evidence: "" is labelled as unknown words are.
-    answers = runtime.predict([runtime.parse(body) for body in ({}, {"text": ""}, {"text": "zzqx wvvk"})])
+    answers = predictor.predict([predictor.parse(body) for body in ({}, {"text": ""}, {"text": "zzqx wvvk"})])
     assert answers[0] == answers[1] == answers[2]
 
 
@@ -184,18 +193,18 @@ def test_without_data_and_downloads_the_model_is_skipped_with_how_to_provide_it(
         resolve_source(entry, {"TOPICS_TRAIN": str(tmp_path / "nope.gz")}, root=tmp_path)
 
 
-def test_bodies_that_are_not_json_are_405_here_too(runtime: TopicsRuntime) -> None:
+def test_bodies_that_are_not_json_are_405_here_too(predictor: TopicsPredictor) -> None:
     from modelserver.serving.batch import BatchAnswerer  # pylint: disable=import-outside-toplevel
 
-    outcomes = BatchAnswerer(runtime, "topics").answer(
+    outcomes = BatchAnswerer(predictor, "topics").answer(
         [b"not json", b'{"text": NaN}', b'{"text": "nasa orbit"}', b"", b'["nasa orbit"]', b'{"id": 1}']
     )
     assert [o.status for o in outcomes] == [405, 405, 200, 405, 405, 200]
     assert outcomes[2].body == {"label": "space"}
 
 
-def test_a_hugging_face_body_is_read_as_its_text(runtime: TopicsRuntime) -> None:
+def test_a_hugging_face_body_is_read_as_its_text(predictor: TopicsPredictor) -> None:
     text = "The goalie stopped the puck in overtime."
-    assert runtime.parse({"inputs": text}).text == text
-    assert runtime.parse({"inputs": text, "text": "other"}).text == "other"
-    assert runtime.parse({"inputs": ["a list is not one text"]}).text == ""
+    assert predictor.parse({"inputs": text}).text == text
+    assert predictor.parse({"inputs": text, "text": "other"}).text == "other"
+    assert predictor.parse({"inputs": ["a list is not one text"]}).text == ""

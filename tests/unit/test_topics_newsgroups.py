@@ -20,10 +20,10 @@ import pytest
 from archive_scripts import train_topics
 from archive_scripts.build_archives import build_all
 from load_tests.kit.topics_corpus import TOPIC_WORDS
-from modelserver.archive import build_archive, fingerprint, recorded_trained_on
+from modelserver.build.archive import build_archive, fingerprint, recorded_trained_on
 from modelserver.catalogue import Catalogue, ModelEntry, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable
-from modelserver.kinds.topics import load_pipeline
+from modelserver.kinds.topics.worker import load_pipeline
 from modelserver.launcher.pages.health import Readiness
 from modelserver.training import topics
 

@@ -30,19 +30,18 @@ from load_tests.kit.routes import BRIEF_ROWS
 from load_tests.kit.topics_corpus import TOPIC_WORDS, write_corpus
 from modelserver.catalogue import Catalogue
 from modelserver.errors import InvalidInput, ServingError, error_response
-from modelserver.kinds import ModelFiles
 from modelserver.kinds.crystal import CrystalRequest
-from modelserver.kinds.crystal_torch import CrystalNet
-from modelserver.kinds.fill_mask import PUBLIC_MASK, FillMaskRequest
+from modelserver.kinds.crystal.torch_classifier import CrystalNet
+from modelserver.kinds.fill_mask import FillMaskRequest
 from modelserver.kinds.registry import KINDS as REGISTRY
-from modelserver.kinds.text_schemas import TextRequest
+from modelserver.kinds.text import PUBLIC_MASK, TextRequest
 from modelserver.kinds.topics import TopicsRequest
 from modelserver.payload import decode_json_body
 from modelserver.serving.batch import BatchAnswerer, Outcome
 from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.training import run_recipe, topics
 from tests.conftest import LABELS_FILE
-from tests.helpers import FakeContext
+from tests.helpers import FakeContext, model_files
 
 # Sized for 2 cores: the whole file runs in well under a minute. No example database: the
 # tests must not write a .hypothesis/ folder into the working tree.
@@ -151,12 +150,18 @@ def fixture_fake_contexts(
     return contexts(crystal_dir, topics_model, tiny_hf_models)
 
 
-@pytest.fixture(scope="module", name="runtimes")
-def fixture_runtimes(fake_contexts: dict[str, FakeContext]) -> dict[str, Any]:
-    """Every kind's runtime, loaded as its handler loads it (same files, settings and names)."""
+@pytest.fixture(scope="module", name="predictors")
+def fixture_predictors(fake_contexts: dict[str, FakeContext]) -> dict[str, Any]:
+    """Every kind's predictor, loaded as its handler loads it (same files, settings and names)."""
     return {
         name: REGISTRY[context.kind].load(
-            ModelFiles(context.model_dir, context.serialized_file, dict(context.handler_config), (name,))
+            model_files(
+                REGISTRY[context.kind].settings,
+                context.model_dir,
+                context.handler_config,
+                context.serialized_file,
+                (name,),
+            )
         )
         for name, context in fake_contexts.items()
     }
@@ -326,7 +331,7 @@ def check_refusal(kind: Kind, error: ServingError) -> None:
     json.dumps(body, allow_nan=False)
 
 
-def check_request(kind: Kind, runtime: Any, request: Any) -> None:
+def check_request(kind: Kind, predictor: Any, request: Any) -> None:
     """A request that passed validation is fit for the model: shapes, finite numbers, counts."""
     if kind.field == "crystalData":
         assert isinstance(request, CrystalRequest)
@@ -345,7 +350,7 @@ def check_request(kind: Kind, runtime: Any, request: Any) -> None:
     assert 1 <= len(texts) <= 64
     assert all(isinstance(text, str) and text for text in texts)
     assert not request.stream or isinstance(request.text, list)
-    assert request.model_name in (None, kind.name) and request.task in (None, *runtime.tasks)
+    assert request.model_name in (None, kind.name) and request.task in (None, *predictor.tasks)
     if isinstance(request, FillMaskRequest):
         assert 1 <= request.top_k <= 50
         assert all(mask_count(kind, text) for text in texts)
@@ -411,7 +416,7 @@ def assert_close(ours: Any, theirs: Any) -> None:
         assert ours == theirs
 
 
-def parse_or_refuse(kind: Kind, runtime: Any, raw: bytes) -> Any:
+def parse_or_refuse(kind: Kind, predictor: Any, raw: bytes) -> Any:
     """Decode and validate one body: the parsed request, or None after checking the refusal.
     Any other exception escapes and fails the test."""
     try:
@@ -421,11 +426,11 @@ def parse_or_refuse(kind: Kind, runtime: Any, raw: bytes) -> Any:
         assert error.status == 422 and error.message.strip()
         return None
     try:
-        request = runtime.parse(payload)
+        request = predictor.parse(payload)
     except ServingError as error:
         check_refusal(kind, error)
         return None
-    check_request(kind, runtime, request)
+    check_request(kind, predictor, request)
     return request
 
 
@@ -447,12 +452,12 @@ def check_outcome(kind: Kind, outcome: Outcome) -> None:
 @FAST
 @given(data=st.data())
 def test_any_body_is_accepted_well_formed_or_refused_with_the_kinds_4xx(
-    runtimes: dict[str, Any], name: str, data: st.DataObject
+    predictors: dict[str, Any], name: str, data: st.DataObject
 ) -> None:
     kind = KINDS[name]
     raw = data.draw(bodies(kind), label="body")
-    request = parse_or_refuse(kind, runtimes[name], raw)
-    outcome = BatchAnswerer(runtimes[name], name).answer([raw])
+    request = parse_or_refuse(kind, predictors[name], raw)
+    outcome = BatchAnswerer(predictors[name], name).answer([raw])
     assert len(outcome) == 1
     check_outcome(kind, outcome[0])
     if request is None:
@@ -465,13 +470,13 @@ def test_any_body_is_accepted_well_formed_or_refused_with_the_kinds_4xx(
 @FAST
 @given(data=st.data())
 def test_bytearray_and_decoded_bodies_are_treated_alike(
-    runtimes: dict[str, Any], name: str, data: st.DataObject
+    predictors: dict[str, Any], name: str, data: st.DataObject
 ) -> None:
     """TorchServe may hand a body over as bytes, a bytearray or (for JSON) a decoded value."""
     kind = KINDS[name]
     value = data.draw(shaped(kind), label="value")
     raw = encode(value)
-    answerer = BatchAnswerer(runtimes[name], name)
+    answerer = BatchAnswerer(predictors[name], name)
     as_bytes, as_bytearray = answerer.answer([raw, bytearray(raw)])
     assert as_bytes.status == as_bytearray.status
     if plain(value):  # only what Python's json writes can arrive decoded
@@ -486,14 +491,14 @@ def test_bytearray_and_decoded_bodies_are_treated_alike(
 @example(depth=100_000, closed=False, wrapped=True)
 @example(depth=990, closed=True, wrapped=True)
 def test_deep_nesting_is_refused_never_a_crash(
-    runtimes: dict[str, Any], name: str, depth: int, closed: bool, wrapped: bool
+    predictors: dict[str, Any], name: str, depth: int, closed: bool, wrapped: bool
 ) -> None:
     kind = KINDS[name]
     nested = "[" * depth + ("]" * depth if closed else "")
     text = f'{{"{kind.field}": {nested}}}' if wrapped else nested
     raw = text.encode()
-    assert parse_or_refuse(kind, runtimes[name], raw) is None
-    [outcome] = BatchAnswerer(runtimes[name], name).answer([raw])
+    assert parse_or_refuse(kind, predictors[name], raw) is None
+    [outcome] = BatchAnswerer(predictors[name], name).answer([raw])
     check_outcome(kind, outcome)
     assert outcome.status in kind.refusals
 
@@ -502,7 +507,7 @@ def test_deep_nesting_is_refused_never_a_crash(
 @FAST
 @given(data=st.data())
 def test_refusals_never_repeat_the_users_data(
-    runtimes: dict[str, Any], name: str, data: st.DataObject
+    predictors: dict[str, Any], name: str, data: st.DataObject
 ) -> None:
     """An error names where the problem is, never what the user wrote there."""
     kind = KINDS[name]
@@ -519,7 +524,7 @@ def test_refusals_never_repeat_the_users_data(
         {kind.field: long_secret.replace("word", "[MASK]", 1)},
     ]
     body = data.draw(st.sampled_from(placements), label="body")
-    [outcome] = BatchAnswerer(runtimes[name], name).answer([encode(body)])
+    [outcome] = BatchAnswerer(predictors[name], name).answer([encode(body)])
     if outcome.status != 200:
         check_outcome(kind, outcome)
         assert SECRET not in outcome.body["error"], outcome.body
@@ -543,14 +548,14 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 )
 @example(rows=[[1.7976931348623157e308, -5e-324, 0, -0.0]] * 10_000, choose=True)
 def test_crystal_rows_of_four_finite_numbers_are_always_accepted(
-    runtimes: dict[str, Any], name: str, rows: list[list[float]], choose: bool
+    predictors: dict[str, Any], name: str, rows: list[list[float]], choose: bool
 ) -> None:
     kind = KINDS[name]
     framework = name.removeprefix("crystal_")
     body: dict[str, Any] = {"crystalData": rows}
     if choose:
         body.update(model=framework, model_name=name)
-    request = parse_or_refuse(kind, runtimes[name], encode(body))
+    request = parse_or_refuse(kind, predictors[name], encode(body))
     assert request is not None, "a valid request was refused"
     assert request.crystalData == [[float(value) for value in row] for row in rows]
 
@@ -559,12 +564,12 @@ def test_crystal_rows_of_four_finite_numbers_are_always_accepted(
 @SLOW
 @given(rows=st.lists(st.lists(SANE_NUMBERS, min_size=4, max_size=4), min_size=1, max_size=40))
 def test_crystal_rows_of_measurements_are_answered(
-    runtimes: dict[str, Any], name: str, rows: list[list[float]]
+    predictors: dict[str, Any], name: str, rows: list[list[float]]
 ) -> None:
     raw = encode({"crystalData": rows})
-    [outcome] = BatchAnswerer(runtimes[name], name).answer([raw])
+    [outcome] = BatchAnswerer(predictors[name], name).answer([raw])
     assert outcome.status == 200, outcome.body
-    check_answer(KINDS[name], runtimes[name].parse(json.loads(raw)), outcome.body)
+    check_answer(KINDS[name], predictors[name].parse(json.loads(raw)), outcome.body)
 
 
 @pytest.mark.parametrize("name", CRYSTAL_KINDS)
@@ -574,9 +579,9 @@ def test_crystal_rows_of_measurements_are_answered(
 @example(rows=[[1e39, 0.0, 0.0, 0.0]])
 @example(rows=[[1e308, 1e308, 1e308, 1e308]])
 def test_huge_finite_numbers_are_refused_or_answered_never_a_model_failure(
-    runtimes: dict[str, Any], name: str, rows: list[list[float]]
+    predictors: dict[str, Any], name: str, rows: list[list[float]]
 ) -> None:
-    [outcome] = BatchAnswerer(runtimes[name], name).answer([encode({"crystalData": rows})])
+    [outcome] = BatchAnswerer(predictors[name], name).answer([encode({"crystalData": rows})])
     assert outcome.status in (200, 422), outcome.body
 
 
@@ -602,21 +607,21 @@ def masked_texts(kind: Kind) -> st.SearchStrategy[str]:
 @SLOW
 @given(data=st.data())
 def test_valid_text_requests_are_always_accepted_and_answered(
-    runtimes: dict[str, Any], name: str, data: st.DataObject
+    predictors: dict[str, Any], name: str, data: st.DataObject
 ) -> None:
     kind = KINDS[name]
-    runtime = runtimes[name]
+    predictor = predictors[name]
     texts = masked_texts(kind) if kind.mask else st.text(min_size=1, max_size=40)
     text = data.draw(text_lists(texts), label="text")
     body: dict[str, Any] = {"text": text}
     if kind.mask:
         body["top_k"] = data.draw(st.integers(1, 50 if isinstance(text, str) or len(text) < 40 else 10))
     if data.draw(st.booleans()):
-        body.update(model_name=name, task=runtime.tasks[0])
-    request = parse_or_refuse(kind, runtime, encode(body))
+        body.update(model_name=name, task=predictor.tasks[0])
+    request = parse_or_refuse(kind, predictor, encode(body))
     assert request is not None, "a valid request was refused"
     assert request.texts == ([text] if isinstance(text, str) else text)
-    [answer] = runtime.predict([request])
+    [answer] = predictor.predict([request])
     if isinstance(answer, ServingError):  # a text longer than the model accepts
         check_refusal(kind, answer)
         assert "at most" in answer.message
@@ -629,9 +634,11 @@ def test_valid_text_requests_are_always_accepted_and_answered(
 @example(text="x" * 200_000)
 @example(text=" ")
 @example(text="")
-def test_valid_topics_requests_are_always_accepted_and_answered(runtimes: dict[str, Any], text: str) -> None:
+def test_valid_topics_requests_are_always_accepted_and_answered(
+    predictors: dict[str, Any], text: str
+) -> None:
     kind = KINDS["topics"]
-    [outcome] = BatchAnswerer(runtimes["topics"], "topics").answer([encode({"text": text})])
+    [outcome] = BatchAnswerer(predictors["topics"], "topics").answer([encode({"text": text})])
     assert outcome.status == 200, outcome.body
     check_answer(kind, None, outcome.body)
 
@@ -647,9 +654,9 @@ def test_valid_topics_requests_are_always_accepted_and_answered(runtimes: dict[s
     ],
     ids=["10001 rows", "65 masked texts", "65 texts", "200001 characters", "5000 candidates"],
 )
-def test_counts_past_the_limits_are_refused(runtimes: dict[str, Any], name: str, body: Any) -> None:
+def test_counts_past_the_limits_are_refused(predictors: dict[str, Any], name: str, body: Any) -> None:
     with pytest.raises(ServingError) as caught:
-        runtimes[name].parse(body)
+        predictors[name].parse(body)
     check_refusal(KINDS[name], caught.value)
     assert "at most" in caught.value.message or "longer than" in caught.value.message
 
@@ -671,7 +678,7 @@ def torchserve_row(raw: bytes, data: st.DataObject) -> dict[str, Any]:
 def test_a_batch_of_bad_bodies_and_a_good_one_answers_each_on_its_own(
     handlers: dict[str, ModelHandler],
     fake_contexts: dict[str, FakeContext],
-    runtimes: dict[str, Any],
+    predictors: dict[str, Any],
     name: str,
     data: st.DataObject,
 ) -> None:
@@ -682,14 +689,16 @@ def test_a_batch_of_bad_bodies_and_a_good_one_answers_each_on_its_own(
     assert len(answers) == len(raws)
     assert set(context.content_types) == set(range(len(raws)))
     # Every answer, a refusal or a model's failure too, is marked as the handler's: Envoy
-    # retries only replies without the mark.
-    assert all(context.headers[index] == {HANDLER_ANSWER: "1"} for index in range(len(raws)))
+    # retries only replies without the mark. A 405 (a spec's validation failure) names the method.
+    for index in range(len(raws)):
+        allow = {"allow": "POST"} if context.status_of(index) == 405 else {}
+        assert context.headers[index] == {HANDLER_ANSWER: "1", **allow}
     # The good request's answer is the one it gets alone.
-    [alone] = BatchAnswerer(runtimes[name], name).answer([raws[where]])
+    [alone] = BatchAnswerer(predictors[name], name).answer([raws[where]])
     assert context.status_of(where) == 200
     assert_close(json.loads(answers[where]), alone.body)
     for index, raw in enumerate(raws):
-        check_handler_answer(kind, runtimes[name], raw, answers[index], context, index)
+        check_handler_answer(kind, predictors[name], raw, answers[index], context, index)
 
 
 def draw_batch(data: st.DataObject, kind: Kind) -> tuple[list[bytes], int]:
@@ -701,7 +710,7 @@ def draw_batch(data: st.DataObject, kind: Kind) -> tuple[list[bytes], int]:
 
 
 def check_handler_answer(
-    kind: Kind, runtime: Any, raw: bytes, answer: Any, context: FakeContext, index: int
+    kind: Kind, predictor: Any, raw: bytes, answer: Any, context: FakeContext, index: int
 ) -> None:
     """What TorchServe would send for one request of a batch: JSON bytes with its own status
     (NDJSON for a valid streamed request), a refusal of the kind or a well-formed answer."""
@@ -713,7 +722,7 @@ def check_handler_answer(
     assert context.content_types[index] == "application/json"
     body = json.loads(answer)
     if status == 200:  # a generated body that happens to be valid
-        check_answer(kind, runtime.parse(decode_json_body(raw)), body)
+        check_answer(kind, predictor.parse(decode_json_body(raw)), body)
         return
     assert status in kind.refusals, (raw[:200], status, body)
     assert isinstance(body, dict) and body["code"] == status

@@ -1,4 +1,5 @@
-"""Fill-mask for any masked-LM checkpoint, answering exactly as transformers' pipeline does.
+"""The fill-mask kind's worker part: a masked-LM checkpoint answering exactly as transformers'
+pipeline does. Imported by model workers and the build's export child only.
 
 A TorchServe batch is tokenised once, padded to its longest text; the encoder runs once and
 the vocabulary-sized head runs only at the mask positions.
@@ -14,25 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForMaskedLM
 
-from modelserver.errors import ConfigError, InvalidInput
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.text_models import (
-    TextRuntime,
-    flatten,
-    load_model,
-    load_tokenizer_and_config,
-    regroup,
-    text_placement,
-)
-from modelserver.kinds.text_schemas import (
-    PUBLIC_MASK,
-    FillMaskParameters,
-    FillMaskRequest,
-    HubFillMaskRequest,
-    TextModelSettings,
-)
-from modelserver.runtimes import Placement
-from modelserver.runtimes.forward import (
+from modelserver.backends import Placement
+from modelserver.backends.forward import (
     OPENVINO_HEAD_FILE,
     Forward,
     Graph,
@@ -40,9 +24,18 @@ from modelserver.runtimes.forward import (
     compiled_graph,
     load_forward,
 )
-from modelserver.validation import parse_settings
-
-TASKS = ("fill-mask",)
+from modelserver.errors import ConfigError, InvalidInput
+from modelserver.kinds import ModelFiles
+from modelserver.kinds.fill_mask import TASKS, FillMaskParameters, FillMaskRequest, HubFillMaskRequest
+from modelserver.kinds.text import PUBLIC_MASK, TextModelSettings
+from modelserver.kinds.text.worker import (
+    TextPredictor,
+    flatten,
+    load_model,
+    load_tokenizer_and_config,
+    regroup,
+    text_placement,
+)
 
 # Bytes of one candidate's JSON besides its token_str and sequence: keys and punctuation (45),
 # the longest float (24), a token id (10), the list's comma, the space a filled token may add
@@ -64,12 +57,12 @@ HEADS: dict[str, Callable[[Any], Head]] = {
 }
 
 
-class FillMaskRuntime(TextRuntime):
+class FillMaskPredictor(TextPredictor):
     """Validates fill-mask requests and answers a batch of them with one encoder pass."""
 
     tasks = TASKS
     request_model = FillMaskRequest
-    hub_request_model = HubFillMaskRequest
+    hf_request_model = HubFillMaskRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
@@ -99,7 +92,7 @@ class FillMaskRuntime(TextRuntime):
                 where = f"text[{index}]" if isinstance(request.text, list) else "text"
                 raise InvalidInput(f"{where} has no {PUBLIC_MASK} to fill")
             masks += count
-        request.restricted_to(self.target_ids(request.hub))
+        request.restricted_to(self.target_ids(request.hf_shape))
         if request.target_ids == []:
             raise InvalidInput("parameters.targets: no target is a token of this model")
         if masks * request.per_mask > self._settings.max_candidates:
@@ -255,13 +248,13 @@ def mask_head(config: Any, model: Any | None, model_dir: Path, placement: Placem
     return HEADS[config.model_type](model).to(placement.device)
 
 
-def load_fill_mask_runtime(files: ModelFiles) -> FillMaskRuntime:
-    """Build the runtime from an archive's model/ folder and `handler:` settings; the PyTorch
+def load_fill_mask_predictor(files: ModelFiles[TextModelSettings]) -> FillMaskPredictor:
+    """Build the predictor from an archive's model/ folder and `handler:` settings; the PyTorch
     model is loaded only when PyTorch runs it."""
-    settings = parse_settings(TextModelSettings, files.settings)
-    tokenizer, config = load_tokenizer_and_config(files, settings)
-    placement = text_placement(files, settings)
-    model = None if placement.runtime == "openvino" else load_model(files, AutoModelForMaskedLM)
+    settings = files.settings
+    tokenizer, config = load_tokenizer_and_config(files)
+    placement = text_placement(files)
+    model = None if placement.backend == "openvino" else load_model(files, AutoModelForMaskedLM)
     forward = load_forward(placement, files.model_dir, settings.threads, lambda: encoder_graph(model))
     head = mask_head(config, model, files.model_dir, placement, settings.threads)
-    return FillMaskRuntime(tokenizer, config, forward, head, settings, files.names)
+    return FillMaskPredictor(tokenizer, config, forward, head, settings, files.names)

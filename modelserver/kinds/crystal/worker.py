@@ -1,7 +1,5 @@
-"""Crystal colour classifiers: a scikit-learn or a PyTorch model, same contract.
-
-Rows of features in, one label and one score per label out. Labels come from a file beside
-the model, never from the model itself.
+"""The crystal kind's worker part: load a classifier and its labels, validate requests, answer
+a batch with one model call. Imported by model workers only (by the kind's `loader` string).
 """
 
 from __future__ import annotations
@@ -11,70 +9,24 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.errors import BadRequest, ConfigError, InvalidInput, ModelFailure, ServingError
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.contract import ModelRuntime
-from modelserver.payload import BODY_OVERHEAD_BYTES
-from modelserver.validation import parse_settings, quoted, validate_body
+from modelserver.kinds.contract import Predictor
+from modelserver.kinds.crystal import CrystalRequest, CrystalSettings
+from modelserver.validation import quoted, validate_body
 
 # Scores that overflow from values beyond this are the request's fault; from smaller ones, the model's.
 SCORABLE_MAGNITUDE = 1e6
 
 log = logging.getLogger(__name__)
 
-Framework = Literal["sklearn", "pytorch"]
-FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Row = Annotated[list[FiniteNumber], Field(min_length=1)]
-
-
-# A row as a client's JSON encoder writes it at its longest: four float64 values of 24
-# characters ("-2.2250738585072014e-308") with separators, and room for a fifth.
-ROW_BYTES = 128
-
-
-class CrystalSettings(BaseModel):
-    """The `handler:` section of a crystal model's model-config.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    framework: Framework
-    labels_file: str = "labels.json"
-    max_rows: int = Field(default=10_000, ge=1)
-    threads: int = Field(default=1, ge=1)
-
-    def max_body_bytes(self) -> int:
-        """The largest body a request within `max_rows` can need (Envoy refuses longer ones)."""
-        return self.max_rows * ROW_BYTES + BODY_OVERHEAD_BYTES
-
-
-class CrystalRequest(BaseModel):
-    """One request: rows of crystal measurements; `model` only when it names this model."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    crystalData: list[Row] = Field(
-        min_length=1,
-        description="One row of measurements per crystal sample.",
-        examples=[[[0.92, 0.12, 0.31, 0.09]]],
-    )
-    model: str | None = Field(default=None, description="`sklearn` or `pytorch` (/astromech).")
-    model_name: str | None = Field(default=None, description="A served model name (/predict).")
-
-
-class CrystalAnswer(BaseModel):
-    """The answer to one request: a label and a score per label for every row, in order."""
-
-    prediction: list[str]
-    scores: list[dict[str, float]]
-
 
 class Classifier(Protocol):
-    """What a crystal runtime needs from a model file, whatever the framework."""
+    """What a crystal predictor needs from a model file, whatever the framework."""
 
     n_features: int
     n_classes: int
@@ -85,8 +37,8 @@ class Classifier(Protocol):
 
 # Each framework's loader lives in its own module so serving one never imports the other.
 LOADERS: dict[str, str] = {
-    "sklearn": "modelserver.kinds.crystal_sklearn",
-    "pytorch": "modelserver.kinds.crystal_torch",
+    "sklearn": "modelserver.kinds.crystal.sklearn_classifier",
+    "pytorch": "modelserver.kinds.crystal.torch_classifier",
 }
 
 
@@ -96,7 +48,7 @@ def load_classifier(framework: str, path: Path, threads: int) -> Classifier:
     return module.load(path, threads)
 
 
-class CrystalRuntime(ModelRuntime[CrystalRequest]):
+class CrystalPredictor(Predictor[CrystalRequest]):
     """Validates crystal requests and answers a batch of them with one model call."""
 
     def __init__(
@@ -181,9 +133,9 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def load_crystal_runtime(files: ModelFiles) -> CrystalRuntime:
-    """Build the runtime from an unpacked archive: model file, labels file, settings."""
-    parsed = parse_settings(CrystalSettings, files.settings)
+def load_crystal_predictor(files: ModelFiles[CrystalSettings]) -> CrystalPredictor:
+    """Build the predictor from an unpacked archive: model file, labels file, settings."""
+    parsed = files.settings
     classifier = load_classifier(parsed.framework, files.model_dir / files.model_file, parsed.threads)
     labels = read_labels(files.model_dir / parsed.labels_file)
     log.info(
@@ -192,4 +144,4 @@ def load_crystal_runtime(files: ModelFiles) -> CrystalRuntime:
         classifier.n_features,
         labels,
     )
-    return CrystalRuntime(classifier, labels, parsed, files.names)
+    return CrystalPredictor(classifier, labels, parsed, files.names)

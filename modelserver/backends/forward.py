@@ -2,7 +2,7 @@
 
 `TorchForward` runs a torch module (on the CPU or a CUDA device); `OpenVinoForward` runs a
 graph exported at archive build. Both take and return torch tensors, so the kinds' code around
-them (softmax, top-k, formatting) is the same for every runtime. A worker that runs compiled
+them (softmax, top-k, formatting) is the same for every backend. A worker that runs compiled
 graphs never builds the PyTorch model nor imports its modelling code, which is most of a text
 worker's start time.
 """
@@ -16,8 +16,8 @@ from typing import Protocol
 
 import torch
 
+from modelserver.backends import COMPILED_SUBDIR, Placement
 from modelserver.errors import ConfigError
-from modelserver.runtimes import COMPILED_SUBDIR, Placement
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Forward(Protocol):
 
 class Graph(torch.nn.Module):
     """The exported part of a Hugging Face model: ids and mask to one named output, so the
-    same module runs eagerly and is what the compiled runtime converts."""
+    same module runs eagerly and is what the compiled backend converts."""
 
     def __init__(self, model: torch.nn.Module, output: str) -> None:
         super().__init__()
@@ -106,9 +106,9 @@ def compiled_graph(model_dir: Path, name: str = OPENVINO_FILE) -> Path:
 def load_forward(
     placement: Placement, model_dir: Path, threads: int, eager_graph: Callable[[], Graph]
 ) -> Forward:
-    """The forward pass the placement asks for (logged once: which runtime, where, why); the
+    """The forward pass the placement asks for (logged once: which backend, where, why); the
     eager graph, and so the PyTorch model, is built only when PyTorch runs it."""
-    log.info("forward pass: %s on %s (%s)", placement.runtime, placement.device, placement.reason)
-    if placement.runtime == "openvino":
+    log.info("forward pass: %s on %s (%s)", placement.backend, placement.device, placement.reason)
+    if placement.backend == "openvino":
         return OpenVinoForward(compiled_graph(model_dir), threads)
     return TorchForward(eager_graph(), placement.device)

@@ -1,11 +1,5 @@
-"""Newsgroup topics: `{"text": str}` -> `{"label": str}`, to the letter of its spec.
-
-The spec (`prediction-openapi.yaml`, Swagger 2.0) documents two answers: 200 with `{"label"}`
-and 405 "Validation exception". So a body its `ApiRequest` schema refuses (not JSON, not an
-object, a `text` that is not a string) is `SpecValidationFailed` (405), not the usual 422, and a
-body the schema accepts is answered 200: fields it does not name are ignored (Swagger 2.0
-allows them), and `text` is optional with no minimum length, so `{}` and `{"text": ""}` are an
-empty document, labelled as the model labels any text holding no word it knows.
+"""The topics kind's worker part: the skops pipeline, loaded with allowlisted types only, and
+the spec's validation. Imported by model workers only.
 """
 
 from __future__ import annotations
@@ -14,14 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from threadpoolctl import threadpool_limits
 
 from modelserver.errors import ConfigError, SpecValidationFailed
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.contract import ModelRuntime
-from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR
-from modelserver.validation import parse_settings, validate_body
+from modelserver.kinds.contract import Predictor
+from modelserver.kinds.topics import TopicsRequest, TopicsSettings
+from modelserver.validation import validate_body
 
 # What a saved topics model may contain; anything else makes the load fail.
 TRUSTED_TYPES = [
@@ -40,41 +33,7 @@ TRUSTED_TYPES = [
 ]
 
 
-class TopicsSettings(BaseModel):
-    """The `handler:` section of the topics model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threads: int = Field(default=1, ge=1)
-    max_chars: int = Field(default=200_000, ge=1)
-
-    def max_body_bytes(self) -> int:
-        """The largest body a text within `max_chars` can need, every character escaped at its
-        longest (Envoy's own body limit caps it)."""
-        return self.max_chars * JSON_BYTES_PER_CHAR + BODY_OVERHEAD_BYTES
-
-
-class TopicsRequest(BaseModel):
-    """The spec's ApiRequest: the text to classify. Unnamed fields are ignored and `text` may be
-    absent or empty, as in the spec's schema (no `required`, no `minLength`, additional
-    properties allowed); its type is strict: a number is not turned into a string."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    text: str = Field(
-        default="",
-        description="The text to perform the prediction on (absent: an empty document)",
-        examples=["The Leafs won in overtime."],
-    )
-
-
-class TopicsAnswer(BaseModel):
-    """The spec's ApiResponse: one label (a string, never a list)."""
-
-    label: str = Field(description="The prediction label", examples=["hockey"])
-
-
-class TopicsRuntime(ModelRuntime[TopicsRequest]):
+class TopicsPredictor(Predictor[TopicsRequest]):
     """Validates requests and labels every text of a batch with one pipeline call."""
 
     invalid_input = SpecValidationFailed  # bodies that are not JSON get the spec's 405 too
@@ -105,7 +64,7 @@ class TopicsRuntime(ModelRuntime[TopicsRequest]):
 
 def load_pipeline(path: Path) -> Any:
     """Load a skops file, refusing any type outside `TRUSTED_TYPES`. skops (and through it
-    scikit-learn) is imported here, in the worker only: the launcher reads this module's schemas."""
+    scikit-learn) is imported here, when a worker loads the model."""
     import skops.io  # pylint: disable=import-outside-toplevel
 
     try:
@@ -119,8 +78,7 @@ def load_pipeline(path: Path) -> Any:
         raise ConfigError(f"cannot load {path.name} with skops: {error}") from None
 
 
-def load_topics_runtime(files: ModelFiles) -> TopicsRuntime:
+def load_topics_predictor(files: ModelFiles[TopicsSettings]) -> TopicsPredictor:
     """Load the skops model the archive holds (allowlisted types only)."""
-    settings = parse_settings(TopicsSettings, files.settings)
-    threadpool_limits(settings.threads)
-    return TopicsRuntime(load_pipeline(files.model_dir / files.model_file), settings)
+    threadpool_limits(files.settings.threads)
+    return TopicsPredictor(load_pipeline(files.model_dir / files.model_file), files.settings)

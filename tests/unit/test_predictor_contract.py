@@ -1,4 +1,4 @@
-"""The runtime contract: what a kind says nothing about gets its default, and the batch logic
+"""The predictor contract: what a kind says nothing about gets its default, and the batch logic
 uses each ability through the contract."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from modelserver.errors import InvalidInput, SpecValidationFailed
-from modelserver.kinds.contract import ModelRuntime
-from modelserver.kinds.crystal import CrystalRuntime
-from modelserver.kinds.text_models import TextRuntime
-from modelserver.kinds.topics import TopicsRuntime
+from modelserver.kinds.contract import Predictor
+from modelserver.kinds.crystal.worker import CrystalPredictor
+from modelserver.kinds.text.worker import TextPredictor
+from modelserver.kinds.topics.worker import TopicsPredictor
 from modelserver.payload import MAX_ANSWER_BYTES
 from modelserver.serving.batch import NDJSON, BatchAnswerer
 
 
-class Upper(ModelRuntime[str]):
+class Upper(Predictor[str]):
     """The least a kind writes: parse and predict."""
 
     def parse(self, payload: Any) -> str:
@@ -53,16 +53,16 @@ class Shouting(Upper):
 
 
 def test_a_kind_that_says_nothing_gets_the_defaults() -> None:
-    runtime = Upper()
-    assert runtime.invalid_input is InvalidInput and runtime.max_answer_bytes == MAX_ANSWER_BYTES
-    assert runtime.wants_stream("a b") is False
-    assert runtime.stream_parts("a b") == ["a b"]
-    [bad, good] = BatchAnswerer(runtime, "upper").answer([b"{not json", b'{"text": "hi"}'])
+    predictor = Upper()
+    assert predictor.invalid_input is InvalidInput and predictor.max_answer_bytes == MAX_ANSWER_BYTES
+    assert predictor.wants_stream("a b") is False
+    assert predictor.stream_parts("a b") == ["a b"]
+    [bad, good] = BatchAnswerer(predictor, "upper").answer([b"{not json", b'{"text": "hi"}'])
     assert bad.status == 422 and good.status == 200 and good.body == "HI"
 
 
 def test_parse_and_predict_are_required() -> None:
-    class ParseOnly(ModelRuntime[str]):  # pylint: disable=abstract-method
+    class ParseOnly(Predictor[str]):  # pylint: disable=abstract-method
         """Forgot predict."""
 
         def parse(self, payload: Any) -> str:
@@ -85,8 +85,8 @@ def test_the_batch_logic_uses_each_declared_ability() -> None:
     assert [line["result"] for line in lines] == ["ONE", "TWO", "THREE"]
 
 
-def test_every_kind_runtime_keeps_the_contract() -> None:
-    for runtime in (CrystalRuntime, TopicsRuntime, TextRuntime):
-        assert issubclass(runtime, ModelRuntime)
-    assert TopicsRuntime.invalid_input is SpecValidationFailed  # /prediction's spec: 405
-    assert CrystalRuntime.invalid_input is InvalidInput
+def test_every_kind_predictor_keeps_the_contract() -> None:
+    for predictor in (CrystalPredictor, TopicsPredictor, TextPredictor):
+        assert issubclass(predictor, Predictor)
+    assert TopicsPredictor.invalid_input is SpecValidationFailed  # /prediction's spec: 405
+    assert CrystalPredictor.invalid_input is InvalidInput

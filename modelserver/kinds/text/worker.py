@@ -1,5 +1,5 @@
 """What the Hugging Face text kinds share at serving time: loading, validation, length limits,
-batching of texts. Their settings and request schemas are in `text_schemas` (no torch)."""
+batching of texts. Their settings and request schemas are in this package's top level (no torch)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from modelserver.backends import Placement, place
+from modelserver.backends.forward import Forward
 from modelserver.errors import BadRequest, ConfigError, InvalidInput
 from modelserver.kinds import MODEL_SUBDIR, ModelFiles
-from modelserver.kinds.contract import ModelRuntime
-from modelserver.kinds.text_schemas import (
+from modelserver.kinds.contract import Predictor
+from modelserver.kinds.text import (
     REQUEST_CHARS_PER_TOKEN,
     TEXT_CHARS_PER_TOKEN,
     HubRequest,
     TextModelSettings,
     TextRequest,
 )
-from modelserver.runtimes import Placement, place
-from modelserver.runtimes.forward import Forward
 from modelserver.validation import quoted, validate_body
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def validate_request(
     return request
 
 
-def _from_folder(files: ModelFiles, loader: Callable[[Any], Any]) -> Any:
+def _from_folder(files: ModelFiles[Any], loader: Callable[[Any], Any]) -> Any:
     """`loader(folder)` on the archive's model/ folder; a bad folder is a load-time ConfigError."""
     folder = files.model_dir / MODEL_SUBDIR
     try:
@@ -57,25 +57,25 @@ def _from_folder(files: ModelFiles, loader: Callable[[Any], Any]) -> Any:
         raise ConfigError(f"cannot load the model in {folder.name}/: {error}") from None
 
 
-def load_tokenizer_and_config(files: ModelFiles, settings: TextModelSettings) -> tuple[Any, Any]:
+def load_tokenizer_and_config(files: ModelFiles[TextModelSettings]) -> tuple[Any, Any]:
     """Tokenizer and model config from the archive's model/ folder (from_pretrained format):
     all a worker needs of transformers when a compiled graph runs the model."""
     from transformers import AutoConfig, AutoTokenizer  # pylint: disable=import-outside-toplevel
 
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(files.settings.threads)
     return _from_folder(
         files, lambda folder: (AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder))
     )
 
 
-def load_model(files: ModelFiles, auto_class: Any) -> Any:
+def load_model(files: ModelFiles[TextModelSettings], auto_class: Any) -> Any:
     """The PyTorch model itself, loaded only when PyTorch runs it (eager, or on a GPU)."""
     return _from_folder(files, lambda folder: auto_class.from_pretrained(folder).eval())
 
 
-def text_placement(files: ModelFiles, settings: TextModelSettings) -> Placement:
-    """The runtime and device this worker's forward pass gets."""
-    return place(settings.runtime, files.gpu_id, torch.cuda.is_available())
+def text_placement(files: ModelFiles[TextModelSettings]) -> Placement:
+    """The backend and device this worker's forward pass gets."""
+    return place(files.settings.backend, files.gpu_id, torch.cuda.is_available())
 
 
 def max_tokens(tokenizer: Any, config: Any) -> int:
@@ -185,13 +185,13 @@ def pad_batch(encoded: Sequence[Sequence[int]], pad_id: int | None) -> tuple[tor
     return input_ids, attention
 
 
-class TextRuntime(ModelRuntime[TextRequest]):  # pylint: disable=abstract-method  # each text kind predicts
-    """What both text runtimes hold: tokenizer, model config, forward pass, settings, names,
+class TextPredictor(Predictor[TextRequest]):  # pylint: disable=abstract-method  # each text kind predicts
+    """What both text predictors hold: tokenizer, model config, forward pass, settings, names,
     the length limit."""
 
     tasks: tuple[str, ...] = ()
     request_model: type[TextRequest] = TextRequest
-    hub_request_model: type[HubRequest] = HubRequest
+    hf_request_model: type[HubRequest] = HubRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
@@ -274,12 +274,12 @@ class TextRuntime(ModelRuntime[TextRequest]):  # pylint: disable=abstract-method
         the Hugging Face Inference API's shape (`inputs`, no `text`) is validated as that
         shape and answered in it."""
         if isinstance(payload, dict) and "inputs" in payload and "text" not in payload:
-            hub = validate_body(self.hub_request_model, payload, "inputs")
-            own = {field: value for field, value in hub.own_fields().items() if value is not None}
+            hf_body = validate_body(self.hf_request_model, payload, "inputs")
+            own = {field: value for field, value in hf_body.own_fields().items() if value is not None}
             request = validate_request(
                 self.request_model, own, self._names, self.tasks, self._settings.max_texts
             )
-            return request.from_hub(hub.parameters)
+            return request.in_hf_shape(hf_body.parameters)
         return validate_request(
             self.request_model, payload, self._names, self.tasks, self._settings.max_texts
         )

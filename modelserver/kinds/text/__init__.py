@@ -1,22 +1,26 @@
-"""The settings, request and answer schemas of the Hugging Face text kinds.
+"""What the Hugging Face text kinds (`fill_mask`, `text_classification`) share, framework-free:
+their settings, the request fields every text request has, the Hugging Face Inference API's body
+shape, and the text tensor of their v2 codecs.
 
-Framework-free: the launcher (OpenAPI document) and the catalogue read them without importing
-torch or transformers; the serving code is in `text_models`, `fill_mask`, `text_classification`.
+The launcher (OpenAPI document) and the catalogue read this without importing torch or
+transformers; the shared serving code is in `worker`, the shared build-time export in `export`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
 
+from modelserver.backends import DEFAULT_BACKEND, BackendName
 from modelserver.payload import (
     BODY_OVERHEAD_BYTES,
     JSON_BYTES_PER_CHAR,
     MAX_ANSWER_BYTES,
     MAX_TEXTS_PER_REQUEST,
 )
-from modelserver.runtimes import DEFAULT_RUNTIME, RuntimeName
+from modelserver.protocols.open_inference import TensorSpec
 
 PUBLIC_MASK = "[MASK]"  # what a fill-mask text writes for the word to fill, whatever the model
 
@@ -38,7 +42,8 @@ class TextModelSettings(BaseModel):
 
     # Threads of the forward pass (torch or OpenVINO) in each worker: never all cores per worker.
     threads: int = Field(default=1, ge=1)
-    runtime: RuntimeName = DEFAULT_RUNTIME
+    # Where the forward pass runs; models.yaml calls it `runtime`.
+    backend: BackendName = Field(default=DEFAULT_BACKEND, alias="runtime")
     # int8: OpenVINO's post-training quantisation (NNCF) at archive build; opt-in, and it
     # changes answers (docs/BENCHMARKS.md gives its agreement with fp32).
     quantize: Literal["none", "int8"] = "none"
@@ -69,7 +74,7 @@ class TextModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _int8_is_compiled(self) -> TextModelSettings:
-        if self.quantize == "int8" and self.runtime != "openvino":
+        if self.quantize == "int8" and self.backend != "openvino":
             raise ValueError("quantize: int8 needs runtime: openvino")
         return self
 
@@ -92,16 +97,16 @@ class TextRequest(BaseModel):
     stream: bool = Field(default=False, description="Answer a list of texts as NDJSON lines.")
     # Set when the body came in the Hugging Face Inference API's shape: its parameters, and
     # that the answer goes back in that API's shape.
-    _hub: HubParameters | None = PrivateAttr(default=None)
+    _hf_shape: HubParameters | None = PrivateAttr(default=None)
 
     @property
-    def hub(self) -> HubParameters | None:
+    def hf_shape(self) -> HubParameters | None:
         """The Hugging Face parameters of a body sent in that API's shape, else None."""
-        return self._hub
+        return self._hf_shape
 
-    def from_hub(self, parameters: HubParameters) -> TextRequest:
+    def in_hf_shape(self, parameters: HubParameters) -> TextRequest:
         """This request, marked as sent in the Hugging Face shape with these parameters."""
-        self._hub = parameters
+        self._hf_shape = parameters
         return self
 
     @property
@@ -136,89 +141,14 @@ class HubRequest(BaseModel):
         return {"text": self.inputs, "model_name": self.model_name}
 
 
-class TextClassificationParameters(HubParameters):
-    """The Hugging Face text-classification parameters."""
+TEXT_ERRORS = {400: "`model_name` or `task` is not this model's", 422: "invalid text or over a budget"}
 
-    top_k: int | None = Field(default=None, ge=1, description="Labels per text (default: all).")
-    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = Field(
-        default=None, description="How logits become scores (default: the model's own)."
-    )
+# The Open Inference Protocol's text tensor: the texts of one own request.
+TEXT_IN = TensorSpec("text", "BYTES", (-1,))
 
 
-class HubTextClassificationRequest(HubRequest):
-    """A text-classification body in the Hugging Face Inference API's shape."""
-
-    parameters: TextClassificationParameters = Field(default_factory=TextClassificationParameters)
-
-
-# A word to score in place of a mask: a word is short, and each is tokenised once per request.
-Target = Annotated[str, StringConstraints(min_length=1, max_length=100, strict=True)]
-
-
-class FillMaskParameters(HubParameters):
-    """The Hugging Face fill-mask parameters."""
-
-    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
-    targets: Target | Annotated[list[Target], Field(min_length=1, max_length=2000)] | None = Field(
-        default=None, description="Score only these words (each by its first token)."
-    )
-
-
-class HubFillMaskRequest(HubRequest):
-    """A fill-mask body in the Hugging Face Inference API's shape."""
-
-    parameters: FillMaskParameters = Field(default_factory=FillMaskParameters)
-
-    def own_fields(self) -> dict[str, object]:
-        return {**super().own_fields(), "top_k": self.parameters.top_k}
-
-
-class FillMaskRequest(TextRequest):
-    """Texts with one or more `[MASK]` (or the model's own mask token)."""
-
-    top_k: int = Field(default=5, ge=1, le=50, description="Candidates per mask.")
-    # The token ids a Hugging Face `targets` parameter allows, found once when the body is read.
-    _target_ids: list[int] | None = PrivateAttr(default=None)
-
-    @property
-    def target_ids(self) -> list[int] | None:
-        """The only candidate tokens, or None for the whole vocabulary."""
-        return self._target_ids
-
-    def restricted_to(self, ids: list[int] | None) -> FillMaskRequest:
-        """This request, its candidates limited to `ids` (None: no limit)."""
-        self._target_ids = ids
-        return self
-
-    @property
-    def per_mask(self) -> int:
-        """Candidates each mask is answered with."""
-        return self.top_k if self._target_ids is None else min(self.top_k, len(self._target_ids))
-
-
-class Candidate(BaseModel):
-    """One fill-mask candidate, as transformers' pipeline returns it."""
-
-    score: float
-    token: int
-    token_str: str
-    sequence: str
-
-
-class FillMaskAnswer(RootModel[list[Candidate] | list[list[Candidate]] | list[list[list[Candidate]]]]):
-    """Top-k candidates; a list per mask for several masks; a list per text for a list of texts."""
-
-
-class SentimentLabel(BaseModel):
-    """The top label and its probability."""
-
-    label: str = Field(examples=["POSITIVE"])
-    score: float = Field(examples=[0.9998])
-
-
-class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
-    """One label for a text, a list for a list of texts."""
-
-
-class HubTextClassificationAnswer(RootModel[list[list[SentimentLabel]]]):
-    """The Hugging Face shape: for each text (one text too), its labels, best first."""
+def texts_body(
+    values: dict[str, list[Any]], parameters: dict[str, Any], _: Sequence[int]
+) -> list[dict[str, Any]]:
+    """An `infer` request as one own body holding every text, with its parameters."""
+    return [{"text": values[TEXT_IN.name], **parameters}]

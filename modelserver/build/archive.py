@@ -21,13 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
+from modelserver.backends import COMPILED_SUBDIR, PARITY_REPORT, BackendSettings
 from modelserver.catalogue import ModelEntry, Source, resolve_source
 from modelserver.errors import ConfigError, SourceUnavailable
 from modelserver.hub import fetch_from_hub, snapshot_commit
 from modelserver.kinds import MODEL_SUBDIR
 from modelserver.project import PROJECT_ROOT
-from modelserver.runtimes import COMPILED_SUBDIR, DEFAULT_RUNTIME, PARITY_REPORT
 from modelserver.training import run_recipe
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ RECORDS_DIR = ".builds"
 HANDLER = PROJECT_ROOT / "handlers" / "model_handler.py"
 RECIPE_INPUTS = (PROJECT_ROOT / "modelserver" / "training", PROJECT_ROOT / "modelserver" / "kinds")
 # An exported graph depends on the code that exports and checks it, and on the model code.
-EXPORT_INPUTS = (PROJECT_ROOT / "modelserver" / "runtimes", PROJECT_ROOT / "modelserver" / "kinds")
+EXPORT_INPUTS = (
+    PROJECT_ROOT / "modelserver" / "backends",
+    PROJECT_ROOT / "modelserver" / "kinds",
+    PROJECT_ROOT / "modelserver" / "build" / "export.py",
+)
 EXPORT_TIMEOUT_S = 1800
-EXPORT_MODULE = "modelserver.export"  # run in a child: `python -m EXPORT_MODULE`
+EXPORT_MODULE = "modelserver.build.export"  # run in a child: `python -m EXPORT_MODULE`
 # What an exported graph also depends on (read from the installed metadata, never imported).
 EXPORT_PACKAGES = ("torch", "transformers", "openvino", "nncf")
 
@@ -55,7 +60,7 @@ class BuildResult:
     rebuilt: bool
     source: str
     names: tuple[str, ...]
-    runtime: str = ""  # the forward pass's runtime, for the kinds that have one
+    backend: str = ""  # where the forward pass runs, for the kinds that have one
     trained_on: str = ""  # what a recipe trained it on (file names or a download), for clients
 
 
@@ -104,7 +109,7 @@ def fingerprint(entry: ModelEntry, source: Source, root: Path = PROJECT_ROOT) ->
             # even where the new files have the sizes and times of the old ones.
             digest.update(f"hub:{source.hub_id}@{snapshot_commit(source.path)}".encode())
         _hash_path(digest, source.path)
-    if export_task(entry):
+    if compiles(entry):
         for folder in EXPORT_INPUTS:
             _hash_path(digest, folder)
         for package in EXPORT_PACKAGES:
@@ -119,19 +124,17 @@ def _installed_version(package: str) -> str:
         return "absent"
 
 
-def requested_runtime(entry: ModelEntry) -> str:
-    """The runtime the entry's handler settings ask for ('' for kinds without one). Entries
-    come from `Catalogue.load` (or `ModelEntry.model_validate`), which checked the name."""
-    if entry.export_task is None:
+def requested_backend(entry: ModelEntry) -> str:
+    """The backend the entry's settings ask for ('' for kinds whose forward pass never compiles)."""
+    settings = entry.settings
+    if entry.kind_declared.export is None or not isinstance(settings, BackendSettings):
         return ""
-    return str(entry.handler_config.get("runtime", DEFAULT_RUNTIME))
+    return settings.backend
 
 
-def export_task(entry: ModelEntry) -> str | None:
-    """The export task for an entry whose forward pass is compiled at build, else None."""
-    if requested_runtime(entry) in ("", "torch"):
-        return None
-    return entry.export_task
+def compiles(entry: ModelEntry) -> bool:
+    """Whether the entry's forward pass is compiled at build (by its kind's export)."""
+    return requested_backend(entry) not in ("", "torch")
 
 
 def archive_path(entry: ModelEntry, model_store: Path) -> Path:
@@ -141,25 +144,36 @@ def archive_path(entry: ModelEntry, model_store: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class RuntimeChoice:
-    """The runtime the build settled on ('' for kinds without one), and why: the parity
+class BackendChoice:
+    """The backend the build settled on ('' for kinds without one), and why: the parity
     figures, or the reason it fell back to PyTorch eager."""
 
-    runtime: str = ""
+    backend: str = ""
     note: str = ""
     fell_back: bool = False
 
-    def settings(self) -> dict[str, str]:
-        """What it changes in the `handler:` section (eager serves fp32: no int8 without the graph)."""
-        if not self.runtime:
+    def updates(self) -> dict[str, str]:
+        """The settings it changes (eager serves fp32: no int8 without the graph)."""
+        if not self.backend:
             return {}
-        return {"runtime": self.runtime, **({"quantize": "none"} if self.fell_back else {})}
+        return {"backend": self.backend, **({"quantize": "none"} if self.fell_back else {})}
 
 
-def model_config(entry: ModelEntry, source: Source, choice: RuntimeChoice | None = None) -> dict[str, object]:
+def handler_section(settings: BaseModel, choice: BackendChoice | None) -> dict[str, object]:
+    """The `handler:` section of model-config.yaml: the settings the catalogue entry gave, as
+    its settings model writes them, then those the build's backend choice changed."""
+    written = settings.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    updates = choice.updates() if choice else {}
+    if not updates:
+        return written
+    chosen = settings.model_copy(update=updates)
+    return {**written, **chosen.model_dump(mode="json", by_alias=True, include=set(updates))}
+
+
+def model_config(entry: ModelEntry, source: Source, choice: BackendChoice | None = None) -> dict[str, object]:
     """The archive's model-config.yaml: TorchServe settings, the `handler:` section (with the
-    runtime the build settled on), the model's kind, and the names a request may use for it."""
-    handler = {**entry.handler_config, **(choice.settings() if choice else {})}
+    backend the build settled on), the model's kind, and the names a request may use for it."""
+    handler = handler_section(entry.settings, choice)
     return {
         **entry.torchserve.model_dump(),
         "kind": entry.kind,
@@ -202,7 +216,7 @@ def build_archive(
         log.info("%s: archive is current (%s)", entry.name, source.describe())
         if choice.fell_back:
             log.warning("%s: serving with PyTorch eager (as built): %s", entry.name, choice.note)
-        return BuildResult(entry.name, target, False, source.describe(), names, choice.runtime, source.data)
+        return BuildResult(entry.name, target, False, source.describe(), names, choice.backend, source.data)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{entry.name}-") as work:
         workdir = Path(work)
@@ -210,19 +224,19 @@ def build_archive(
         if model_file.is_dir():
             staged = _stage_folder(model_file, workdir)
             choice = _compile(entry, staged, environ)
-        elif export_task(entry):
+        elif compiles(entry):
             raise ConfigError(
                 f"{entry.name}: a compiled runtime needs a model folder, not the file {model_file.name}"
             )
         else:
-            staged, choice = model_file, RuntimeChoice(requested_runtime(entry))
+            staged, choice = model_file, BackendChoice(requested_backend(entry))
         config_file = workdir / "model-config.yaml"
         config = model_config(entry, source, choice)
         config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         _run_archiver(entry, staged, config_file, workdir, model_store, root, environ)
     _write_record(entry, model_store, digest, source, choice, names)
     log.info("%s: built %s from %s", entry.name, target.name, source.describe())
-    return BuildResult(entry.name, target, True, source.describe(), names, choice.runtime, source.data)
+    return BuildResult(entry.name, target, True, source.describe(), names, choice.backend, source.data)
 
 
 def _check_hub_commit(entry: ModelEntry, source: Source) -> None:
@@ -278,22 +292,21 @@ def _stage_folder(model_folder: Path, workdir: Path) -> Path:
     return holder
 
 
-def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> RuntimeChoice:
+def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> BackendChoice:
     """Export and parity-check the forward pass in a child process (torch and OpenVINO stay
-    out of the builder): the compiled runtime if it passed, else eager with the reason."""
-    task = export_task(entry)
-    if task is None:
-        return RuntimeChoice(requested_runtime(entry))
+    out of the builder): the compiled backend if it passed, else eager with the reason."""
+    if not compiles(entry):
+        return BackendChoice(requested_backend(entry))
     command = [
         sys.executable,
         "-m",
         EXPORT_MODULE,
-        "--task",
-        task,
+        "--kind",
+        entry.kind,
         "--archive-dir",
         str(holder),
         "--settings",
-        json.dumps(entry.handler_config),
+        entry.settings.model_dump_json(by_alias=True, exclude_unset=True),
     ]
     try:
         result = subprocess.run(
@@ -311,9 +324,9 @@ def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> Run
     else:
         report = _parity_report(holder) if result.returncode == 0 else None
         if report is not None and report.get("passed"):
-            runtime = requested_runtime(entry)
-            log.info("%s: %s graph exported, parity passed: %s", entry.name, runtime, report["summary"])
-            return RuntimeChoice(runtime, str(report["summary"]))
+            backend = requested_backend(entry)
+            log.info("%s: %s graph exported, parity passed: %s", entry.name, backend, report["summary"])
+            return BackendChoice(backend, str(report["summary"]))
         lines = result.stderr.strip().splitlines()
         last = lines[-1] if lines else "no message"
         reason = (
@@ -321,7 +334,7 @@ def _compile(entry: ModelEntry, holder: Path, environ: Mapping[str, str]) -> Run
         )
     shutil.rmtree(holder / COMPILED_SUBDIR, ignore_errors=True)
     log.warning("%s: serving with PyTorch eager: %s", entry.name, reason)
-    return RuntimeChoice("torch", reason, fell_back=True)
+    return BackendChoice("torch", reason, fell_back=True)
 
 
 def _parity_report(holder: Path) -> dict[str, object] | None:
@@ -333,12 +346,12 @@ def _parity_report(holder: Path) -> dict[str, object] | None:
     return report if isinstance(report, dict) else None
 
 
-def _recorded_choice(entry: ModelEntry, model_store: Path) -> RuntimeChoice:
+def _recorded_choice(entry: ModelEntry, model_store: Path) -> BackendChoice:
     try:
         record = json.loads(_record_path(entry, model_store).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return RuntimeChoice()
-    return RuntimeChoice(
+        return BackendChoice()
+    return BackendChoice(
         str(record.get("runtime", "")), str(record.get("runtime_note", "")), bool(record.get("fell_back"))
     )
 
@@ -368,13 +381,13 @@ def _write_record(  # pylint: disable=too-many-arguments,too-many-positional-arg
     model_store: Path,
     digest: str,
     source: Source,
-    choice: RuntimeChoice,
+    choice: BackendChoice,
     names: tuple[str, ...],
 ) -> None:
     record = _record_path(entry, model_store)
     record.parent.mkdir(exist_ok=True)
     fields: dict[str, object] = {"fingerprint": digest, "source": source.describe()}
-    fields["runtime"] = choice.runtime
+    fields["runtime"] = choice.backend  # the record keeps its published field name
     if source.hub_id and source.path is not None:
         # What was built, pinned or not: the revision to pin, or to compare with models.yaml.
         fields.update(hub_id=source.hub_id, hub_revision=snapshot_commit(source.path))

@@ -1,12 +1,9 @@
 """Export a text model's forward graph to OpenVINO at archive build, and prove it answers as
-PyTorch eager does before anything serves it.
+PyTorch eager does before anything serves it: what the text kinds' `export` modules share.
 
-    python -m modelserver.export --task fill-mask --archive-dir DIR --settings JSON
-
-DIR is an unpacked-archive-like folder holding `model/` (from_pretrained format); the graph (for
-fill-mask: the encoder, and its masked-LM head as a second graph) and its parity report are
-written to `DIR/compiled/`. Exit 0: the compiled runtime may serve. Exit 1: one line on stderr
-says why (the archive builder then serves the model with PyTorch eager).
+Build time only (the archive builder's export child, `python -m modelserver.build.export`). The
+archive folder holds `model/` (from_pretrained format); the graph (for fill-mask: the encoder,
+and its masked-LM head as a second graph) and its parity report are written to its `compiled/`.
 
 The parity gate, on a fixed probe set (a one-word text, short and long texts, one and several
 masks, all in one mixed-length batch):
@@ -21,11 +18,8 @@ masks, all in one mixed-length batch):
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,13 +28,12 @@ from typing import Any
 
 import torch
 
+from modelserver.backends import COMPILED_SUBDIR, PARITY_REPORT
+from modelserver.backends.forward import OPENVINO_FILE, OPENVINO_HEAD_FILE, TorchForward
 from modelserver.errors import ServingError
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import PUBLIC_MASK, load_fill_mask_runtime
-from modelserver.kinds.text_classification import load_text_classification_runtime
-from modelserver.kinds.text_models import TextRuntime
-from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT
-from modelserver.runtimes.forward import OPENVINO_FILE, OPENVINO_HEAD_FILE, TorchForward
+from modelserver.kinds.text import PUBLIC_MASK, TextModelSettings
+from modelserver.kinds.text.worker import TextPredictor
 
 # Answers' scores are probabilities: 1e-5 is what a user comparing with the pipeline tolerates.
 SCORE_TOLERANCE = 1e-5
@@ -51,17 +44,6 @@ OUTPUT_TOLERANCE = 1e-4
 # Fill-mask's top_k goes up to 50: its ranking is checked that deep.
 RANKED = 50
 
-FILL_MASK_PROBES = [
-    f"{PUBLIC_MASK}.",
-    f"Hello I'm a {PUBLIC_MASK} model.",
-    f"The {PUBLIC_MASK} sat on the {PUBLIC_MASK} near the {PUBLIC_MASK}.",
-    f"Paris is the {PUBLIC_MASK} of France, and Berlin is the capital of {PUBLIC_MASK}.",
-]
-CLASSIFICATION_PROBES = [
-    "Great.",
-    "I love this movie, it is great.",
-    "This film was terrible and boring, I want my money back.",
-]
 LONG_SENTENCE = "The weather is cold and grey today, so she reads a book in the garden. "
 # int8 is calibrated on other texts than the probes it is then measured on.
 CALIBRATION = [
@@ -82,17 +64,13 @@ CALIBRATION = [
 
 @dataclass(frozen=True)
 class ExportTask:
-    """What the export needs of one kind: its loader and the probe texts of the gate."""
+    """What the export needs of one text kind: its task's name (in the parity report), its
+    loader and the probe texts of the gate."""
 
-    load: Callable[[ModelFiles], TextRuntime]
+    name: str
+    load: Callable[[ModelFiles[TextModelSettings]], TextPredictor]
     probes: Sequence[str]
     long_suffix: str = ""  # what ends the long probe (fill-mask: a mask)
-
-
-TASKS = {
-    "fill-mask": ExportTask(load_fill_mask_runtime, FILL_MASK_PROBES, f" It was {PUBLIC_MASK}."),
-    "text-classification": ExportTask(load_text_classification_runtime, CLASSIFICATION_PROBES),
-}
 
 
 @dataclass
@@ -116,7 +94,7 @@ class ParityReport:  # pylint: disable=too-many-instance-attributes  # a flat re
 
     @property
     def top1_agreement(self) -> float:
-        """The share of rows whose best candidate is the same on both runtimes."""
+        """The share of rows whose best candidate is the same on both backends."""
         return self.top1_agreed / self.rows if self.rows else 1.0
 
     def as_json(self) -> dict[str, Any]:
@@ -150,22 +128,22 @@ class ParityReport:  # pylint: disable=too-many-instance-attributes  # a flat re
         )
 
 
-def probe_texts(runtime: TextRuntime, task: ExportTask) -> list[str]:
+def probe_texts(predictor: TextPredictor, task: ExportTask) -> list[str]:
     """The probe set, with a long text of about half the model's limit (at most 256 tokens);
     a probe the model cannot take whole (a small vocabulary spells words out) is left out."""
-    target = min(runtime.max_tokens // 2, 256)
+    target = min(predictor.max_tokens // 2, 256)
     long_text = LONG_SENTENCE
-    while len(encode(runtime, [long_text + LONG_SENTENCE + task.long_suffix])[0]) <= target:
+    while len(encode(predictor, [long_text + LONG_SENTENCE + task.long_suffix])[0]) <= target:
         long_text += LONG_SENTENCE
     texts = [*task.probes, long_text.strip() + task.long_suffix]
-    lengths = [len(ids) for ids in encode(runtime, texts)]
-    return [text for text, length in zip(texts, lengths, strict=True) if length <= runtime.max_tokens]
+    lengths = [len(ids) for ids in encode(predictor, texts)]
+    return [text for text, length in zip(texts, lengths, strict=True) if length <= predictor.max_tokens]
 
 
-def encode(runtime: TextRuntime, texts: Sequence[str]) -> list[list[int]]:
+def encode(predictor: TextPredictor, texts: Sequence[str]) -> list[list[int]]:
     """The probes as token ids (the public mask written as the model's own)."""
-    mask = getattr(runtime.tokenizer, "mask_token", None) or PUBLIC_MASK
-    return runtime.tokenizer([text.replace(PUBLIC_MASK, mask) for text in texts])["input_ids"]
+    mask = getattr(predictor.tokenizer, "mask_token", None) or PUBLIC_MASK
+    return predictor.tokenizer([text.replace(PUBLIC_MASK, mask) for text in texts])["input_ids"]
 
 
 def convert(
@@ -189,7 +167,7 @@ def convert(
     openvino.save_model(model, str(target), compress_to_fp16=False)
 
 
-def convert_head(eager: TextRuntime, example: tuple[torch.Tensor, ...], target: Path) -> None:
+def convert_head(eager: TextPredictor, example: tuple[torch.Tensor, ...], target: Path) -> None:
     """Fill-mask's masked-LM head as a graph of its own beside the encoder's, always fp32 (int8
     too: it runs at the mask positions only), so a compiled worker never builds the torch model."""
     head = getattr(eager, "head", None)
@@ -270,7 +248,7 @@ def answers_differ(expected: Any, got: Any, exact_labels: bool = True) -> str | 
 
 
 def _check_outputs(
-    eager: TextRuntime, compiled: TextRuntime, encoded: Sequence[Sequence[int]], report: ParityReport
+    eager: TextPredictor, compiled: TextPredictor, encoded: Sequence[Sequence[int]], report: ParityReport
 ) -> bool:
     """The graph's raw output on the mixed-length batch, at real (not padding) positions;
     False if it has another shape (nothing else can be compared)."""
@@ -292,7 +270,7 @@ def _check_outputs(
 
 
 def _check_scores(
-    eager: TextRuntime, compiled: TextRuntime, encoded: Sequence[Sequence[int]], report: ParityReport
+    eager: TextPredictor, compiled: TextPredictor, encoded: Sequence[Sequence[int]], report: ParityReport
 ) -> list[bool]:
     """Each probe alone: its scores and ranking; whether a near-tie swapped any of its candidates."""
     tied: list[bool] = []
@@ -310,7 +288,7 @@ def _check_scores(
 
 
 def check_parity(
-    eager: TextRuntime, compiled: TextRuntime, texts: Sequence[str], report: ParityReport
+    eager: TextPredictor, compiled: TextPredictor, texts: Sequence[str], report: ParityReport
 ) -> None:
     """Run the gate (module docstring); problems go into the report."""
     encoded = encode(eager, texts)
@@ -327,56 +305,30 @@ def check_parity(
             report.problems.append(f"probe {index} answers differently: {where[:200]}")
 
 
-def export(task_name: str, archive_dir: Path, settings: dict[str, Any]) -> ParityReport:
-    """Export, load both runtimes, gate; the report says whether the compiled one may serve."""
-    task = TASKS[task_name]
-    quantize = str(settings.get("quantize", "none"))
-    report = ParityReport(task=task_name, quantize=quantize)
-    eager = task.load(ModelFiles(archive_dir, settings={**settings, "runtime": "torch", "quantize": "none"}))
+def export(task: ExportTask, archive_dir: Path, settings: TextModelSettings) -> ParityReport:
+    """Export, load both predictors, gate; the report says whether the compiled one may serve."""
+    report = ParityReport(task=task.name, quantize=settings.quantize)
+    eager = task.load(
+        ModelFiles(archive_dir, settings.model_copy(update={"backend": "torch", "quantize": "none"}))
+    )
     texts = probe_texts(eager, task)
     encoded = encode(eager, texts)
     calibration = (
         [[tensor.numpy() for tensor in eager.pad([ids])] for ids in encode(eager, CALIBRATION)]
-        if quantize == "int8"
+        if settings.quantize == "int8"
         else None
     )
     started = time.perf_counter()
     target = archive_dir / COMPILED_SUBDIR / OPENVINO_FILE
     if not isinstance(eager.forward, TorchForward):
-        raise TypeError("the reference runtime must be PyTorch eager")
+        raise TypeError("the reference backend must be PyTorch eager")
     example = eager.pad(encoded[:2])
     convert(eager.forward.graph, example, target, calibration)
     convert_head(eager, example, target.with_name(OPENVINO_HEAD_FILE))
     report.export_s = round(time.perf_counter() - started, 2)
-    compiled = task.load(ModelFiles(archive_dir, settings={**settings, "runtime": "openvino"}))
+    compiled = task.load(ModelFiles(archive_dir, settings.model_copy(update={"backend": "openvino"})))
     check_parity(eager, compiled, texts, report)
     (archive_dir / COMPILED_SUBDIR / PARITY_REPORT).write_text(
         json.dumps(report.as_json(), indent=2), encoding="utf-8"
     )
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI the archive builder runs in a child process (torch and OpenVINO stay out of it)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--archive-dir", type=Path, required=True)
-    parser.add_argument("--settings", default="{}", help="the model's handler settings, as JSON")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = export(args.task, args.archive_dir, json.loads(args.settings))
-    except Exception as error:  # pylint: disable=broad-exception-caught
-        # Any failure of the export means "serve eager": say why in one line.
-        first_line = (str(error).splitlines() or [""])[0][:300]
-        sys.stderr.write(f"export failed: {type(error).__name__}: {first_line}\n")
-        return 1
-    if not report.passed:
-        sys.stderr.write(f"parity failed: {report.first_problem}\n")
-        return 1
-    sys.stdout.write(json.dumps(report.as_json()) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Text classification (sentiment) for any sequence-classification checkpoint.
+"""The text-classification kind's worker part: any sequence-classification checkpoint.
+Imported by model workers and the build's export child only.
 
 Answers `{"label", "score"}` as transformers' text-classification pipeline does: the top label
 with its softmax probability (sigmoid for single-logit or multi-label models).
@@ -12,26 +13,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from modelserver.backends.forward import Forward, Graph, load_forward
 from modelserver.errors import ServingError
 from modelserver.kinds import ModelFiles
-from modelserver.kinds.text_models import (
-    TextRuntime,
-    flatten,
-    load_model,
-    load_tokenizer_and_config,
-    regroup,
-    text_placement,
-)
-from modelserver.kinds.text_schemas import (
+from modelserver.kinds.text import TextModelSettings, TextRequest
+from modelserver.kinds.text import worker as text_worker
+from modelserver.kinds.text_classification import (
+    TASKS,
     HubTextClassificationRequest,
     TextClassificationParameters,
-    TextModelSettings,
-    TextRequest,
 )
-from modelserver.runtimes.forward import Forward, Graph, load_forward
-from modelserver.validation import parse_settings
-
-TASKS = ("sentiment-analysis", "text-classification")
 
 # How the pipeline turns logits into scores, by the model's problem type.
 SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -50,11 +41,11 @@ def score_function(config: Any) -> str:
     return "softmax"
 
 
-class TextClassificationRuntime(TextRuntime):
+class TextClassificationPredictor(text_worker.TextPredictor):
     """Validates requests and classifies every text of a batch in one padded forward pass."""
 
     tasks = TASKS
-    hub_request_model = HubTextClassificationRequest
+    hf_request_model = HubTextClassificationRequest
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self, tokenizer: Any, config: Any, forward: Forward, settings: TextModelSettings, names: Sequence[str]
@@ -66,18 +57,18 @@ class TextClassificationRuntime(TextRuntime):
 
     def predict(self, requests: Sequence[TextRequest]) -> list[Any]:
         """One answer (or error) per request; every text of the batch tokenised together."""
-        texts, owners = flatten(requests)
+        texts, owners = text_worker.flatten(requests)
         encoded, errors = self._encode_and_check(texts, owners)
         kept = [i for i, owner in enumerate(owners) if owner not in errors]
         ids = [encoded[i] for i in kept]
-        hubs = [requests[owners[i]].hub for i in kept]
+        hf_shapes = [requests[owners[i]].hf_shape for i in kept]
         answers = self._in_groups(
-            ids, lambda group: self._classify([ids[i] for i in group], [hubs[i] for i in group])
+            ids, lambda group: self._classify([ids[i] for i in group], [hf_shapes[i] for i in group])
         )
-        grouped = regroup(requests, [owners[i] for i in kept], answers, errors)
+        grouped = text_worker.regroup(requests, [owners[i] for i in kept], answers, errors)
         # The Hugging Face shape is a list of labels per text, for a single text too.
         return [
-            [answer] if _hub_single(request) and not isinstance(answer, ServingError) else answer
+            [answer] if _hf_single(request) and not isinstance(answer, ServingError) else answer
             for request, answer in zip(requests, grouped, strict=True)
         ]
 
@@ -88,7 +79,7 @@ class TextClassificationRuntime(TextRuntime):
             return self._score(logits.float()).cpu()
 
     def _classify(
-        self, encoded: list[list[int]], hubs: Sequence[Any]
+        self, encoded: list[list[int]], hf_shapes: Sequence[Any]
     ) -> list[dict[str, Any] | list[dict[str, Any]]]:
         """Top label and score for each encoded text; for a text sent in the Hugging Face
         shape, its `top_k` labels (all by default), best first, scored by its function."""
@@ -97,11 +88,11 @@ class TextClassificationRuntime(TextRuntime):
             logits = logits.float().cpu()
             best_scores, best = self._score(logits).max(dim=-1)
             answers: list[dict[str, Any] | list[dict[str, Any]]] = []
-            for row, hub in enumerate(hubs):
-                if hub is None:
+            for row, hf_shape in enumerate(hf_shapes):
+                if hf_shape is None:
                     answers.append({"label": self._labels[int(best[row])], "score": float(best_scores[row])})
                 else:
-                    answers.append(self._ranked(logits[row], hub))
+                    answers.append(self._ranked(logits[row], hf_shape))
             return answers
 
     def _ranked(self, logits: torch.Tensor, parameters: TextClassificationParameters) -> list[dict[str, Any]]:
@@ -111,19 +102,21 @@ class TextClassificationRuntime(TextRuntime):
         return [{"label": self._labels[int(i)], "score": float(scores[i])} for i in order.tolist()]
 
 
-def _hub_single(request: TextRequest) -> bool:
+def _hf_single(request: TextRequest) -> bool:
     """A single text sent in the Hugging Face shape (answered with a list of one text's labels)."""
-    return request.hub is not None and isinstance(request.text, str)
+    return request.hf_shape is not None and isinstance(request.text, str)
 
 
-def load_text_classification_runtime(files: ModelFiles) -> TextClassificationRuntime:
-    """Build the runtime from an archive's model/ folder and `handler:` settings."""
-    settings = parse_settings(TextModelSettings, files.settings)
-    tokenizer, config = load_tokenizer_and_config(files, settings)
+def load_text_classification_predictor(
+    files: ModelFiles[TextModelSettings],
+) -> TextClassificationPredictor:
+    """Build the predictor from an archive's model/ folder and `handler:` settings."""
+    settings = files.settings
+    tokenizer, config = text_worker.load_tokenizer_and_config(files)
     forward = load_forward(
-        text_placement(files, settings),
+        text_worker.text_placement(files),
         files.model_dir,
         settings.threads,
-        lambda: Graph(load_model(files, AutoModelForSequenceClassification), "logits"),
+        lambda: Graph(text_worker.load_model(files, AutoModelForSequenceClassification), "logits"),
     )
-    return TextClassificationRuntime(tokenizer, config, forward, settings, files.names)
+    return TextClassificationPredictor(tokenizer, config, forward, settings, files.names)

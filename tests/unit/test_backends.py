@@ -1,4 +1,4 @@
-"""The forward-pass runtimes: where a worker runs, the build-time export and its parity gate."""
+"""The forward-pass backends: where a worker runs, the build-time export and its parity gate."""
 
 from __future__ import annotations
 
@@ -15,28 +15,31 @@ import torch
 import yaml
 
 from load_tests.kit.stack import write_catalogue
-from modelserver import archive
-from modelserver.archive import build_archive
+from modelserver.backends import COMPILED_SUBDIR, PARITY_REPORT, place
+from modelserver.backends.forward import OpenVinoForward, TorchForward
+from modelserver.build import archive
+from modelserver.build.archive import build_archive
+from modelserver.build.export import main
 from modelserver.catalogue import Catalogue, ModelEntry
 from modelserver.errors import ConfigError
-from modelserver.export import (
+from modelserver.kinds.fill_mask.export import FILL_MASK
+from modelserver.kinds.fill_mask.worker import load_fill_mask_predictor
+from modelserver.kinds.text import TextModelSettings
+from modelserver.kinds.text.export import (
     SCORE_TOLERANCE,
-    TASKS,
     ParityReport,
     _ranking_swaps,
     answers_differ,
     check_parity,
-    main,
     probe_texts,
 )
-from modelserver.kinds import ModelFiles
-from modelserver.kinds.fill_mask import load_fill_mask_runtime
-from modelserver.kinds.text_classification import load_text_classification_runtime
+from modelserver.kinds.text_classification.export import TEXT_CLASSIFICATION
+from modelserver.kinds.text_classification.worker import load_text_classification_predictor
 from modelserver.project import PROJECT_ROOT
-from modelserver.runtimes import COMPILED_SUBDIR, PARITY_REPORT, place
-from modelserver.runtimes.forward import OpenVinoForward, TorchForward
 from modelserver.serving.torchserve_adapter import gpu_of
-from tests.helpers import FakeContext
+from tests.helpers import FakeContext, model_files
+
+TASKS = {"fill-mask": FILL_MASK, "text-classification": TEXT_CLASSIFICATION}
 
 
 @pytest.mark.parametrize(
@@ -53,7 +56,7 @@ def test_a_worker_runs_where_torchserve_placed_it(
     requested: Any, gpu_id: int | None, cuda: bool, runtime: str, device: str
 ) -> None:
     placement = place(requested, gpu_id, cuda)
-    assert (placement.runtime, placement.device) == (runtime, device)
+    assert (placement.backend, placement.device) == (runtime, device)
     assert placement.reason
 
 
@@ -66,8 +69,10 @@ def test_the_adapter_reads_the_gpu_torchserve_assigns(tmp_path: Path) -> None:
 
 def test_the_default_runtime_is_compiled_and_torch_stays_available(tiny_hf_models: dict[str, Path]) -> None:
     archive_dir = tiny_hf_models["fill_mask"].parent
-    compiled = load_fill_mask_runtime(ModelFiles(archive_dir))
-    eager = load_fill_mask_runtime(ModelFiles(archive_dir, settings={"runtime": "torch", "threads": 2}))
+    compiled = load_fill_mask_predictor(model_files(TextModelSettings, archive_dir))
+    eager = load_fill_mask_predictor(
+        model_files(TextModelSettings, archive_dir, settings={"runtime": "torch", "threads": 2})
+    )
     assert isinstance(compiled.forward, OpenVinoForward)
     assert isinstance(eager.forward, TorchForward) and torch.get_num_threads() == 2
     report = json.loads((archive_dir / COMPILED_SUBDIR / PARITY_REPORT).read_text())
@@ -77,15 +82,16 @@ def test_the_default_runtime_is_compiled_and_torch_stays_available(tiny_hf_model
 
 # What a worker serving compiled graphs must not load: the architectures' modelling code (with
 # the PyTorch weights it builds), most of a text worker's start time. Each kind is loaded in a
-# fresh interpreter: argv holds the runtime, then (module, loader, archive folder) triples.
+# fresh interpreter: argv holds the backend, then (module, loader, archive folder) triples.
 MODELLING_PROBE = """
 import importlib, sys
 from pathlib import Path
 from modelserver.kinds import ModelFiles
-runtime, *kinds = sys.argv[1:]
+from modelserver.kinds.text import TextModelSettings
+backend, *kinds = sys.argv[1:]
 for module, loader, folder in zip(kinds[::3], kinds[1::3], kinds[2::3]):
-    load = getattr(importlib.import_module(f"modelserver.kinds.{module}"), loader)
-    load(ModelFiles(Path(folder), settings={"runtime": runtime}))
+    load = getattr(importlib.import_module(f"modelserver.kinds.{module}.worker"), loader)
+    load(ModelFiles(Path(folder), TextModelSettings.model_validate({"runtime": backend})))
 modelling = [m for m in sys.modules if m.startswith("transformers.models.") and ".modeling_" in m]
 print(sorted(m for m in modelling if ".auto." not in m))
 """
@@ -105,11 +111,11 @@ def modelling_modules(runtime: str, *kinds: tuple[str, str, Path]) -> list[str]:
 
 
 def test_a_compiled_worker_never_builds_the_pytorch_model(tiny_hf_models: dict[str, Path]) -> None:
-    fill_mask = ("fill_mask", "load_fill_mask_runtime")
+    fill_mask = ("fill_mask", "load_fill_mask_predictor")
     kinds = [
         (*fill_mask, tiny_hf_models["fill_mask"].parent),
         (*fill_mask, tiny_hf_models["camembert"].parent),
-        ("text_classification", "load_text_classification_runtime", tiny_hf_models["sentiment"].parent),
+        ("text_classification", "load_text_classification_predictor", tiny_hf_models["sentiment"].parent),
     ]
     assert modelling_modules("openvino", *kinds) == []
     # The probe does see the modelling code when PyTorch runs the model.
@@ -121,7 +127,7 @@ def test_a_missing_graph_fails_the_load_naming_the_fix(
 ) -> None:
     (tmp_path / "model").symlink_to(tiny_hf_models["sentiment"], target_is_directory=True)
     with pytest.raises(ConfigError, match=r"no exported graph.*runtime: torch"):
-        load_text_classification_runtime(ModelFiles(tmp_path))
+        load_text_classification_predictor(model_files(TextModelSettings, tmp_path))
 
 
 class Perturbed:
@@ -142,8 +148,8 @@ def test_the_gate_passes_the_export_and_refuses_a_wrong_graph(
 ) -> None:
     archive_dir = tiny_hf_models[kind].parent
     task = TASKS["fill-mask" if kind == "fill_mask" else "text-classification"]
-    eager = task.load(ModelFiles(archive_dir, settings={"runtime": "torch"}))
-    compiled = task.load(ModelFiles(archive_dir))
+    eager = task.load(model_files(TextModelSettings, archive_dir, settings={"runtime": "torch"}))
+    compiled = task.load(model_files(TextModelSettings, archive_dir))
     texts = probe_texts(eager, task)
     passed = ParityReport(task="t", quantize="none")
     check_parity(eager, compiled, texts, passed)
@@ -171,8 +177,8 @@ def test_near_ties_may_swap_but_nothing_else() -> None:
 def test_a_graph_that_answers_nan_never_serves(tiny_hf_models: dict[str, Path], quantize: str) -> None:
     archive_dir = tiny_hf_models["sentiment"].parent
     task = TASKS["text-classification"]
-    eager = task.load(ModelFiles(archive_dir, settings={"runtime": "torch"}))
-    compiled = task.load(ModelFiles(archive_dir))
+    eager = task.load(model_files(TextModelSettings, archive_dir, settings={"runtime": "torch"}))
+    compiled = task.load(model_files(TextModelSettings, archive_dir))
     compiled.forward = Perturbed(compiled.forward, float("nan"))  # type: ignore[assignment]
     report = ParityReport(task="t", quantize=quantize)
     check_parity(eager, compiled, probe_texts(eager, task), report)
@@ -211,7 +217,7 @@ def test_served_answers_may_differ_only_by_rounding_and_near_tie_swaps() -> None
 
 
 def test_the_export_cli_says_why_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--task", "fill-mask", "--archive-dir", str(tmp_path)]) == 1
+    assert main(["--kind", "fill_mask", "--archive-dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("export failed: ConfigError: cannot load the model") and "\n" not in error
 
@@ -229,13 +235,15 @@ def test_the_build_exports_and_carries_the_graph(tiny_hf_models: dict[str, Path]
     entry = text_entry(None)
     environ = {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])}
     built = build_archive(entry, tmp_path / "store", environ)
-    assert built.rebuilt and built.runtime == "openvino"
+    assert built.rebuilt and built.backend == "openvino"
     config = yaml.safe_load((built.archive / "model-config.yaml").read_text())
     assert config["handler"]["runtime"] == "openvino"
     assert (built.archive / COMPILED_SUBDIR / "openvino_model.xml").is_file()
     again = build_archive(entry, tmp_path / "store", environ)
-    assert not again.rebuilt and again.runtime == "openvino"
-    served = load_text_classification_runtime(ModelFiles(built.archive, settings=config["handler"]))
+    assert not again.rebuilt and again.backend == "openvino"
+    served = load_text_classification_predictor(
+        model_files(TextModelSettings, built.archive, settings=config["handler"])
+    )
     assert isinstance(served.forward, OpenVinoForward)
 
 
@@ -245,19 +253,21 @@ def test_a_failed_export_builds_eager_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.runtimes.no_such_exporter")
+    monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.backends.no_such_exporter")
     entry = text_entry("openvino")
-    with caplog.at_level(logging.WARNING, logger="modelserver.archive"):
+    with caplog.at_level(logging.WARNING, logger="modelserver.build.archive"):
         built = build_archive(
             entry, tmp_path / "store", {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])}
         )
-    assert built.runtime == "torch" and not (built.archive / COMPILED_SUBDIR).exists()
+    assert built.backend == "torch" and not (built.archive / COMPILED_SUBDIR).exists()
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("sentiment: serving with PyTorch eager: ") and "no_such_exporter" in warning
     config = yaml.safe_load((built.archive / "model-config.yaml").read_text())
     assert config["handler"]["runtime"] == "torch"
     assert isinstance(
-        load_text_classification_runtime(ModelFiles(built.archive, settings=config["handler"])).forward,
+        load_text_classification_predictor(
+            model_files(TextModelSettings, built.archive, settings=config["handler"])
+        ).forward,
         TorchForward,
     )
 
@@ -265,14 +275,19 @@ def test_a_failed_export_builds_eager_with_the_reason(
 def test_a_failed_int8_export_serves_eager_fp32(
     tiny_hf_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.runtimes.no_such_exporter")
+    monkeypatch.setattr(archive, "EXPORT_MODULE", "modelserver.backends.no_such_exporter")
     entry = text_entry("openvino")
-    entry = entry.model_copy(update={"handler_config": {**entry.handler_config, "quantize": "int8"}})
+    entry = ModelEntry.model_validate(
+        {**entry.model_dump(), "handler_config": {**entry.handler_config, "quantize": "int8"}}
+    )
     built = build_archive(entry, tmp_path / "store", {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])})
     handler = yaml.safe_load((built.archive / "model-config.yaml").read_text())["handler"]
     assert (handler["runtime"], handler["quantize"]) == ("torch", "none")
     assert isinstance(
-        load_text_classification_runtime(ModelFiles(built.archive, settings=handler)).forward, TorchForward
+        load_text_classification_predictor(
+            model_files(TextModelSettings, built.archive, settings=handler)
+        ).forward,
+        TorchForward,
     )
     record = json.loads((tmp_path / "store" / ".builds" / "sentiment.json").read_text())
     assert record["fell_back"] and "no_such_exporter" in record["runtime_note"]
@@ -304,7 +319,7 @@ def test_runtime_torch_builds_no_graph(tiny_hf_models: dict[str, Path], tmp_path
         tmp_path / "store",
         {"SENTIMENT_MODEL": str(tiny_hf_models["sentiment"])},
     )
-    assert built.runtime == "torch" and not (built.archive / COMPILED_SUBDIR).exists()
+    assert built.backend == "torch" and not (built.archive / COMPILED_SUBDIR).exists()
 
 
 def test_the_gpu_check_says_when_there_is_no_gpu(

@@ -1,0 +1,77 @@
+"""Text classification (sentiment) for any sequence-classification checkpoint: the kind's
+framework-free part (answer schemas, the Hugging Face body and answer, the v2 codec and its
+`Kind`). The model code is in `worker`, the build-time export in `export`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, RootModel
+
+from modelserver.kinds import text
+from modelserver.kinds.kind import Kind
+from modelserver.protocols.open_inference import TensorCodec, TensorSpec, output_tensor
+
+TASKS = ("sentiment-analysis", "text-classification")
+
+
+class TextClassificationParameters(text.HubParameters):
+    """The Hugging Face text-classification parameters."""
+
+    top_k: int | None = Field(default=None, ge=1, description="Labels per text (default: all).")
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = Field(
+        default=None, description="How logits become scores (default: the model's own)."
+    )
+
+
+class HubTextClassificationRequest(text.HubRequest):
+    """A text-classification body in the Hugging Face Inference API's shape."""
+
+    parameters: TextClassificationParameters = Field(default_factory=TextClassificationParameters)
+
+
+class SentimentLabel(BaseModel):
+    """The top label and its probability."""
+
+    label: str = Field(examples=["POSITIVE"])
+    score: float = Field(examples=[0.9998])
+
+
+class SentimentAnswer(RootModel[SentimentLabel | list[SentimentLabel]]):
+    """One label for a text, a list for a list of texts."""
+
+
+class HubTextClassificationAnswer(RootModel[list[list[SentimentLabel]]]):
+    """The Hugging Face shape: for each text (one text too), its labels, best first."""
+
+
+LABEL_OUT = TensorSpec("label", "BYTES", (-1,))
+SCORE_OUT = TensorSpec("score", "FP32", (-1,))
+
+
+def _labels_and_scores(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
+    [per_text] = answers
+    return {
+        LABEL_OUT.name: output_tensor(LABEL_OUT, [len(per_text)], [answer["label"] for answer in per_text]),
+        SCORE_OUT.name: output_tensor(SCORE_OUT, [len(per_text)], [answer["score"] for answer in per_text]),
+    }
+
+
+TEXT_CLASSIFICATION = TensorCodec(
+    inputs=(text.TEXT_IN,), outputs=(LABEL_OUT, SCORE_OUT), bodies=text.texts_body, answers=_labels_and_scores
+)
+
+KIND = Kind(
+    loader="modelserver.kinds.text_classification.worker:load_text_classification_predictor",
+    settings=text.TextModelSettings,
+    request=text.TextRequest,
+    answer=SentimentAnswer,
+    errors=text.TEXT_ERRORS,
+    example={"text": "I love this movie, it is great."},
+    export="modelserver.kinds.text_classification.export:export",
+    hf_request=HubTextClassificationRequest,
+    hf_answer=HubTextClassificationAnswer,
+    open_inference=TEXT_CLASSIFICATION,
+)
