@@ -27,6 +27,7 @@ from modelserver.launcher.envoy.process import Envoy
 from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.launcher.pages.assembly import page_server
 from modelserver.launcher.pages.health import HealthServer, Readiness
+from modelserver.launcher.port_check import refuse_taken_ports
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
@@ -47,7 +48,8 @@ def exclusive(requested: Path) -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(
-                f"another launcher is running on {runtime_dir}; stop it or pass --runtime-dir"
+                f"another launcher is running on {runtime_dir}; stop it, or give this one its own"
+                " --runtime-dir and ports (--port, --prometheus-port, --health-port, ...)"
             ) from None
         yield runtime_dir
 
@@ -140,6 +142,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 log.info("runtime folder: %s (the folder given is not this user's)", runtime_dir)
                 self._settings = self._settings.model_copy(update={"runtime_dir": runtime_dir})
             end_orphans(self._settings.runtime_dir)
+            refuse_taken_ports(self._settings)
             try:
                 self._served = served_archives(self._settings, self._environ, self._catalogue)
                 return 0 if self.stopping() else self._serve(self._served.archives)

@@ -308,9 +308,11 @@ class _BoundedHTTPServer(HTTPServer):
     request_queue_size = 64  # the kernel's accept backlog
 
     def __init__(self, port: int, handler: type[BaseHTTPRequestHandler], threads: int, waiting: int) -> None:
-        super().__init__(("127.0.0.1", port), handler)
+        # Set before binding: a failed bind closes the server, and the close reads them.
         self._waiting: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=waiting)
         self._refused = 0
+        self._handlers: list[threading.Thread] = []
+        super().__init__(("127.0.0.1", port), handler)
         self._handlers = [
             threading.Thread(target=self._handle_forever, name=f"health-{index}", daemon=True)
             for index in range(threads)
