@@ -27,6 +27,7 @@ from modelserver.launcher.envoy.process import Envoy
 from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.launcher.pages.assembly import page_server
 from modelserver.launcher.pages.health import HealthServer, Readiness
+from modelserver.launcher.pages.metrics import ENVOY_USED_STATS, ENVOY_WATCHED_STATS, with_missing_samples
 from modelserver.launcher.port_check import refuse_taken_ports
 from modelserver.launcher.processes import CHILD_LOGS, ManagedProcess, end_orphans
 from modelserver.launcher.runtime_folder import make_private_folder
@@ -321,10 +322,12 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             log.error("could not restart Envoy: %s", error)
 
     def _envoy_stats(self) -> str:
-        """Envoy's statistics that have been used, as Prometheus text, from its admin socket."""
+        """Envoy's statistics that have been used, and every one an alert watches, as
+        Prometheus text, from its admin socket."""
         if self._envoy is None:
             raise OSError("Envoy is not started yet")
-        return self._envoy.admin("GET", "/stats/prometheus?usedonly")
+        used = self._envoy.admin("GET", ENVOY_USED_STATS)
+        return with_missing_samples(used, self._envoy.admin("GET", ENVOY_WATCHED_STATS))
 
     def _route_table(self) -> RouteTable:
         """The public routes: every catalogue route, answering 503 for skipped models."""

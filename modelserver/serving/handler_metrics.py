@@ -81,6 +81,25 @@ def one_write(logger_name: str = TS_METRIC_LOGGER) -> Iterator[None]:
             logger.info("\n".join(collected.lines))
 
 
+# The statuses whose counters exist at 0 from the worker's start: an alert on the rate of 5xx
+# answers would otherwise miss the first ones (a series appearing with its first increment).
+STATUSES_FROM_START = (200, 500, 503, 504)
+
+
+def report_start(metrics: Any) -> None:
+    """Create the request counters at 0 when the worker loads, in one write."""
+    if metrics is None:
+        return
+    try:
+        with one_write():
+            metrics.add_counter(BATCHES_METRIC, 0)
+            metrics.add_counter(BATCH_ITEMS_METRIC, 0)
+            for status in STATUSES_FROM_START:
+                metrics.add_counter(REQUESTS_METRIC, 0, dimensions=[Dimension(STATUS_LABEL, str(status))])
+    except Exception:  # pylint: disable=broad-exception-caught
+        log.warning("could not create the request counters", exc_info=True)
+
+
 def report_batch(metrics: Any, statuses: Sequence[int], times: BatchTimes, expired: int = 0) -> None:
     """Send one batch's counts and phase times to TorchServe's metrics cache (if any): a few
     lines per batch in one write, never one per request, so the hot path stays cheap. The

@@ -24,7 +24,7 @@ from modelserver.payload import MAX_ANSWER_BYTES, request_body
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER, TensorCodec
 from modelserver.serving.batch import NDJSON, BatchAnswerer, BatchTimes, Emit, Outcome, ndjson
 from modelserver.serving.deadlines import late_requests
-from modelserver.serving.handler_metrics import report_batch
+from modelserver.serving.handler_metrics import report_batch, report_start
 from modelserver.serving.headers import HANDLER_ANSWER
 from modelserver.serving.protocol_batch import answer_batch
 from modelserver.serving.trace_context import log_traced, request_traces
@@ -167,6 +167,7 @@ class TorchServeAdapter:
             install_read_ahead()
         self._answerer = BatchAnswerer(predictor, model_name=context.model_name)
         self._answer_limit = predictor.max_answer_bytes
+        report_start(getattr(context, "metrics", None))
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[bytes]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 
 from load_tests.kit.stack import Launcher, running
 from load_tests.kit.topics_corpus import write_corpus
@@ -141,6 +142,39 @@ def docs_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lau
         env.update(TOPICS_TRAIN=str(train), TOPICS_TEST=str(test))
     with running(Launcher(workdir, env=env)) as live:
         yield live
+
+
+def alerted_metrics() -> set[str]:
+    """Every metric an alert rule of docs/production.md reads (Kubernetes' own aside), and the
+    ones docs/operations.md names to alert on."""
+    production = (PROJECT_ROOT / "docs" / "production.md").read_text(encoding="utf-8")
+    section = production.split("## Monitoring and alerts", 1)[1].split("\n## ", 1)[0]
+    rules = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert rules is not None
+    expressions = [line for line in rules.group(1).splitlines() if not line.lstrip().startswith("#")]
+    text = "\n".join(expressions)
+    labels = set(re.findall(r"[{,]\s*(\w+)\s*[=!]", text)) | set(re.findall(r"by \((\w+)\)", text))
+    names = set(re.findall(r"\b((?:envoy|modelserver|ts)_[a-z0-9_]+|ModelRequests)\b", text)) - labels
+    operations = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    names |= set(re.findall(r"`((?:envoy|modelserver|ts)_[a-z0-9_]+)\{[^`]*`: a steady rate", operations))
+    return {name.removesuffix("_bucket") for name in names}
+
+
+def test_every_metric_an_alert_reads_exists_from_the_start(docs_stack: Launcher) -> None:
+    """Read before any request: a counter that appears with its first event hides it from rate()."""
+    text = requests.get(docs_stack.metrics_url, timeout=10).text
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    watched = alerted_metrics()
+    assert {
+        "envoy_cluster_upstream_rq_pending_overflow",
+        "ModelRequests",
+        "modelserver_queue_seconds",
+    } <= watched
+    assert watched <= families, sorted(watched - families)
+    overflow = re.findall(
+        r'^envoy_cluster_upstream_rq_pending_overflow\{envoy_cluster_name="model_(\w+)"\} 0$', text, re.M
+    )
+    assert {"crystal_sklearn", "fill_mask", "topics"} <= set(overflow)
 
 
 @pytest.mark.parametrize("example", CURL_EXAMPLES, ids=str)

@@ -12,7 +12,7 @@ import pytest
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from modelserver.serving.batch import BatchTimes
-from modelserver.serving.handler_metrics import PHASE_METRICS, report_batch
+from modelserver.serving.handler_metrics import PHASE_METRICS, STATUSES_FROM_START, report_batch, report_start
 from tests.helpers import FakeContext, crystal_handler
 from tests.unit.test_crystal_handler import GOOD
 
@@ -101,3 +101,16 @@ def test_a_failing_metrics_cache_never_fails_the_batch(
     [answer] = handler.handle([{"body": GOOD}], context)
     assert json.loads(answer)["prediction"]
     assert "could not record the batch's metrics" in caplog.text
+
+
+def test_the_request_counters_exist_at_zero_from_the_workers_start(caplog: pytest.LogCaptureFixture) -> None:
+    """An alert on the rate of 5xx answers sees the first ones: the series is there before them."""
+    with caplog.at_level(logging.INFO):
+        report_start(metrics_cache("crystal_sklearn"))
+    lines = sent(caplog)
+    requests = {
+        line["labels"]["Status"]: float(line["value"]) for line in lines if line["name"] == "ModelRequests"
+    }
+    assert requests == {str(status): 0.0 for status in STATUSES_FROM_START}
+    assert {line["name"] for line in lines} == {"ModelRequests", "HandlerBatches", "HandlerBatchRequests"}
+    assert all(float(line["value"]) == 0 and line["type"] == "COUNTER" for line in lines)

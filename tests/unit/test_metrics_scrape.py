@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,23 @@ def test_the_scrape_carries_the_load_gauges() -> None:
     )
     found = families(scraper.scrape())
     assert found[metrics.QUEUE_SECONDS] == [({}, 0.0)]
+
+
+def test_envoys_watched_series_join_the_used_ones_without_a_duplicate() -> None:
+    """The samples only the watched reading has (a counter never used yet) join their family."""
+    used = '# TYPE envoy_a counter\nenvoy_a{c="x"} 3\n# TYPE envoy_t histogram\nenvoy_t_bucket{le="1"} 2\n'
+    watched = (
+        '# TYPE envoy_a counter\nenvoy_a{c="x"} 0\nenvoy_a{c="y"} 0\n'
+        '# TYPE envoy_o counter\nenvoy_o{c="m"} 0\n'
+    )
+    merged = metrics.with_missing_samples(used, watched)
+    assert merged.splitlines() == [
+        "# TYPE envoy_a counter",
+        'envoy_a{c="x"} 3',
+        'envoy_a{c="y"} 0',
+        "# TYPE envoy_t histogram",
+        'envoy_t_bucket{le="1"} 2',
+        "# TYPE envoy_o counter",
+        'envoy_o{c="m"} 0',
+    ]
+    assert "pending_overflow" in urllib.parse.unquote(metrics.ENVOY_WATCHED_STATS)

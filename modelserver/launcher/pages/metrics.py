@@ -2,8 +2,8 @@
 
 Concatenates TorchServe's metrics (frontend, and the per-model handler metrics of
 `modelserver.serving.handler_metrics`, from its loopback metrics port), Envoy's statistics
-(`/stats/prometheus?usedonly` from its admin socket, which stays private) and the launcher's
-own series. Their names never collide: Envoy's start with `envoy_`, the launcher's with
+(those used so far and every one an alert reads, from its admin socket, which stays private)
+and the launcher's own series. Their names never collide: Envoy's start with `envoy_`, the launcher's with
 `modelserver_`. A source that cannot be read is left out and reported by
 `modelserver_scrape_up{source}` = 0, so a scrape never fails because one part is down.
 
@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -50,6 +51,40 @@ TS_QUEUE_MICROSECONDS = "ts_queue_latency_microseconds"
 TS_REQUESTS = "ts_inference_requests_total"
 QUEUE_WINDOW_S = 30.0
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+# Envoy's statistics as Prometheus text: those used so far (an unused one adds nothing but
+# size), and, used or not, the series an alert or a dashboard watches (docs/production.md,
+# docs/operations.md): a counter that first appears with its first event (an overflow) hides
+# that event from rate(), so each of these exists at 0 from the start. Envoy's own stat names.
+WATCHED_ENVOY_STATS = (
+    r"cluster\.model_[^.]+\.upstream_rq_(pending_overflow|time)",
+    rf"http\.{PUBLIC_LISTENER}\.downstream_(rq_[1-5]xx|rq_time|rq_active|rq_timeout|cx_active)",
+)
+ENVOY_USED_STATS = "/stats/prometheus?usedonly"
+ENVOY_WATCHED_STATS = "/stats/prometheus?filter=" + urllib.parse.quote(f"^({'|'.join(WATCHED_ENVOY_STATS)})$")
+
+
+def _families(text: str) -> dict[str, list[str]]:
+    """Exposition text as its families (each `# TYPE` line and the samples after it), in order."""
+    families: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            current = families.setdefault(line.split()[2], [])
+            current.append(line)
+        elif line.strip() and current is not None:
+            current.append(line)
+    return families
+
+
+def with_missing_samples(text: str, more: str) -> str:
+    """`text`, plus each sample of `more` it lacks, in that sample's family."""
+    families = _families(text)
+    for name, lines in _families(more).items():
+        have = families.setdefault(name, lines[:1])
+        known = {line.rsplit(" ", 1)[0] for line in have[1:]}
+        have += [line for line in lines[1:] if line.rsplit(" ", 1)[0] not in known]
+    return "".join(line + "\n" for lines in families.values() for line in lines)
 
 
 def series_total(text: str, name: str, labels: str | None = None) -> float | None:
