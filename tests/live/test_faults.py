@@ -177,6 +177,7 @@ def test_a_reply_torchserve_makes_itself_is_tried_once_more(crystal_stack: Launc
         # Our sentence, naming the model and how to scale it; never TorchServe's own.
         assert reply.status_code == 503 and reply.headers["retry-after"], reply.text
         assert "make scale MODEL=crystal_pytorch WORKERS=1" in reply.json()["error"], reply.text
+        assert reply.json()["type"] == "unavailable" and reply.json()["code"] == 503, reply.text
         [line] = logged_requests(crystal_stack, "/pytorch", since)
         assert line["attempts"] == 2 and line["status"] == 503, line
     finally:
