@@ -7,7 +7,7 @@
 #
 # Two ways to provide the models (docs/deployment.md):
 #   1. Baked in (default): the archives of MODELS are built at image build time
-#      (`python -m archive_scripts.build_archives --skip-unavailable`; the Hugging Face models
+#      (`python -m archive_scripts.build_archives`; the Hugging Face models
 #      are fetched from the Hub then, at the revisions models.yaml pins; one that cannot be
 #      fetched is skipped, and the build report in the store says why, which the served
 #      routes and /healthcheck repeat). The image serves them with --no-build.
@@ -93,7 +93,7 @@ RUN --mount=type=cache,target=/root/.cache/huggingface,sharing=locked \
     && if [ "${BUILD_MODELS}" = "1" ]; then \
         echo "${MODELS}" | HF_HOME=/root/.cache/huggingface MPLCONFIGDIR=/tmp/mpl-build \
             xargs python -m archive_scripts.build_archives --model-store /app/model_store \
-                --skip-unavailable --report /app/model_store/build-report.json \
+                --report /app/model_store/build-report.json \
         && rm -rf /tmp/mpl-build; \
     fi
 

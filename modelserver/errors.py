@@ -44,7 +44,7 @@ ERROR_TYPES: dict[ErrorType, str] = {
     " `Retry-After` seconds",
     ErrorType.UNAVAILABLE: "the model is not ready, was not provided, or its server is restarting or"
     " unreachable; retry after `Retry-After` seconds",
-    ErrorType.MODEL_FAILURE: "the model failed on valid data, or its worker stopped",
+    ErrorType.MODEL_FAILURE: "the model failed on valid data, or its worker failed before answering",
     ErrorType.DEADLINE_EXCEEDED: "the model did not answer within the route's time",
     ErrorType.SERVER_ERROR: "any other failure of the server",
 }
@@ -53,7 +53,6 @@ ERROR_TYPES: dict[ErrorType, str] = {
 # ones); a status not listed takes the type of its class, the first of FALLBACK_TYPES it reaches.
 TYPE_OF_STATUS: dict[int, ErrorType] = {
     400: ErrorType.BAD_REQUEST,
-    403: ErrorType.NOT_SUPPORTED,
     404: ErrorType.NOT_FOUND,
     405: ErrorType.METHOD_NOT_ALLOWED,
     408: ErrorType.REQUEST_TIMEOUT,

@@ -199,7 +199,7 @@ def check_json_error(
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip(), body
-    assert body.get("code", status) == status, body
+    assert body.get("code") == status, body
     assert body.get("type") in set(ErrorType), body
     if error_type is not None:
         assert body["type"] == error_type, body

@@ -47,7 +47,6 @@ def run_build(settings: LaunchSettings, environ: Mapping[str, str], names: tuple
         str(settings.model_store),
         "--catalogue",
         str(settings.catalogue),
-        "--skip-unavailable",
         "--report",
         str(report_file),
         *names,

@@ -180,6 +180,8 @@ def test_every_metric_an_alert_reads_exists_from_the_start(docs_stack: Launcher)
 @pytest.mark.parametrize("example", CURL_EXAMPLES, ids=str)
 def test_a_documented_curl_answers_what_the_doc_prints(docs_stack: Launcher, example: Example) -> None:
     command = example.command.replace("localhost:3000", docs_stack.url.removeprefix("http://"))
+    if not example.answer:
+        command = command.replace("curl ", "curl --fail ", 1)  # no answer shown: a 2xx is the promise
     command = command.replace("localhost:3001", f"127.0.0.1:{docs_stack.ports.prometheus}")
     ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 0 and ran.stdout.strip(), (str(example), ran.returncode, ran.stderr[-500:])

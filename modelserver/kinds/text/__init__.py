@@ -145,6 +145,8 @@ TEXT_ERRORS = {400: "`model_name` or `task` is not this model's", 422: "invalid 
 
 # The Open Inference Protocol's text tensor: the texts of one own request.
 TEXT_IN = TensorSpec("text", "BYTES", (-1,))
+# One label per text: the text classifiers' output, and the topics model's.
+LABEL_OUT = TensorSpec("label", "BYTES", (-1,))
 
 
 def texts_body(

@@ -47,20 +47,24 @@ class HubTextClassificationAnswer(RootModel[list[list[SentimentLabel]]]):
     """The Hugging Face shape: for each text (one text too), its labels, best first."""
 
 
-LABEL_OUT = TensorSpec("label", "BYTES", (-1,))
 SCORE_OUT = TensorSpec("score", "FP32", (-1,))
 
 
 def _labels_and_scores(answers: list[Any], _: Sequence[int]) -> dict[str, dict[str, Any]]:
     [per_text] = answers
     return {
-        LABEL_OUT.name: output_tensor(LABEL_OUT, [len(per_text)], [answer["label"] for answer in per_text]),
+        text.LABEL_OUT.name: output_tensor(
+            text.LABEL_OUT, [len(per_text)], [answer["label"] for answer in per_text]
+        ),
         SCORE_OUT.name: output_tensor(SCORE_OUT, [len(per_text)], [answer["score"] for answer in per_text]),
     }
 
 
 TEXT_CLASSIFICATION = TensorCodec(
-    inputs=(text.TEXT_IN,), outputs=(LABEL_OUT, SCORE_OUT), bodies=text.texts_body, answers=_labels_and_scores
+    inputs=(text.TEXT_IN,),
+    outputs=(text.LABEL_OUT, SCORE_OUT),
+    bodies=text.texts_body,
+    answers=_labels_and_scores,
 )
 
 KIND = Kind(

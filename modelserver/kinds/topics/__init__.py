@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelserver.kinds.kind import Kind
+from modelserver.kinds.text import LABEL_OUT, TEXT_IN
 from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR, MAX_TEXTS_PER_REQUEST
-from modelserver.protocols.open_inference import TensorCodec, TensorSpec, output_tensor
+from modelserver.protocols.open_inference import TensorCodec, output_tensor
 
 
 class TopicsSettings(BaseModel):
@@ -57,9 +58,7 @@ class TopicsAnswer(BaseModel):
     label: str = Field(description="The prediction label", examples=["hockey"])
 
 
-# The Open Inference Protocol's tensors: one own request per text, one label per text.
-TEXT_IN = TensorSpec("text", "BYTES", (-1,))
-LABEL_OUT = TensorSpec("label", "BYTES", (-1,))
+# The Open Inference Protocol's tensors (the text kinds'): one own request per text, one label per text.
 
 
 def _one_body_per_text(
