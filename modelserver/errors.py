@@ -157,11 +157,13 @@ RAISED_BY_HANDLERS: tuple[type[ServingError], ...] = (
 )
 
 
+TYPE_RAISED_WITH = {int(error.status): error.type for error in RAISED_BY_HANDLERS}
+
+
 def documented_type(status: int) -> ErrorType:
     """The type a route's documented status has: that of the handler's error raised with it
     (a spec's 405 is invalid input), else that of the status (Envoy's own replies)."""
-    raised = {int(error.status): error.type for error in RAISED_BY_HANDLERS}
-    return raised.get(status, type_of_status(status))
+    return TYPE_RAISED_WITH.get(status, type_of_status(status))
 
 
 def error_response(error: ServingError) -> tuple[int, dict[str, Any]]:

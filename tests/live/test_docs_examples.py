@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 import subprocess
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from load_tests.kit.topics_corpus import write_corpus
 from modelserver.project import PROJECT_ROOT
 from modelserver.tools.tiny_models import TINY_MODELS
 from modelserver.tools.tiny_models import main as build_tiny_models
+from tests.helpers import answers_close
 
 DOCUMENTS = ("README.md", "docs/api.md")
 # float32 rounding moves with the batch's shape and the CPU's ISA; the docs print 16-17 digits.
@@ -84,25 +84,6 @@ def python_snippets(document: str) -> list[tuple[int, str]]:
 
 CURL_EXAMPLES = [e for d in DOCUMENTS for e in console_examples(d) if e.command.startswith("curl ")]
 SNIPPETS = [(d, line, code) for d in DOCUMENTS for line, code in python_snippets(d)]
-
-
-def same(got: Any, documented: Any, where: str = "") -> list[str]:
-    """The differences between an answer and the documented one (floats within the tolerance)."""
-    if isinstance(documented, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        return [] if math.isclose(got, documented, **FLOAT_TOLERANCE) else [f"{where}: {got} != {documented}"]
-    if isinstance(documented, dict) and isinstance(got, dict):
-        if set(got) != set(documented):
-            return [f"{where}: keys {sorted(got)} != {sorted(documented)}"]
-        return [p for key in documented for p in same(got[key], documented[key], f"{where}.{key}")]
-    if isinstance(documented, list) and isinstance(got, list):
-        if len(got) != len(documented):
-            return [f"{where}: {len(got)} items != {len(documented)}"]
-        return [
-            p
-            for i, (g, d) in enumerate(zip(got, documented, strict=True))
-            for p in same(g, d, f"{where}[{i}]")
-        ]
-    return [] if got == documented else [f"{where}: {got!r} != {documented!r}"]
 
 
 def shape(value: Any) -> Any:
@@ -191,8 +172,7 @@ def test_a_documented_curl_answers_what_the_doc_prints(docs_stack: Launcher, exa
     if ILLUSTRATIVE in example.command:
         assert [shape(g) for g in got] == [shape(d) for d in documented], (str(example), ran.stdout[:500])
     else:
-        problems = same(got, documented)
-        assert not problems, (str(example), problems, ran.stdout[:1000])
+        assert answers_close(got, documented, **FLOAT_TOLERANCE), (str(example), ran.stdout[:1000])
 
 
 @pytest.mark.parametrize(("document", "line", "code"), SNIPPETS, ids=[f"{d}:{n}" for d, n, _ in SNIPPETS])

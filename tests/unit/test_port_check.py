@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from load_tests.kit.stack import stack_ports
+from load_tests.kit.stack import Launcher, stack_ports
 from modelserver.errors import ConfigError
 from modelserver.launcher.port_check import refuse_taken_ports
 from modelserver.launcher.settings import LaunchSettings
@@ -43,15 +42,11 @@ def test_free_ports_pass_and_a_taken_one_is_named_with_its_option(listener: int)
 def test_the_launcher_refuses_a_taken_port_in_one_line_before_it_builds(
     listener: int, tmp_path: Path
 ) -> None:
-    ports = stack_ports()
-    command = [sys.executable, "-m", "modelserver.launcher", "--listen-address", "127.0.0.1"]
-    command += ["--runtime-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store")]
-    for field, port in ports.model_dump().items():
-        flag = "--port" if field == "public" else f"--{field.replace('_', '-')}-port"
-        command += [flag, str(listener if field == "health" else port)]
+    ports = stack_ports().model_copy(update={"health": listener})
+    command = Launcher(tmp_path, ports=ports).command()  # the launcher as the live tests start it
     ran = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 2, ran.stderr[-2000:]
-    assert "Traceback" not in ran.stderr and not (tmp_path / "store").exists()
+    assert "Traceback" not in ran.stderr and not (tmp_path / "model_store").exists()
     [line] = [line for line in ran.stderr.splitlines() if "ERROR" in line]
     assert line.endswith(
         f"port {listener} (--health-port) is already in use, by another server or another"
