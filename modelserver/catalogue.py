@@ -129,12 +129,75 @@ class AdmissionSettings(BaseModel):
     queue: int | None = Field(default=None, ge=1, le=10_000)
 
 
+# A model's version: what the `x-model-version` header names, on answers and to pin one.
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$"
+# A candidate is served as a model of its own under its primary's name and this suffix, which
+# no catalogue name may contain (`__` is refused in names).
+CANDIDATE_SUFFIX = "__candidate"
+
+
+def candidate_name(model: str) -> str:
+    """The name a model's candidate is built and registered under."""
+    return f"{model}{CANDIDATE_SUFFIX}"
+
+
+class RollbackPolicy(BaseModel):
+    """When the launcher moves every request back to the primary on its own: over the last
+    `window` requests of each version (and once the candidate has `min_requests`), the
+    candidate's 5xx share above the primary's by more than `max_error_rate_increase`, its p99
+    above `max_p99_ratio` times the primary's (and above `p99_floor_ms`, below which the
+    difference is noise), or, in shadow, its agreement with the primary below `min_agreement`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(default=100, ge=5, le=10_000)
+    min_requests: int = Field(default=20, ge=1)
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    max_p99_ratio: float | None = Field(default=2.0, gt=1)
+    p99_floor_ms: float = Field(default=50.0, ge=0)
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _judged_within_the_window(self) -> RollbackPolicy:
+        if self.min_requests > self.window:
+            raise ValueError("min_requests must be at most window")
+        return self
+
+
+class TrafficPolicy(BaseModel):
+    """How a model's requests are shared with its candidate: `canary` percent answered by the
+    candidate, `shadow` percent of the primary's also sent to the candidate (answers compared,
+    never returned), and when to roll back on its own. Changed while serving with
+    `python -m modelserver traffic`; these are the values at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    canary: int = Field(default=0, ge=0, le=100)
+    shadow: int = Field(default=0, ge=0, le=100)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    # Shadow pairs compared at once per model; a mirrored request beyond them is counted, skipped.
+    shadow_concurrency: int = Field(default=2, ge=1, le=16)
+
+
+class CandidateSpec(BaseModel):
+    """The next version of a model: another source of the same kind, served beside it on the
+    same routes. `handler_config` and `torchserve` default to the primary's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    source: SourceSpec
+    handler_config: dict[str, Any] | None = None
+    torchserve: TorchServeSettings | None = None
+
+
 class ModelEntry(BaseModel):
     """One catalogue entry: everything needed to build and serve one model."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: str = Field(default="1", pattern=VERSION_PATTERN)
     kind: str  # a name in the kind registry: how the model is loaded and what it answers
     source: SourceSpec
     extra_files: list[str] = Field(default_factory=list)
@@ -143,6 +206,8 @@ class ModelEntry(BaseModel):
     archive_format: Literal["default", "no-archive"] = "default"
     aliases: list[str] = Field(default_factory=list)  # other names a request may use (Hub ids)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    candidate: CandidateSpec | None = None
+    traffic: TrafficPolicy = Field(default_factory=TrafficPolicy)
     # `handler_config` parsed by the kind's settings model, once, when the entry loads.
     _settings: BaseModel = PrivateAttr()
 
@@ -165,6 +230,39 @@ class ModelEntry(BaseModel):
         except ValidationError as error:
             raise ValueError(f"handler_config.{first_problem(error)}") from None
         return self
+
+    @model_validator(mode="after")
+    def _traffic_needs_a_candidate(self) -> ModelEntry:
+        """A share for a candidate that does not exist is a mistake, not a no-op."""
+        if self.candidate is None and (self.traffic.canary or self.traffic.shadow):
+            raise ValueError("traffic: 'canary' and 'shadow' need a 'candidate'")
+        if self.candidate is not None and self.candidate.version == self.version:
+            raise ValueError(f"candidate.version {self.version!r} is the primary's version too")
+        return self
+
+    def candidate_entry(self) -> ModelEntry | None:
+        """The candidate as an entry of its own (what is built and registered), or None: the
+        primary's entry with the candidate's version and source, and its settings if given."""
+        if self.candidate is None:
+            return None
+        spec = self.candidate
+        fields = self.model_dump(exclude={"name", "version", "source", "candidate", "traffic"})
+        fields["admission"] = {}  # from the candidate's own batch size and workers
+        if spec.handler_config is not None:
+            fields["handler_config"] = spec.handler_config
+        if spec.torchserve is not None:
+            fields["torchserve"] = spec.torchserve.model_dump()
+        try:
+            return ModelEntry.model_validate(
+                {
+                    **fields,
+                    "name": candidate_name(self.name),
+                    "version": spec.version,
+                    "source": spec.source.model_dump(exclude_none=True),
+                }
+            )
+        except ValidationError as error:
+            raise ValueError(f"candidate.{first_problem(error)}") from None
 
     @property
     def settings(self) -> BaseModel:
@@ -336,6 +434,38 @@ class Catalogue(BaseModel):
 
     models: dict[str, ModelEntry]
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    # Every model built and registered: each entry, then its candidate if it has one.
+    _registrations: dict[str, ModelEntry] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _register_candidates(self) -> Catalogue:
+        """The candidates as entries of their own, checked now: a typo in one fails the load."""
+        registrations: dict[str, ModelEntry] = {}
+        for name, entry in self.models.items():
+            if "__" in name:
+                raise ValueError(f"model name {name!r} has '__', which names candidates ({CANDIDATE_SUFFIX})")
+            registrations[name] = entry
+            try:
+                candidate = entry.candidate_entry()
+            except ValueError as error:
+                raise ValueError(f"models.{name}.{error}") from None
+            if candidate is not None:
+                registrations[candidate.name] = candidate
+        self._registrations = registrations
+        return self
+
+    @property
+    def registrations(self) -> dict[str, ModelEntry]:
+        """Every model built and served under its own name: the entries and their candidates."""
+        return dict(self._registrations)
+
+    def candidates(self) -> dict[str, ModelEntry]:
+        """Model name -> its candidate's entry, for the models that have one."""
+        return {
+            name: self._registrations[candidate_name(name)]
+            for name, entry in self.models.items()
+            if entry.candidate is not None
+        }
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> Catalogue:
@@ -369,7 +499,7 @@ class Catalogue(BaseModel):
             raise ConfigError(f"{path}: {first_problem(error)}") from None
 
     def entry(self, name: str) -> ModelEntry:
-        """The entry called `name`, or a `ConfigError` listing the known ones."""
-        if name not in self.models:
-            raise ConfigError(f"no model {name!r} in the catalogue; known: {sorted(self.models)}")
-        return self.models[name]
+        """The entry (or candidate) called `name`, or a `ConfigError` listing the known ones."""
+        if name not in self._registrations:
+            raise ConfigError(f"no model {name!r} in the catalogue; known: {sorted(self._registrations)}")
+        return self._registrations[name]
