@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PY_FILES := modelserver handlers archive_scripts load_tests tests
 
-.PHONY: install browser run archives tiny-models test lint unit live clean bench hops soak overload audit scale image
+.PHONY: install browser run archives tiny-models test lint unit live clean bench hops soak overload audit scale traffic image
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ RUN_DIR ?= run
 scale: install
 	@test -n "$(MODEL)" -a -n "$(WORKERS)" || { echo "usage: make scale MODEL=<name> WORKERS=<n>" >&2; exit 2; }
 	$(PY) -m modelserver.launcher.manage --runtime-dir $(RUN_DIR) scale $(MODEL) $(WORKERS)
+
+## A model's candidate while serving (docs/operations.md, "Upgrading a model"): its canary and
+## shadow shares, promotion or rollback, through Envoy's runtime (no restart, no dropped request):
+## make traffic MODEL=crystal_sklearn CANARY=25 | SHADOW=50 | PROMOTE=1 | ROLLBACK=1; alone, the shares.
+traffic: install
+	$(PY) -m modelserver traffic --runtime-dir $(RUN_DIR) $(MODEL) \
+	  $(if $(CANARY),--canary $(CANARY)) $(if $(SHADOW),--shadow $(SHADOW)) \
+	  $(if $(PROMOTE),--promote) $(if $(ROLLBACK),--rollback)
 
 ## The container image, tagged $(IMAGE) (default modelserver:latest): the pinned Python base, or
 ## one built from Debian's packages where no registry answers; a proxy's CA bundle as a build

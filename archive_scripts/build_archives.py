@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         catalogue = Catalogue.load(args.catalogue)
-        names = args.names or list(catalogue.models)
+        chosen = args.names or catalogue.models
+        names = list(dict.fromkeys(name for model in chosen for name in catalogue.registered_as(model)))
         build_all(catalogue, names, args.model_store, environment(), not args.strict, report)
         if report["skipped"]:
             print(

@@ -7,6 +7,7 @@
     python -m modelserver image-digests [FILE ...]   # exit 1 unless every image is @sha256:<digest>
     python -m modelserver image [OPTIONS]            # build the container image (make image)
     python -m modelserver tiny-models DIR            # tiny text checkpoints to serve offline
+    python -m modelserver traffic [MODEL] [OPTIONS]  # a candidate's canary and shadow shares
 
 Serving is `python -m modelserver.launcher`; building archives `python -m archive_scripts.build_archives`.
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "image-digests": "modelserver.tools.image_digests",
     "image": "modelserver.tools.image",
     "tiny-models": "modelserver.tools.tiny_models",
+    "traffic": "modelserver.launcher.traffic.command",
 }
 
 

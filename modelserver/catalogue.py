@@ -459,6 +459,11 @@ class Catalogue(BaseModel):
         """Every model built and served under its own name: the entries and their candidates."""
         return dict(self._registrations)
 
+    def registered_as(self, model: str) -> list[str]:
+        """The names `model` is built and served under: its own, then its candidate's."""
+        entry = self.entry(model)
+        return [model, *([candidate_name(model)] if entry.candidate is not None else [])]
+
     def candidates(self) -> dict[str, ModelEntry]:
         """Model name -> its candidate's entry, for the models that have one."""
         return {

@@ -20,6 +20,7 @@ from load_tests.kit.stack import Launcher
 from modelserver.errors import ErrorType
 from modelserver.kinds import ModelFiles, SettingsT
 from modelserver.project import PROJECT_ROOT
+from modelserver.serving.headers import VERSION_HEADER
 from modelserver.validation import parse_settings
 
 SEED_CRYSTAL = PROJECT_ROOT.parent / "shared" / "seed_data" / "crystal"
@@ -204,3 +205,12 @@ def check_json_error(
     if error_type is not None:
         assert body["type"] == error_type, body
     return body
+
+
+def unpinned(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The routes a request without a version pin (`x-model-version`) may take."""
+    return [
+        route
+        for route in routes
+        if not any(header.get("name") == VERSION_HEADER for header in route["match"].get("headers", []))
+    ]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from modelserver.kinds import ModelFiles
+from modelserver.kinds.comparison import Compare
 from modelserver.protocols.open_inference import TensorCodec
 
 
@@ -60,6 +61,8 @@ class Kind:  # pylint: disable=too-many-instance-attributes  # a declaration: on
     hf_answer: type[BaseModel] | None = None
     # Its tensors and their mapping in the Open Inference Protocol (/v2/models/{name}/infer).
     open_inference: TensorCodec | None = None
+    # How a candidate's answer compares with the primary's to the same request (shadow traffic).
+    compare: Compare | None = None
 
     def load(self, files: ModelFiles[Any]) -> Any:
         """Import the kind's worker part (only now: it may load torch) and build its predictor."""

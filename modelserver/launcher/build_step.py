@@ -79,11 +79,12 @@ def served_archives(settings: LaunchSettings, environ: Mapping[str, str], catalo
     The build runs in a child process (the build CLI): training a recipe or exporting a
     graph loads ML frameworks, which must stay out of the supervising process. Its report
     says what each model answers to; unbuilt (`--no-build`), the catalogue's names apply."""
-    selected = settings.models or tuple(catalogue.models)
+    chosen = settings.models or tuple(catalogue.models)
     unselected = {
         name: "not selected for this server (--models)"
-        for name in sorted(set(catalogue.models) - set(selected))
+        for name in sorted(set(catalogue.models) - set(chosen))
     }
+    selected = tuple(name for model in chosen for name in catalogue.registered_as(model))
     if not settings.build:
         store = settings.model_store
         archives = {name: archive_path(catalogue.entry(name), store) for name in selected}

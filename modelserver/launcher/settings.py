@@ -151,6 +151,11 @@ class LaunchSettings(BaseModel):
         """Envoy's admin interface: a unix socket, never a TCP port."""
         return self.runtime_dir / "envoy" / "admin.sock"
 
+    @property
+    def shadow_socket(self) -> Path:
+        """Where the launcher compares mirrored (shadow) requests: a unix socket Envoy sends to."""
+        return self.runtime_dir / "shadow.sock"
+
 
 LAUNCHER_HELP = (
     "Serve the catalogue's models: TorchServe on loopback, Envoy on the public port "

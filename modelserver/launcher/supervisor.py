@@ -23,6 +23,7 @@ from pathlib import Path
 from modelserver.catalogue import Catalogue
 from modelserver.errors import ConfigError
 from modelserver.launcher.build_step import Served, served_archives
+from modelserver.launcher.envoy.config import ACCESS_LOG_NAME
 from modelserver.launcher.envoy.process import Envoy
 from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.launcher.pages.assembly import page_server
@@ -34,6 +35,8 @@ from modelserver.launcher.runtime_folder import make_private_folder
 from modelserver.launcher.settings import LaunchSettings
 from modelserver.launcher.torchserve.management import SCALED_WORKERS_FILE, read_scaled_workers, scale_path
 from modelserver.launcher.torchserve.process import TorchServe
+from modelserver.launcher.traffic.shadow import ShadowComparer, ShadowTarget
+from modelserver.launcher.traffic.watch import TrafficWatch
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         self._readiness: Readiness | None = None
         self._catalogue = Catalogue.load(settings.catalogue)
         self._served = Served()
+        self._traffic: TrafficWatch | None = None
+        self._comparer: ShadowComparer | None = None
         self._backoff = {"torchserve": Backoff(), "envoy": Backoff()}
         self._disk_problem: str | None = None  # why the serving loop could not write, until it can
         self._next_key_renewal = 0.0  # monotonic time before which a failed renewal is not retried
@@ -159,19 +164,36 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         except OSError as error:
             log.error("cannot remove %s: %s", SCALED_WORKERS_FILE, error)
         self._torchserve = torchserve = TorchServe(settings, archives, self._environ)
+        self._traffic = traffic = TrafficWatch(
+            self._catalogue,
+            settings.runtime_dir,
+            settings.runtime_dir / "envoy" / ACCESS_LOG_NAME,
+            self._envoy_admin,
+        )
+        traffic.begin()
         self._readiness = Readiness(
-            list(archives), self._model_status, self._served.skipped, trained_on=self._served.trained_on
+            list(archives),
+            self._model_status,
+            self._served.skipped,
+            trained_on=self._served.trained_on,
+            traffic=traffic.status if traffic.active else None,
         )
         if self.stopping():
             self._readiness.set_phase("stopping")
         self._health = page_server(
-            settings.ports.health, self._readiness, self._catalogue, settings.ports.metrics, self._envoy_stats
+            settings.ports.health,
+            self._readiness,
+            self._catalogue,
+            settings.ports.metrics,
+            self._envoy_stats,
+            traffic,
         )
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()
         if not self._wait_for_models(list(archives)):
             return 0 if self.stopping() else 1
+        self._comparer = self._shadow_comparer(archives)
         self._envoy = Envoy(settings, self._environ)
         self._envoy.start(tokens.inference, self._route_table())
         self._envoy.wait_ready()
@@ -192,10 +214,49 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             self._tend()
         return 0
 
+    def _shadow_comparer(self, archives: dict[str, Path]) -> ShadowComparer | None:
+        """The comparer of shadow pairs, started, for the models served with their candidate."""
+        targets = {
+            name: ShadowTarget(
+                primary=name,
+                candidate=candidate.name,
+                compare=candidate.kind_declared.compare,
+                concurrency=self._catalogue.models[name].traffic.shadow_concurrency,
+            )
+            for name, candidate in self._catalogue.candidates().items()
+            if name in archives and candidate.name in archives and candidate.kind_declared.compare is not None
+        }
+        if not targets or self._traffic is None:
+            return None
+        comparer = ShadowComparer(
+            self._settings.shadow_socket,
+            targets,
+            f"http://127.0.0.1:{self._settings.ports.inference}",
+            self._inference_key,
+            self._traffic.record_pair,
+            self._traffic.skipped,
+        )
+        comparer.start()
+        return comparer
+
+    def _inference_key(self) -> str:
+        """TorchServe's inference key now (the comparer calls both versions with it)."""
+        tokens = self._torchserve.read_tokens() if self._torchserve is not None else None
+        if tokens is None:
+            raise OSError("TorchServe has not written its keys")
+        return tokens.inference
+
+    def _envoy_admin(self, method: str, path: str) -> str:
+        if self._envoy is None:
+            raise OSError("Envoy is not started yet")
+        return self._envoy.admin(method, path)
+
     def _tend(self) -> None:
-        """One turn of the serving loop: restart what died, hand Envoy a new key. An OSError
-        (a full or read-only runtime folder) never ends the launcher: see `_cannot_write`."""
+        """One turn of the serving loop: restart what died, hand Envoy a new key, watch the
+        candidates. An OSError (a full or read-only runtime folder) never ends the launcher:
+        see `_cannot_write`."""
         assert self._torchserve is not None and self._envoy is not None
+        self._watch_candidates()
         try:
             self._envoy.reap()
             if not _alive(self._torchserve.process):
@@ -212,6 +273,16 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         if self._disk_problem is not None:
             log.info("the runtime folder is writable again; serving as before")
             self._disk_problem = None
+
+    def _watch_candidates(self) -> None:
+        """Judge the candidates on what they answered since the last turn (a rollback is one
+        runtime change in Envoy). A surprise here is logged and never stops the serving loop."""
+        if self._traffic is None or self._envoy is None or not _alive(self._envoy.process):
+            return
+        try:
+            self._traffic.tend()
+        except Exception:  # pylint: disable=broad-exception-caught
+            log.exception("could not watch the candidates this turn")
 
     def _cannot_write(self, error: OSError) -> None:
         """A restart or a config write failed on the disk (full, read-only): log it once, keep
@@ -331,7 +402,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
 
     def _route_table(self) -> RouteTable:
         """The public routes: every catalogue route, answering 503 for skipped models."""
-        return RouteTable(self._catalogue, self._served.skipped, self._served.names)
+        shares = self._traffic.shares() if self._traffic is not None and self._traffic.active else None
+        return RouteTable(self._catalogue, self._served.skipped, self._served.names, shares)
 
     def _wait_for_models(self, names: list[str]) -> bool:
         """Wait until every model has a ready worker; False on timeout, crash or stop."""
@@ -366,6 +438,8 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
                 time.sleep(self._settings.unready_delay_s)  # let load balancers see the 503
             self._envoy.drain(self._settings.drain_timeout_s)
             self._envoy.stop()
+        if self._comparer is not None:
+            self._comparer.stop()
         if self._torchserve is not None:
             self._torchserve.stop()
         if self._health is not None:

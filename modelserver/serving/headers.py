@@ -8,3 +8,8 @@ Envoy retries on the header's absence and removes it before the client sees the 
 """
 
 HANDLER_ANSWER = "x-handler-answer"
+
+# The version of a model that answered (on every answer a model's route gives), and the one a
+# client asks for (a request header pinning it): the catalogue's `version` of the model or of
+# its candidate.
+VERSION_HEADER = "x-model-version"

@@ -15,7 +15,7 @@ from modelserver.catalogue import Catalogue
 from modelserver.kinds.crystal import worker as crystal_worker
 from modelserver.launcher.envoy.routes import RouteTable
 from modelserver.serving.deadlines import ARRIVED_HEADER, WAIT_HEADER, deadline_passed
-from tests.helpers import crystal_handler
+from tests.helpers import crystal_handler, unpinned
 
 GOOD = json.dumps({"crystalData": BRIEF_ROWS}).encode()
 NOW_S = 1_800_000_000.0
@@ -79,7 +79,7 @@ def test_a_batch_of_late_requests_only_runs_no_model(
 
 
 def test_envoy_stamps_each_model_route_with_its_wait_and_strips_clients_stamps() -> None:
-    routes = RouteTable(Catalogue.load(), {}).routes()
+    routes = unpinned(RouteTable(Catalogue.load(), {}).routes())
     sklearn = next(r for r in routes if r["match"].get("path") == "/sklearn")
     added = {h["header"]["key"]: h["header"]["value"] for h in sklearn["request_headers_to_add"]}
     assert added == {ARRIVED_HEADER: "%START_TIME(%s%3f)%", WAIT_HEADER: "15000"}

@@ -27,11 +27,13 @@ from modelserver.launcher.settings import settings_from_command_line
 from modelserver.launcher.torchserve.config import CONFIG_TEMPLATE, read_properties
 from modelserver.protocols.open_inference import PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.headers import HANDLER_ANSWER
+from tests.helpers import unpinned
 
 
 def find(routes: list[dict[str, Any]], path: str, value: str | None = None) -> dict[str, Any]:
-    """The first route for `path` whose metadata match is `value` (None: no metadata match)."""
-    for route in routes:
+    """The first route for `path` whose metadata match is `value` (None: no metadata match), for
+    a request that pins no version."""
+    for route in unpinned(routes):
         match = route["match"]
         if match.get("path") != path:
             continue
@@ -61,7 +63,7 @@ def test_predict_selects_any_model_by_name_or_hub_id() -> None:
     assert choices["distilbert-base-uncased-finetuned-sst-2-english"] == "sentiment"
     routes = table.routes()
     assert find(routes, "/predict", "camembert-base")["route"]["prefix_rewrite"] == "/predictions/camembert"
-    unknown = [r for r in routes if r["match"].get("path") == "/predict" and "direct_response" in r]
+    unknown = [r for r in unpinned(routes) if r["match"].get("path") == "/predict" and "direct_response" in r]
     assert len(unknown) == 1 and unknown[0]["direct_response"]["status"] == 400
     assert "fill_mask" in unknown[0]["direct_response"]["body"]["inline_string"]
 
@@ -153,7 +155,7 @@ def test_only_routes_that_pick_a_model_parse_the_body() -> None:
 def test_each_model_has_its_own_cluster_with_its_admission_limits() -> None:
     catalogue = Catalogue.load()
     table = RouteTable(catalogue, {})
-    clusters = {cluster["name"]: cluster for cluster in table.clusters(9080)}
+    clusters = {cluster["name"]: cluster for cluster in table.clusters(9080, Path("/run/shadow.sock"))}
     assert find(table.routes(), "/sklearn")["route"]["cluster"] == model_cluster("crystal_sklearn")
     assert find(table.routes(), "/predictions/camembert")["route"]["cluster"] == model_cluster("camembert")
     assert GENERIC_CLUSTER in clusters

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelserver.kinds.comparison import AnswersNotComparable, Comparison
 from modelserver.kinds.kind import Kind
 from modelserver.payload import BODY_OVERHEAD_BYTES
 from modelserver.protocols.open_inference import TensorCodec, TensorSpec, output_tensor
@@ -102,6 +103,52 @@ CRYSTAL = TensorCodec(
     notes={"scores": "in the order of the model's labels file"},
 )
 
+
+def _is_scores(row: Any) -> bool:
+    """Whether `row` is one row's scores: an object of numbers."""
+    return isinstance(row, dict) and all(
+        isinstance(score, int | float) and not isinstance(score, bool) for score in row.values()
+    )
+
+
+def _rows(answer: Any) -> tuple[list[str], list[dict[str, float]]]:
+    """(label, scores) of each row of one answer, checked: `CrystalAnswer`'s shape, with as
+    many labels as rows of scores."""
+    if not isinstance(answer, dict):
+        raise AnswersNotComparable("an answer is not an object")
+    labels, scores = answer.get("prediction"), answer.get("scores")
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise AnswersNotComparable("an answer's prediction is not a list of labels")
+    if not isinstance(scores, list) or not all(_is_scores(row) for row in scores):
+        raise AnswersNotComparable("an answer's scores are not a list of objects of numbers")
+    if len(labels) != len(scores):
+        raise AnswersNotComparable(f"an answer has {len(labels)} labels and {len(scores)} rows of scores")
+    return labels, scores
+
+
+def compare_answers(primary: Any, candidate: Any) -> Comparison:
+    """Rows with the same label, and the largest difference of any label's score (a label one
+    answer lacks scores 0 there): a candidate may keep every label and still drift in scores."""
+    primary_labels, primary_scores = _rows(primary)
+    candidate_labels, candidate_scores = _rows(candidate)
+    if len(primary_labels) != len(candidate_labels):
+        raise AnswersNotComparable(
+            f"the primary answers {len(primary_labels)} rows, the candidate {len(candidate_labels)}"
+        )
+    return Comparison(
+        items=len(primary_labels),
+        agreeing=sum(mine == theirs for mine, theirs in zip(primary_labels, candidate_labels, strict=True)),
+        largest_score_difference=max(
+            (
+                abs(mine.get(label, 0.0) - theirs.get(label, 0.0))
+                for mine, theirs in zip(primary_scores, candidate_scores, strict=True)
+                for label in mine.keys() | theirs.keys()
+            ),
+            default=0.0,
+        ),
+    )
+
+
 KIND = Kind(
     loader="modelserver.kinds.crystal.worker:load_crystal_predictor",
     settings=CrystalSettings,
@@ -114,4 +161,5 @@ KIND = Kind(
     },
     example={"crystalData": [[0.92, 0.12, 0.31, 0.09]]},
     open_inference=CRYSTAL,
+    compare=compare_answers,
 )

@@ -1,6 +1,7 @@
 """What the Hugging Face text kinds (`fill_mask`, `text_classification`) share, framework-free:
 their settings, the request fields every text request has, the Hugging Face Inference API's body
-shape, and the text tensor of their v2 codecs.
+shape, the text tensor of their v2 codecs, and the checks their answers' comparisons (shadow
+traffic) share, the topics model's labels too.
 
 The launcher (OpenAPI document) and the catalogue read this without importing torch or
 transformers; the shared serving code is in `worker`, the shared build-time export in `export`.
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
 
 from modelserver.backends import DEFAULT_BACKEND, BackendName
+from modelserver.kinds.comparison import AnswersNotComparable, Comparison
 from modelserver.payload import (
     BODY_OVERHEAD_BYTES,
     JSON_BYTES_PER_CHAR,
@@ -154,3 +156,31 @@ def texts_body(
 ) -> list[dict[str, Any]]:
     """An `infer` request as one own body holding every text, with its parameters."""
     return [{"text": values[TEXT_IN.name], **parameters}]
+
+
+# Comparing two answers (shadow traffic). A misbehaving model's answer must not pass for a
+# disagreement, so every entry read is checked; messages name shapes, never an answer's text.
+
+
+def is_number(value: Any) -> bool:
+    """Whether a parsed JSON value is a number (JSON has no bool-as-number)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def label_entry(entry: Any, scored: bool) -> str:
+    """The label of one `{"label": ..., "score": ...}` entry (its score checked if `scored`)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
+        raise AnswersNotComparable("an entry of an answer is not an object with a string label")
+    if scored and not is_number(entry.get("score")):
+        raise AnswersNotComparable("an entry of an answer has no numeric score")
+    return entry["label"]
+
+
+def compare_labels(primary: Sequence[str], candidate: Sequence[str]) -> Comparison:
+    """The top labels of the same texts, one to one: a text agrees when its labels are equal."""
+    if len(primary) != len(candidate):
+        raise AnswersNotComparable(
+            f"the primary answers {len(primary)} texts, the candidate {len(candidate)}"
+        )
+    agreeing = sum(mine == theirs for mine, theirs in zip(primary, candidate, strict=True))
+    return Comparison(items=len(primary), agreeing=agreeing)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, RootModel
 
 from modelserver.kinds import text
+from modelserver.kinds.comparison import AnswersNotComparable, Comparison
 from modelserver.kinds.kind import Kind
 from modelserver.protocols.open_inference import TensorCodec, TensorSpec, output_tensor
 
@@ -67,6 +68,39 @@ TEXT_CLASSIFICATION = TensorCodec(
     answers=_labels_and_scores,
 )
 
+
+def _top_labels(answer: Any) -> tuple[str, list[str]]:
+    """(its shape, the top label of each text) of one answer: own (an entry, or a list of
+    them) or Hugging Face's (a list per text of its labels, best first)."""
+    if isinstance(answer, dict):
+        return "one text", [text.label_entry(answer, scored=True)]
+    if not isinstance(answer, list):
+        raise AnswersNotComparable("an answer is neither an object nor a list")
+    if answer and all(isinstance(labels, list) for labels in answer):
+        return "Hugging Face", [_best_label(labels) for labels in answer]
+    return "list", [text.label_entry(entry, scored=True) for entry in answer]
+
+
+def _best_label(labels: list[Any]) -> str:
+    """The first of one text's Hugging Face labels (each checked: the list is the answer)."""
+    if not labels:
+        raise AnswersNotComparable("a text's labels are empty")
+    best, *_ = [text.label_entry(entry, scored=True) for entry in labels]
+    return best
+
+
+def compare_answers(primary: Any, candidate: Any) -> Comparison:
+    """Texts whose top label is the same in both answers; scores are not compared (a
+    classifier's answer is its label, and the Hugging Face shape may score otherwise)."""
+    primary_shape, primary_labels = _top_labels(primary)
+    candidate_shape, candidate_labels = _top_labels(candidate)
+    if primary_shape != candidate_shape:
+        raise AnswersNotComparable(
+            f"the primary answers in the {primary_shape} shape, the candidate in the {candidate_shape} shape"
+        )
+    return text.compare_labels(primary_labels, candidate_labels)
+
+
 KIND = Kind(
     loader="modelserver.kinds.text_classification.worker:load_text_classification_predictor",
     settings=text.TextModelSettings,
@@ -78,4 +112,5 @@ KIND = Kind(
     hf_request=HubTextClassificationRequest,
     hf_answer=HubTextClassificationAnswer,
     open_inference=TEXT_CLASSIFICATION,
+    compare=compare_answers,
 )

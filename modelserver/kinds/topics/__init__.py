@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelserver.kinds.comparison import Comparison
 from modelserver.kinds.kind import Kind
-from modelserver.kinds.text import LABEL_OUT, TEXT_IN
+from modelserver.kinds.text import LABEL_OUT, TEXT_IN, compare_labels, label_entry
 from modelserver.payload import BODY_OVERHEAD_BYTES, JSON_BYTES_PER_CHAR, MAX_TEXTS_PER_REQUEST
 from modelserver.protocols.open_inference import TensorCodec, output_tensor
 
@@ -80,6 +81,12 @@ TOPICS = TensorCodec(
     max_items=MAX_TEXTS_PER_REQUEST,  # one own request per text
 )
 
+
+def compare_answers(primary: Any, candidate: Any) -> Comparison:
+    """One text, one label: the two answers agree when their labels are equal."""
+    return compare_labels([label_entry(primary, scored=False)], [label_entry(candidate, scored=False)])
+
+
 KIND = Kind(
     loader="modelserver.kinds.topics.worker:load_topics_predictor",
     settings=TopicsSettings,
@@ -88,4 +95,5 @@ KIND = Kind(
     errors={405: "Validation exception (as the topics spec documents)"},
     example={"text": "The goalie stopped the puck in overtime."},
     open_inference=TOPICS,
+    compare=compare_answers,
 )

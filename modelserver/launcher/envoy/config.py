@@ -41,7 +41,7 @@ from modelserver.launcher.envoy.routes import (
     loopback_cluster,
     typed,
 )
-from modelserver.launcher.envoy.tracing import collector_cluster, runtime_layers, traced_manager
+from modelserver.launcher.envoy.tracing import collector_cluster, traced_manager, tracing_runtime
 from modelserver.launcher.envoy.upstream_errors import custom_response_filter
 from modelserver.launcher.settings import LaunchSettings, settings_from_command_line
 from modelserver.project import PROJECT_ROOT, environment
@@ -66,7 +66,7 @@ HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes 
 # them. The launcher serves each group for at most that many requests at once too (loopback
 # callers; modelserver/launcher/pages/health.py keeps threads for /healthcheck beyond them all).
 METRICS_CLUSTER = "metrics"  # GET /metrics (the Prometheus listener)
-DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files
+DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files, /traffic
 OPEN_INFERENCE_PAGES_CLUSTER = "v2_pages"  # /v2 health and metadata
 METRICS_READERS = DOCUMENT_READERS = OPEN_INFERENCE_READERS = 2
 
@@ -130,8 +130,8 @@ GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
 # /docs and its Swagger UI files (/docs/swagger-ui.css, ...): one file name with an extension,
 # never a dot segment nor a deeper path.
 DOCS_PATHS = r"docs(/[A-Za-z0-9_-]+(\.[A-Za-z0-9]+)+)?"
-LAUNCHER_PAGES = rf"^/(openapi\.json|{DOCS_PATHS})$"
-GET_PAGES = rf"^/(healthcheck|openapi\.json|{DOCS_PATHS})$"
+LAUNCHER_PAGES = rf"^/(openapi\.json|traffic|{DOCS_PATHS})$"
+GET_PAGES = rf"^/(healthcheck|openapi\.json|traffic|{DOCS_PATHS})$"
 # Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
 # Python worker per request (docs/BENCHMARKS.md, "Request headers").
 UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
@@ -403,6 +403,17 @@ ROUTER = {
 }
 
 
+def body_fields_filter(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The filter that reads a model-picking body field into metadata, where a route picks its
+    model by one (Envoy refuses the filter without rules)."""
+    if not rules:
+        return []
+    config = typed(
+        "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata", request_rules={"rules": rules}
+    )
+    return [{"name": BODY_FIELDS_FILTER, "typed_config": config}]
+
+
 def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
     """JSON content type (and, on the way back, the handler's mark removed), TorchServe's own
     errors as ours, the body buffered within its limit, the model-picking body field, the Lua
@@ -427,13 +438,7 @@ def http_filters(routes: RouteTable) -> list[dict[str, Any]]:
                 "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=BODY_LIMIT_BYTES
             ),
         },
-        {
-            "name": BODY_FIELDS_FILTER,
-            "typed_config": typed(
-                "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
-                request_rules={"rules": routes.selector_rules()},
-            ),
-        },
+        *body_fields_filter(routes.selector_rules()),
         {
             "name": LUA_FILTER,
             "typed_config": typed(
@@ -692,18 +697,26 @@ def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
     )
 
 
+def runtime_layers(settings: LaunchSettings, routes: RouteTable) -> dict[str, Any]:
+    """Envoy's runtime: the values this config starts with (the tracing exporter's, and each
+    candidate's traffic shares as the runtime folder holds them), under the admin layer, which
+    `/runtime_modify` changes while serving (`python -m modelserver traffic`, a rollback)."""
+    static = {**(tracing_runtime(settings.tracing) if settings.tracing else {}), **routes.runtime_values()}
+    return {"layers": [{"name": "static", "static_layer": static}, {"name": "admin", "admin_layer": {}}]}
+
+
 def envoy_config(settings: LaunchSettings, inference_token: str, routes: RouteTable) -> dict[str, Any]:
     """The config for this instance's ports, routes and TorchServe key."""
     return {
         # Admin on a unix socket only the launcher's user can open.
         "admin": {"address": {"pipe": {"path": str(settings.envoy_admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         "overload_manager": overload_manager(settings),
-        **({"layered_runtime": runtime_layers(settings.tracing)} if settings.tracing else {}),
+        "layered_runtime": runtime_layers(settings, routes),
         "static_resources": {
             "listeners": [public_listener(settings, inference_token, routes), prometheus_listener(settings)],
             # One cluster per catalogue model with its admission limits, and the generic one.
             "clusters": [
-                *routes.clusters(settings.ports.inference),
+                *routes.clusters(settings.ports.inference, settings.shadow_socket),
                 loopback_cluster(HEALTH_CLUSTER, settings.ports.health),
                 *(
                     loopback_cluster(name, settings.ports.health, limits)

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from modelserver.catalogue import Catalogue, RouteSpec
+from modelserver.catalogue import Catalogue, ModelEntry, RouteSpec, candidate_name
 from modelserver.kinds.registry import KINDS
+from modelserver.launcher.traffic.state import (
+    Shares,
+    canary_key,
+    catalogue_shares,
+    runtime_values,
+    shadow_key,
+)
 from modelserver.protocols.open_inference import BINARY_REFUSED, MODEL_VERSION, PROTOCOL, PROTOCOL_HEADER
 from modelserver.serving.deadlines import ARRIVED_FORMAT, ARRIVED_HEADER, WAIT_HEADER
-from modelserver.serving.headers import HANDLER_ANSWER
+from modelserver.serving.headers import HANDLER_ANSWER, VERSION_HEADER
 
 METADATA_NAMESPACE = "modelserver"
 # Each model route names its model in its metadata, for the sentences of TorchServe's own errors.
@@ -46,6 +54,11 @@ GENERIC_MARGIN_S = 5
 GENERIC_CLUSTER = "torchserve"
 GENERIC_LIMITS = {"max_connections": 8, "max_pending_requests": 16, "max_requests": 24, "max_retries": 8}
 UPSTREAM_IDLE_S = 10
+# Shadow requests go to the launcher's comparer (a unix socket); it answers at once and compares
+# later, so a few connections serve every model. Beyond its limits a mirror is dropped, never
+# queued: the client's own request never waits for it.
+SHADOW_CLUSTER = "shadow"
+SHADOW_LIMITS = {"max_connections": 16, "max_pending_requests": 16, "max_requests": 32, "max_retries": 0}
 # The Open Inference Protocol: `infer` of any model, and its GET pages (the launcher's).
 V2_INFER_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"
 V2_PAGES = r"^/v2(/health/(live|ready)|/models/[A-Za-z0-9_.-]+(/versions/[A-Za-z0-9_.-]+)?(/ready)?)?$"
@@ -128,8 +141,26 @@ def _field_is(field: str, value: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def model_cluster(name: str) -> str:
-    """Each model has its own Envoy cluster (the same TorchServe port) for its own limits."""
+    """Each model (and each candidate) has its own Envoy cluster (the same TorchServe port) for
+    its own limits and statistics."""
     return f"model_{name}"
+
+
+def _with_header(match: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    return {**match, "headers": [*match.get("headers", []), header]}
+
+
+def pinned(version: str) -> dict[str, Any]:
+    """A request that asks for `version` of a model."""
+    return {"name": VERSION_HEADER, "string_match": {"exact": version}}
+
+
+PINS_ANY = {"name": VERSION_HEADER, "present_match": True}
+
+
+def percent_of(key: str) -> dict[str, Any]:
+    """A share of requests, in percent, read from Envoy's runtime `key` (0 until it is set)."""
+    return {"default_value": {"numerator": 0, "denominator": "HUNDRED"}, "runtime_key": key}
 
 
 def loopback_cluster(name: str, port: int, limits: Mapping[str, int] | None = None) -> dict[str, Any]:
@@ -167,6 +198,21 @@ def torchserve_cluster(name: str, port: int, limits: Mapping[str, int]) -> dict[
     }
 
 
+def shadow_cluster(socket_path: Path) -> dict[str, Any]:
+    """The launcher's comparer, on a unix socket: where the shadow share is mirrored."""
+    endpoint = {"address": {"pipe": {"path": str(socket_path)}}}
+    return {
+        "name": SHADOW_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SHADOW_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+        },
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", **SHADOW_LIMITS}]},
+    }
+
+
 class RouteTable:
     """Builds the route list, the body-field rules and the Lua selector table for Envoy."""
 
@@ -175,21 +221,29 @@ class RouteTable:
         catalogue: Catalogue,
         skipped: Mapping[str, str],
         names: Mapping[str, Sequence[str]] | None = None,
+        shares: Mapping[str, Shares] | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._skipped = dict(skipped)
         # What each built archive answers to (the build's report); the catalogue's names else.
         self._names = dict(names or {})
+        # Each candidate's traffic now (the runtime folder's), the catalogue's policy else.
+        self._shares = dict(catalogue_shares(catalogue) if shares is None else shares)
 
-    def _to_model(self, name: str, timeout_s: float) -> dict[str, Any]:
-        if name in self._skipped:
-            return direct(503, f"model {name} is not available: {self._skipped[name]}", retry_after="3600")
+    def _to_model(
+        self, name: str, timeout_s: float, registration: ModelEntry | None = None
+    ) -> dict[str, Any]:
+        """The action of a route to `name`'s primary, or to `registration` (its candidate)."""
+        served = registration or self._catalogue.models[name]
+        if served.name in self._skipped:
+            reason = self._skipped[served.name]
+            return direct(503, f"model {served.name} is not available: {reason}", retry_after="3600")
         # No total timeout: a stream may run long. The idle timeout bounds the wait for each
         # answer or chunk, which for a plain answer is the whole wait.
         action = {
             "route": {
-                "cluster": model_cluster(name),
-                "prefix_rewrite": f"/predictions/{name}",
+                "cluster": model_cluster(served.name),
+                "prefix_rewrite": f"/predictions/{served.name}",
                 "timeout": "0s",
                 "idle_timeout": f"{timeout_s:g}s",
                 "retry_policy": SAFE_RETRIES,
@@ -200,10 +254,52 @@ class RouteTable:
                 header_to_add(ARRIVED_HEADER, ARRIVED_FORMAT),
                 header_to_add(WAIT_HEADER, str(round(timeout_s * 1000))),
             ],
+            # Which version answered: every answer says so.
+            "response_headers_to_add": [header_to_add(VERSION_HEADER, served.version)],
         }
         # The model's name, for the sentences of TorchServe's own errors (`upstream_errors`).
         named = {"metadata": {"filter_metadata": {METADATA_NAMESPACE: {MODEL_KEY: name}}}}
         return combined(action, body_limit(self.body_limit(name)), named)
+
+    def _served(
+        self, match: dict[str, Any], name: str, timeout_s: float, *parts: dict[str, Any], mirror: bool = True
+    ) -> list[dict[str, Any]]:
+        """The routes of one request shape that `name` answers, in the order Envoy tries them: a
+        pinned version (`x-model-version`), an unknown one (404), the candidate's canary share,
+        then the primary, which also mirrors its shadow share to the comparer (`mirror`)."""
+        entry = self._catalogue.models[name]
+        candidate = self._catalogue.candidates().get(name)
+        primary = combined({"match": match}, self._to_model(name, timeout_s), *parts)
+        if candidate is None:
+            other = {**pinned(entry.version), "invert_match": True}
+            return [self._unknown_version(_with_header(match, other), name, parts), primary]
+        to_candidate = combined({"match": match}, self._to_model(name, timeout_s, candidate), *parts)
+        routes = [
+            combined(to_candidate, {"match": _with_header(match, pinned(candidate.version))}),
+            combined(primary, {"match": _with_header(match, pinned(entry.version))}),
+            self._unknown_version(match, name, parts),
+        ]
+        if candidate.name in self._skipped or name in self._skipped:
+            return [*routes, primary]
+        routes.append(
+            combined(to_candidate, {"match": {**match, "runtime_fraction": percent_of(canary_key(name))}})
+        )
+        if mirror:
+            shadow = [{"cluster": SHADOW_CLUSTER, "runtime_fraction": percent_of(shadow_key(name))}]
+            primary = {**primary, "route": {**primary["route"], "request_mirror_policies": shadow}}
+        return [*routes, primary]
+
+    def _unknown_version(
+        self, match: dict[str, Any], name: str, parts: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A pin (`x-model-version`) naming no version of `name`: a 404 listing its versions."""
+        versions = [version.version for version in (self._catalogue.models[name], *self._candidate_of(name))]
+        sentence = f"model {name} has no such version; its versions: {', '.join(versions)} ({VERSION_HEADER})"
+        return combined({"match": _with_header(match, PINS_ANY)}, direct(404, sentence), *parts)
+
+    def _candidate_of(self, name: str) -> list[ModelEntry]:
+        candidate = self._catalogue.candidates().get(name)
+        return [candidate] if candidate is not None else []
 
     def body_limit(self, name: str) -> int:
         """The body limit of a model's routes: what its kind's limits need, at most
@@ -229,40 +325,56 @@ class RouteTable:
                 found.setdefault(alias, name)
         return found
 
+    def _picked(self, path: str, spec: RouteSpec) -> list[dict[str, Any]]:
+        """A route that picks its model by a body field: one set of routes per value, a 400 for
+        an unknown value. Its default (no field) reads the body within the largest limit of the
+        models it may pick."""
+        assert spec.select_by is not None
+        choices = self.choices(spec)
+        routes: list[dict[str, Any]] = []
+        for value, target in sorted(choices.items()):
+            match = {
+                "path": path,
+                "headers": POST,
+                "dynamic_metadata": _field_is(spec.select_by, {"string_match": {"exact": value}}),
+            }
+            routes += self._served(match, target, spec.timeout_s)
+        wanted = sorted(set(choices)) if spec.choices else sorted(set(choices.values()))
+        unknown = f"'{spec.select_by}' must be one of: {', '.join(wanted)}"
+        if not spec.choices:
+            unknown = f"unknown '{spec.select_by}'; served models: {', '.join(wanted)}"
+        match = {
+            "path": path,
+            "headers": POST,
+            "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
+        }
+        routes.append({"match": match, **direct(400, unknown)})
+        limit = body_limit(max(self.body_limit(m) for m in choices.values()))
+        default = {"path": path, "headers": POST}
+        if spec.model:
+            return routes + self._served(default, spec.model, spec.timeout_s, limit, self._plain(spec))
+        return [*routes, combined({"match": default}, direct(400, unknown), limit, self._plain(spec))]
+
     def routes(self) -> list[dict[str, Any]]:
         """Every generated route, most specific first."""
         routes: list[dict[str, Any]] = []
         for path, spec in self._catalogue.routes.items():
             if spec.select_by:
-                choices = self.choices(spec)
-                for value, target in sorted(choices.items()):
-                    match = {
-                        "path": path,
-                        "headers": POST,
-                        "dynamic_metadata": _field_is(spec.select_by, {"string_match": {"exact": value}}),
-                    }
-                    routes.append({"match": match, **self._to_model(target, spec.timeout_s)})
-                wanted = sorted(set(choices)) if spec.choices else sorted(set(choices.values()))
-                unknown = f"'{spec.select_by}' must be one of: {', '.join(wanted)}"
-                if not spec.choices:
-                    unknown = f"unknown '{spec.select_by}'; served models: {', '.join(wanted)}"
-                match = {
-                    "path": path,
-                    "headers": POST,
-                    "dynamic_metadata": _field_is(spec.select_by, {"present_match": True}),
-                }
-                routes.append({"match": match, **direct(400, unknown)})
-            # A route that picks its model from the body reads the body first, within the
-            # largest limit of the models it may pick.
-            default = self._to_model(spec.model, spec.timeout_s) if spec.model else direct(400, unknown)
-            if spec.select_by:
-                default = combined(default, body_limit(max(self.body_limit(m) for m in choices.values())))
-            routes.append(combined({"match": {"path": path, "headers": POST}}, default, self._plain(spec)))
+                routes += self._picked(path, spec)
+            elif spec.model:
+                match = {"path": path, "headers": POST}
+                routes += self._served(match, spec.model, spec.timeout_s, self._plain(spec))
         # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
         for name, entry in sorted(self._catalogue.models.items()):
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
             match = {"path": f"/predictions/{name}", "headers": POST}
-            routes.append(combined({"match": match}, self._to_model(name, timeout), self._plain(None)))
+            routes += self._served(match, name, timeout, self._plain(None))
+            if entry.candidate is not None:
+                hidden = {"path": f"/predictions/{candidate_name(name)}"}
+                pin = f"send {VERSION_HEADER}: {entry.candidate.version} to /predictions/{name} instead"
+                routes.append(
+                    {"match": hidden, **direct(404, f"a candidate is not served by its own name; {pin}")}
+                )
         routes.extend(self._open_inference_routes())
         paths = "|".join(re.escape(path) for path in self._catalogue.routes)
         if paths:
@@ -286,18 +398,22 @@ class RouteTable:
             if KINDS[entry.kind].open_inference is None:
                 continue
             timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
-            for path in (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"):
-                routes.append(
-                    combined(
-                        {"match": {"path": path, "headers": POST}},
-                        self._to_model(name, timeout),
-                        self._plain(None),
-                        {"request_headers_to_add": mark},
-                    )
-                )
+            # The version in the path is the protocol's own (always the primary); without one, the
+            # request is shared with a candidate like any other (never mirrored: the comparer
+            # reads the kinds' own answers, not tensors).
+            parts = (self._plain(None), {"request_headers_to_add": mark})
+            routes += self._served(
+                {"path": f"/v2/models/{name}/infer", "headers": POST}, name, timeout, *parts, mirror=False
+            )
+            versioned = {"path": f"/v2/models/{name}/versions/{MODEL_VERSION}/infer", "headers": POST}
+            routes.append(combined({"match": versioned}, self._to_model(name, timeout), *parts))
         return routes
 
-    def clusters(self, torchserve_port: int) -> list[dict[str, Any]]:
+    def runtime_values(self) -> dict[str, int]:
+        """Each candidate's shares as Envoy runtime keys (its static layer at start)."""
+        return runtime_values(self._shares)
+
+    def clusters(self, torchserve_port: int, shadow_socket: Path) -> list[dict[str, Any]]:
         """One cluster per catalogue model with its admission limits, and the generic one.
         HTTP/1.1 to TorchServe: one connection per request in flight, so `max_connections` is
         the `concurrency` limit and `queue` requests wait for a connection. `max_requests` is
@@ -305,7 +421,9 @@ class RouteTable:
         workers, each has its own connection pool under the shared limits). Every request of a
         lost batch may retry."""
         clusters = [torchserve_cluster(GENERIC_CLUSTER, torchserve_port, GENERIC_LIMITS)]
-        for name, entry in sorted(self._catalogue.models.items()):
+        if self._catalogue.candidates():
+            clusters.append(shadow_cluster(shadow_socket))
+        for name, entry in sorted(self._catalogue.registrations.items()):
             limits = entry.admission
             assert limits.concurrency is not None and limits.queue is not None  # set at load
             cluster_limits = {

@@ -168,14 +168,12 @@ def envoy_sampler(tracing: TracingSettings) -> dict[str, Any] | None:
     }
 
 
-def runtime_layers(tracing: TracingSettings) -> dict[str, Any]:
-    """Envoy's runtime: the exporter's flush interval and batch size are runtime keys, not
-    fields of its config. The admin layer is what Envoy has when no runtime is configured."""
-    static = {
+def tracing_runtime(tracing: TracingSettings) -> dict[str, int]:
+    """The exporter's flush interval and batch size: Envoy runtime keys, not fields of its config."""
+    return {
         "tracing.opentelemetry.flush_interval_ms": tracing.flush_interval_ms,
         "tracing.opentelemetry.min_flush_spans": min(tracing.export_batch_spans, tracing.max_queued_spans),
     }
-    return {"layers": [{"name": "tracing", "static_layer": static}, {"name": "admin", "admin_layer": {}}]}
 
 
 def route_name(route: Mapping[str, Any], labels: Mapping[str, str]) -> str:

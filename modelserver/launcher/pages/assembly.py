@@ -22,6 +22,7 @@ from modelserver.launcher.pages.health import (
 from modelserver.launcher.pages.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.launcher.pages.metrics import CachedScrape, MetricsScraper, Source, http_source
 from modelserver.launcher.pages.open_inference import OpenInferencePages
+from modelserver.launcher.traffic.watch import TrafficWatch
 from modelserver.openapi import build_openapi
 
 
@@ -35,24 +36,39 @@ def api_documents(catalogue: Catalogue) -> dict[str, Document]:
     }
 
 
+def traffic_page(traffic: TrafficWatch | None) -> Document:
+    """GET /traffic: each model's candidate, its shares now and how it compares (none: {})."""
+    status = traffic.status() if traffic is not None else {}
+    return ("application/json", json.dumps({"models": status}, indent=2).encode("utf-8"), NO_STORE)
+
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 def loopback_pages(
-    catalogue: Catalogue, readiness: Readiness, torchserve_metrics_port: int, envoy_stats: Source
+    catalogue: Catalogue,
+    readiness: Readiness,
+    torchserve_metrics_port: int,
+    envoy_stats: Source,
+    traffic: TrafficWatch | None = None,
 ) -> Pages:
-    """What the loopback health server answers besides /healthcheck: the API's documents
-    (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's, Envoy's and
-    the launcher's series in one scrape, shared for about a second, and made for at most
-    METRICS_READERS requests at once)."""
-    scraper = MetricsScraper(
-        sources={
-            "torchserve": http_source(f"http://127.0.0.1:{torchserve_metrics_port}/metrics"),
-            "envoy": envoy_stats,
-        },
-        model_statuses=readiness.statuses,
-    )
+    """What the loopback health server answers besides /healthcheck: the API's documents and
+    /traffic (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's,
+    Envoy's and the launcher's series in one scrape, shared for about a second, and made for
+    at most METRICS_READERS requests at once)."""
+    sources: dict[str, Source] = {
+        "torchserve": http_source(f"http://127.0.0.1:{torchserve_metrics_port}/metrics"),
+        "envoy": envoy_stats,
+    }
+    if traffic is not None and traffic.active:
+        sources["traffic"] = traffic.exposition
+    scraper = MetricsScraper(sources=sources, model_statuses=readiness.statuses)
     shared = CachedScrape(scraper.scrape)
     documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
     return {
-        **documents.pages(static_pages(api_documents(catalogue))),
+        **documents.pages(
+            {**static_pages(api_documents(catalogue)), "/traffic": lambda: traffic_page(traffic)}
+        ),
         "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
     }
 
@@ -63,6 +79,7 @@ def page_server(
     catalogue: Catalogue,
     torchserve_metrics_port: int,
     envoy_stats: Source,
+    traffic: TrafficWatch | None = None,
 ) -> HealthServer:
     """The loopback server on `port`, not started: /healthcheck, the `loopback_pages`, and the
     Open Inference GET pages (from each kind's tensor codec and the readiness loop's reading)."""
@@ -70,7 +87,7 @@ def page_server(
     return HealthServer(
         port,
         readiness,
-        loopback_pages(catalogue, readiness, torchserve_metrics_port, envoy_stats),
+        loopback_pages(catalogue, readiness, torchserve_metrics_port, envoy_stats, traffic),
         json_pages=ReaderLimit("the Open Inference pages", OPEN_INFERENCE_READERS).json_pages(
             OpenInferencePages(codecs, readiness).answer
         ),

@@ -135,8 +135,11 @@ class Readiness:  # pylint: disable=too-many-instance-attributes
         skipped: dict[str, str] | None = None,
         timing: ReadingTiming = ReadingTiming(),
         trained_on: dict[str, str] | None = None,
+        traffic: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._models = list(models)
+        # Each candidate's traffic shares and how it compares, shown with the models' states.
+        self._traffic = traffic
         self._skipped = {name: public_reason(why) for name, why in (skipped or {}).items()}
         # What each model the project trained was trained on: clients can tell which data it is.
         self._trained_on = {
@@ -225,6 +228,8 @@ class Readiness:  # pylint: disable=too-many-instance-attributes
         extra: dict[str, Any] = {"skipped": sorted(self._skipped)} if self._skipped else {}
         if self._trained_on:
             extra["trained_on"] = dict(self._trained_on)
+        if self._traffic is not None:
+            extra["traffic"] = self._traffic()
         if not not_ready:
             return 200, {"status": "Healthy", "models": models, **extra}
         reasons = "; ".join(f"{name}: {why}" for name, why in sorted(not_ready.items()))
