@@ -107,6 +107,10 @@ class LaunchSettings(BaseModel):
     startup_timeout_s: Annotated[
         float, Option("--startup-timeout", "seconds to wait for every model to be ready")
     ] = Field(default=180.0, gt=0)
+    # A candidate that is not ready this long after its primary gets no traffic (rolled back).
+    candidate_grace_s: Annotated[
+        float, Option("--candidate-grace", "seconds a candidate may take to load after its primary")
+    ] = Field(default=60.0, ge=0)
     # On a stop: /healthcheck answers 503 for this long before Envoy drains, so load balancers
     # stop sending traffic first; then in-flight requests get up to drain_timeout_s to finish.
     unready_delay_s: Annotated[

@@ -177,6 +177,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             self._served.skipped,
             trained_on=self._served.trained_on,
             traffic=traffic.status if traffic.active else None,
+            optional={entry.name for entry in self._catalogue.candidates().values()},
         )
         if self.stopping():
             self._readiness.set_phase("stopping")
@@ -191,8 +192,9 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         self._health.start()
         torchserve.start()
         tokens = torchserve.tokens()
-        if not self._wait_for_models(list(archives)):
+        if not self._wait_for_models(self._primaries()):
             return 0 if self.stopping() else 1
+        self._settle_candidates()
         self._comparer = self._shadow_comparer(archives)
         self._envoy = Envoy(settings, self._environ)
         self._envoy.start(tokens.inference, self._route_table())
@@ -213,6 +215,31 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         while not self._wait(0.5):
             self._tend()
         return 0
+
+    def _primaries(self) -> list[str]:
+        """The served models a client gets by default: every archive but the candidates'."""
+        candidates = {entry.name for entry in self._catalogue.candidates().values()}
+        return [name for name in self._served.archives if name not in candidates]
+
+    def _settle_candidates(self) -> None:
+        """Wait a while for the candidates too (the primaries are ready): one that does not
+        load never holds its model back; it gets no traffic (rolled back, saying why)."""
+        assert self._torchserve is not None and self._traffic is not None
+        deadline = time.monotonic() + self._settings.candidate_grace_s
+        waiting = {
+            model: entry.name
+            for model, entry in self._catalogue.candidates().items()
+            if entry.name in self._served.archives
+        }
+        while waiting and not self.stopping():
+            states = {model: self._torchserve.model_status(name) for model, name in waiting.items()}
+            waiting = {model: name for model, name in waiting.items() if states[model] != "ready"}
+            if waiting and time.monotonic() > deadline:
+                for model, name in sorted(waiting.items()):
+                    reason = f"the candidate {name} is not ready: {states[model]}"
+                    self._traffic.roll_back(model, reason, apply=False)  # Envoy starts with it
+                return
+            time.sleep(0.2)
 
     def _shadow_comparer(self, archives: dict[str, Path]) -> ShadowComparer | None:
         """The comparer of shadow pairs, started, for the models served with their candidate."""
@@ -323,7 +350,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         except RuntimeError as error:
             log.error("could not restart TorchServe: %s", error)
             return
-        if self._hand_envoy_the_key() and self._wait_for_models(list(self._served.archives)):
+        if self._hand_envoy_the_key() and self._wait_for_models(self._primaries()):
             log.info("TorchServe restarted; every model is ready again")
             self._restore_scaled_workers()
 

@@ -41,6 +41,7 @@ AGREEING_ROWS = [[0.2, 0.1, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0]]
 DISAGREEING_ROWS = [[0.2, 0.9, 0.0, 0.0], [0.7, 0.8, 0.0, 0.0]]
 LABELS = PROJECT_ROOT / "modelserver" / "kinds" / "crystal_labels.json"
 ROUTE = "/upgraded"
+CANDIDATE_GRACE_S = 5
 
 
 def write_tree(path: Path, labels: list[int]) -> Path:
@@ -64,11 +65,14 @@ def crystal_entry(source: Path, candidate: Path, policy: dict[str, Any]) -> dict
 
 @pytest.fixture(name="upgrades", scope="module")
 def upgrades_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    """A stack of two models with candidates: `crystal_sklearn` (a candidate that disagrees on
-    known rows, on /upgraded) and `crystal_fragile` (a candidate that fails every request,
-    shadowed from the start: the rollback policy must take it out)."""
+    """A stack of three models with candidates: `crystal_sklearn` (a candidate that disagrees
+    on known rows, on /upgraded), `crystal_fragile` (a candidate that fails every request,
+    shadowed from the start: the rollback policy must take it out) and `crystal_unloadable`
+    (a candidate whose file is no model, with a canary share it must never get)."""
     workdir = tmp_path_factory.mktemp("upgrades")
     primary = write_tree(workdir / "primary.joblib", PRIMARY_LABELS)
+    unloadable = workdir / "unloadable.joblib"
+    unloadable.write_bytes(b"not a model")
     catalogue = {
         "models": {
             "crystal_sklearn": crystal_entry(
@@ -81,12 +85,15 @@ def upgrades_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
                 write_broken_model(workdir / "broken.joblib"),
                 {"shadow": 100, "rollback": {"window": 50, "min_requests": 20}},
             ),
+            "crystal_unloadable": crystal_entry(primary, unloadable, {"canary": 50}),
         },
         "routes": {ROUTE: {"model": "crystal_sklearn", "timeout_s": 15}},
     }
     path = workdir / "models.yaml"
     path.write_text(json.dumps(catalogue), encoding="utf-8")
-    with running(Launcher(workdir, catalogue=path)) as live:
+    with running(
+        Launcher(workdir, catalogue=path, options=("--candidate-grace", str(CANDIDATE_GRACE_S)))
+    ) as live:
         yield live
 
 
@@ -265,3 +272,17 @@ def test_promotion_sends_everything_to_the_candidate_and_rollback_takes_it_back(
     rolled = traffic(upgrades, "crystal_sklearn", "--rollback")["crystal_sklearn"]
     assert rolled["canary"] == 0 and rolled["rolled_back"] == "by the operator"
     assert {ask(upgrades, DISAGREEING_ROWS).headers[VERSION_HEADER] for _ in range(30)} == {"1"}
+
+
+def test_a_candidate_that_cannot_load_gets_no_traffic_and_never_holds_its_model_back(
+    upgrades: Launcher,
+) -> None:
+    health = requests.get(upgrades.health_url, timeout=10)
+    assert health.status_code == 200, health.text
+    assert health.json()["models"]["crystal_unloadable__candidate"] != "ready"
+    now = status(upgrades, "crystal_unloadable")
+    assert now["canary"] == 0 and "not ready" in now["rolled_back"], now
+    answers = [
+        post(upgrades, "/predictions/crystal_unloadable", {"crystalData": AGREEING_ROWS}) for _ in range(20)
+    ]
+    assert {(a.status_code, a.headers[VERSION_HEADER]) for a in answers} == {(200, "1")}

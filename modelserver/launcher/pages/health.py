@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -136,8 +136,12 @@ class Readiness:  # pylint: disable=too-many-instance-attributes
         timing: ReadingTiming = ReadingTiming(),
         trained_on: dict[str, str] | None = None,
         traffic: Callable[[], dict[str, Any]] | None = None,
+        optional: Collection[str] = (),
     ) -> None:
         self._models = list(models)
+        # Models shown but never holding the server back (candidates: a broken one gets no
+        # traffic, and its primary answers as before).
+        self._optional = set(optional)
         # Each candidate's traffic shares and how it compares, shown with the models' states.
         self._traffic = traffic
         self._skipped = {name: public_reason(why) for name, why in (skipped or {}).items()}
@@ -221,7 +225,9 @@ class Readiness:  # pylint: disable=too-many-instance-attributes
         if self._phase == "stopping":
             return error_response(ModelUnavailable("the server is shutting down", status="Unhealthy"))
         models = self.statuses()
-        not_ready = {name: why for name, why in models.items() if why != "ready"}
+        not_ready = {
+            name: why for name, why in models.items() if why != "ready" and name not in self._optional
+        }
         # A skipped model (its source could not be had) is reported, but it is not being served,
         # so it does not hold back the models that are.
         models.update({name: f"skipped: {why}" for name, why in self._skipped.items()})

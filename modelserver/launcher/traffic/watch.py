@@ -127,9 +127,10 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         if reason is not None:
             self.roll_back(name, reason)
 
-    def roll_back(self, name: str, reason: str) -> None:
+    def roll_back(self, name: str, reason: str, apply: bool = True) -> None:
         """Every request of `name` to its primary again, now, and why: kept in the runtime
-        folder first (an Envoy started later begins rolled back), then set in Envoy."""
+        folder first (an Envoy started later begins rolled back), then set in Envoy (unless
+        `apply` is False: none runs yet)."""
         with shares_lock(self._runtime_dir):
             shares = read_shares(self._runtime_dir, self._catalogue)
             shares[name] = shares[name].changed(
@@ -140,7 +141,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         with self._lock:
             self._rollbacks[name] += 1
             self._watches[name].clear()  # judged afresh once the operator sends it traffic again
-        self._unapplied = True
+        self._unapplied = self._unapplied or apply
         self._apply()
         self._reread()
 
