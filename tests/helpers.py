@@ -16,7 +16,8 @@ from typing import Any
 
 import requests
 
-from load_tests.kit.stack import Launcher
+from load_tests.kit.stack import Launcher, write_catalogue
+from modelserver.catalogue import Catalogue
 from modelserver.errors import ErrorType
 from modelserver.kinds import ModelFiles, SettingsT
 from modelserver.project import PROJECT_ROOT
@@ -214,3 +215,25 @@ def unpinned(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for route in routes
         if not any(header.get("name") == VERSION_HEADER for header in route["match"].get("headers", []))
     ]
+
+
+# The candidate the traffic tests give crystal_sklearn: version 2, trained by the same recipe.
+CANDIDATE_VERSION = "2"
+
+
+def candidate_catalogue(
+    folder: Path, traffic: Mapping[str, Any] | None = None, **candidate: Any
+) -> Catalogue:
+    """The project's catalogue with a candidate on crystal_sklearn (`candidate` fields override
+    the version and source) and its `traffic` policy, written in `folder` and loaded."""
+    spec = {
+        "version": CANDIDATE_VERSION,
+        "source": {"env": "CRYSTAL_SKLEARN_CANDIDATE", "recipe": "crystal_sklearn_iris"},
+        **candidate,
+    }
+    path = write_catalogue(
+        folder / "models.yaml",
+        candidate={"crystal_sklearn": spec},
+        traffic={"crystal_sklearn": dict(traffic or {})},
+    )
+    return Catalogue.load(path)
