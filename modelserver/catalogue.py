@@ -39,6 +39,15 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 HUB_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+def catalogue_problem(error: ValidationError) -> str:
+    """The first problem of a catalogue (or of a part of it), where it is: a check of a whole
+    part (no location) says its own sentence, without pydantic's "Value error," before it."""
+    problems = error.errors(include_url=False)
+    if problems and problems[0]["type"] == "value_error" and not problems[0]["loc"]:
+        return str(problems[0]["ctx"]["error"])
+    return first_problem(error)
+
+
 class InputSpec(BaseModel):
     """A data file a recipe reads: `$env` if set, else `default` (relative to the repository)."""
 
@@ -233,11 +242,13 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _traffic_needs_a_candidate(self) -> ModelEntry:
-        """A share for a candidate that does not exist is a mistake, not a no-op."""
+        """A share for a candidate that does not exist is a mistake, not a no-op; a candidate
+        is checked as the entry it becomes, now."""
         if self.candidate is None and (self.traffic.canary or self.traffic.shadow):
             raise ValueError("traffic: 'canary' and 'shadow' need a 'candidate'")
         if self.candidate is not None and self.candidate.version == self.version:
             raise ValueError(f"candidate.version {self.version!r} is the primary's version too")
+        self.candidate_entry()
         return self
 
     def candidate_entry(self) -> ModelEntry | None:
@@ -262,7 +273,7 @@ class ModelEntry(BaseModel):
                 }
             )
         except ValidationError as error:
-            raise ValueError(f"candidate.{first_problem(error)}") from None
+            raise ValueError(f"candidate.{catalogue_problem(error)}") from None
 
     @property
     def settings(self) -> BaseModel:
@@ -445,11 +456,7 @@ class Catalogue(BaseModel):
             if "__" in name:
                 raise ValueError(f"model name {name!r} has '__', which names candidates ({CANDIDATE_SUFFIX})")
             registrations[name] = entry
-            try:
-                candidate = entry.candidate_entry()
-            except ValueError as error:
-                raise ValueError(f"models.{name}.{error}") from None
-            if candidate is not None:
+            if (candidate := entry.candidate_entry()) is not None:
                 registrations[candidate.name] = candidate
         self._registrations = registrations
         return self
@@ -501,7 +508,7 @@ class Catalogue(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as error:
-            raise ConfigError(f"{path}: {first_problem(error)}") from None
+            raise ConfigError(f"{path}: {catalogue_problem(error)}") from None
 
     def entry(self, name: str) -> ModelEntry:
         """The entry (or candidate) called `name`, or a `ConfigError` listing the known ones."""

@@ -168,18 +168,24 @@ def logged_requests(stack: Launcher, path: str, since: int, count: int = 1) -> l
     return found
 
 
-def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:
-    """`make scale`, as a user runs it, against this stack's runtime folder."""
+def run_make(stack: Launcher, target: str, timeout_s: float, **variables: object) -> dict[str, Any]:
+    """`make <target>`, as a user runs it, against this stack's runtime folder: its JSON answer."""
+    assignments = [f"{name}={value}" for name, value in variables.items()]
     done = subprocess.run(
-        ["make", "-s", "scale", f"MODEL={model}", f"WORKERS={workers}", f"RUN_DIR={stack.runtime_dir}"],
+        ["make", "-s", target, *assignments, f"RUN_DIR={stack.runtime_dir}"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout[done.stdout.index("{") :])
+    return dict(json.loads(done.stdout[done.stdout.index("{") :]))
+
+
+def make_scale(stack: Launcher, model: str, workers: int) -> dict[str, object]:
+    """`make scale MODEL=... WORKERS=...` against this stack."""
+    return run_make(stack, "scale", 300, MODEL=model, WORKERS=workers)
 
 
 def post(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,7 +29,7 @@ from modelserver.errors import ErrorType
 from modelserver.launcher.pages.metrics import SHARED_FOR_S
 from modelserver.project import PROJECT_ROOT
 from modelserver.serving.headers import VERSION_HEADER
-from tests.helpers import check_json_error, post
+from tests.helpers import check_json_error, post, run_make
 from tests.live.conftest import write_broken_model
 
 TRAINING_ROWS = [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 5, 0]]
@@ -104,18 +102,11 @@ def expected_label(rows: list[list[float]], labels: list[int]) -> list[str]:
     return [names[int(i)] if isinstance(names, list) else names[str(int(i))] for i in tree.predict(rows)]
 
 
-def traffic(stack: Launcher, *args: str) -> dict[str, Any]:
-    """`python -m modelserver traffic` as an operator runs it against this stack."""
-    done = subprocess.run(
-        [sys.executable, "-m", "modelserver", "traffic", "--runtime-dir", str(stack.runtime_dir), *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+def traffic(stack: Launcher, model: str, **change: object) -> dict[str, Any]:
+    """`make traffic MODEL=<model> CANARY=... SHADOW=... PROMOTE=1 ROLLBACK=1` as an operator
+    runs it against this stack: the model's shares after the change."""
+    variables = {name.upper(): value for name, value in change.items()}
+    return dict(run_make(stack, "traffic", 60, MODEL=model, **variables)[model])
 
 
 def status(stack: Launcher, model: str) -> dict[str, Any]:
@@ -138,7 +129,7 @@ def ask(stack: Launcher, rows: list[list[float]], **headers: str) -> requests.Re
 
 
 def test_every_answer_names_its_version_and_a_client_may_pin_one(upgrades: Launcher) -> None:
-    traffic(upgrades, "crystal_sklearn", "--canary", "0", "--shadow", "0")
+    traffic(upgrades, "crystal_sklearn", canary=0, shadow=0)
     plain = ask(upgrades, DISAGREEING_ROWS)
     assert plain.status_code == 200 and plain.headers[VERSION_HEADER] == "1"
     assert plain.json()["prediction"] == expected_label(DISAGREEING_ROWS, PRIMARY_LABELS)
@@ -161,8 +152,7 @@ def test_an_unknown_version_or_the_candidates_own_name_is_a_json_404(upgrades: L
 
 
 def test_a_canary_share_of_30_percent_is_measured_within_five_standard_deviations(upgrades: Launcher) -> None:
-    shares = traffic(upgrades, "crystal_sklearn", "--canary", "30", "--shadow", "0")
-    assert shares["crystal_sklearn"]["canary"] == 30
+    assert traffic(upgrades, "crystal_sklearn", canary=30, shadow=0)["canary"] == 30
     sent = 1000
     versions: Counter[str] = Counter()
     session = requests.Session()
@@ -178,11 +168,11 @@ def test_a_canary_share_of_30_percent_is_measured_within_five_standard_deviation
     metrics = fresh_metrics(upgrades)
     assert 'modelserver_traffic_percent{model="crystal_sklearn",mode="canary"} 30' in metrics
     assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="model_crystal_sklearn__candidate"}' in metrics
-    traffic(upgrades, "crystal_sklearn", "--canary", "0")
+    traffic(upgrades, "crystal_sklearn", canary=0)
 
 
 def test_shares_change_under_load_without_a_failed_request(upgrades: Launcher) -> None:
-    traffic(upgrades, "crystal_sklearn", "--canary", "0", "--shadow", "0")
+    traffic(upgrades, "crystal_sklearn", canary=0, shadow=0)
     stop = threading.Event()
     answers: list[tuple[int, str]] = []
     lock = threading.Lock()
@@ -199,7 +189,7 @@ def test_shares_change_under_load_without_a_failed_request(upgrades: Launcher) -
         thread.start()
     try:
         for canary in ("50", "100", "10", "0", "100", "0"):
-            traffic(upgrades, "crystal_sklearn", "--canary", canary)
+            traffic(upgrades, "crystal_sklearn", canary=canary)
             time.sleep(0.7)
     finally:
         stop.set()
@@ -213,7 +203,7 @@ def test_shares_change_under_load_without_a_failed_request(upgrades: Launcher) -
 
 
 def test_shadow_agreement_matches_the_known_disagreement_rate(upgrades: Launcher) -> None:
-    traffic(upgrades, "crystal_sklearn", "--canary", "0", "--shadow", "100")
+    traffic(upgrades, "crystal_sklearn", canary=0, shadow=100)
     before = status(upgrades, "crystal_sklearn")["shadow_pairs"]
     # 40 requests, each of one row: every 4th disagrees, so the agreement is 30 / 40 = 0.75.
     rows = [DISAGREEING_ROWS[i % 2] if i % 4 == 0 else AGREEING_ROWS[i % 2] for i in range(40)]
@@ -240,7 +230,7 @@ def test_shadow_agreement_matches_the_known_disagreement_rate(upgrades: Launcher
         health["traffic"]["crystal_sklearn"],
         status(upgrades, "crystal_sklearn"),
     )
-    traffic(upgrades, "crystal_sklearn", "--shadow", "0")
+    traffic(upgrades, "crystal_sklearn", shadow=0)
 
 
 def test_a_candidate_failing_every_request_is_rolled_back_with_no_client_error(upgrades: Launcher) -> None:
@@ -266,10 +256,10 @@ def test_a_candidate_failing_every_request_is_rolled_back_with_no_client_error(u
 
 
 def test_promotion_sends_everything_to_the_candidate_and_rollback_takes_it_back(upgrades: Launcher) -> None:
-    promoted = traffic(upgrades, "crystal_sklearn", "--promote")["crystal_sklearn"]
+    promoted = traffic(upgrades, "crystal_sklearn", promote=1)
     assert promoted["promoted"] and promoted["canary"] == 100
     assert {ask(upgrades, DISAGREEING_ROWS).headers[VERSION_HEADER] for _ in range(30)} == {"2"}
-    rolled = traffic(upgrades, "crystal_sklearn", "--rollback")["crystal_sklearn"]
+    rolled = traffic(upgrades, "crystal_sklearn", rollback=1)
     assert rolled["canary"] == 0 and rolled["rolled_back"] == "by the operator"
     assert {ask(upgrades, DISAGREEING_ROWS).headers[VERSION_HEADER] for _ in range(30)} == {"1"}
 

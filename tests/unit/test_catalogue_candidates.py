@@ -20,15 +20,10 @@ CANDIDATE_SOURCE = {"env": "CRYSTAL_SKLEARN_V2_MODEL", "default": "models/crysta
 
 
 def project_catalogue(**candidate: Any) -> dict[str, Any]:
-    """The project's catalogue, with a candidate on crystal_sklearn when `candidate` fields are
-    given (version 2 from its own file unless they say otherwise)."""
+    """The project's catalogue with a candidate on crystal_sklearn: version 2 from a file of its
+    own, unless `candidate` fields say otherwise."""
     raw = copy.deepcopy(PROJECT_CATALOGUE)
-    if candidate:
-        raw["models"]["crystal_sklearn"]["candidate"] = {
-            "version": "2",
-            "source": CANDIDATE_SOURCE,
-            **candidate,
-        }
+    raw["models"]["crystal_sklearn"]["candidate"] = {"version": "2", "source": CANDIDATE_SOURCE, **candidate}
     return raw
 
 
@@ -40,7 +35,7 @@ def load(tmp_path: Path, raw: dict[str, Any]) -> Catalogue:
 
 
 def test_the_candidate_is_registered_right_after_its_model(tmp_path: Path) -> None:
-    catalogue = load(tmp_path, project_catalogue(version="2"))
+    catalogue = load(tmp_path, project_catalogue())
     names = list(catalogue.registrations)
     assert names == [
         "crystal_sklearn",
@@ -114,14 +109,14 @@ def test_the_default_catalogue_has_no_candidates() -> None:
 def broken(change: str) -> dict[str, Any]:
     """The project's catalogue with one mistake in it, by name."""
     if change == "traffic without a candidate":
-        raw = project_catalogue()
+        raw = copy.deepcopy(PROJECT_CATALOGUE)
         raw["models"]["crystal_sklearn"]["traffic"] = {"canary": 10}
     elif change == "the primary's version":
         raw = project_catalogue(version="1")
     elif change == "a bad version":
         raw = project_catalogue(version="v 2!")
     elif change == "a name with __":
-        raw = project_catalogue()
+        raw = copy.deepcopy(PROJECT_CATALOGUE)
         raw["models"]["crystal__sklearn"] = raw["models"].pop("crystal_sklearn")
         raw["routes"] = {}
     elif change == "a misspelt candidate handler_config field":
@@ -149,14 +144,17 @@ def broken(change: str) -> dict[str, Any]:
         ("a name with __", r"model name 'crystal__sklearn' has '__'.*__candidate"),
         (
             "a misspelt candidate handler_config field",
-            r"crystal_sklearn\.candidate\..*handler_config\.framework: is required",
+            r"crystal_sklearn: .*candidate\.handler_config\.framework: is required",
         ),
         (
             "an unknown candidate handler_config field",
-            r"crystal_sklearn\.candidate\..*handler_config\.thread: is not a known field",
+            r"crystal_sklearn: .*candidate\.handler_config\.thread: is not a known field",
         ),
         ("canary 101", r"crystal_sklearn\.traffic\.canary.*100"),
-        ("min_requests above window", r"crystal_sklearn\.traffic\.rollback.*min_requests must be at most window"),
+        (
+            "min_requests above window",
+            r"crystal_sklearn\.traffic\.rollback.*min_requests must be at most window",
+        ),
     ],
 )
 def test_a_mistake_fails_the_load_naming_it(tmp_path: Path, change: str, problem: str) -> None:

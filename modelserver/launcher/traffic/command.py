@@ -23,7 +23,14 @@ from pathlib import Path
 
 from modelserver.launcher.envoy.unix_http import unix_request
 from modelserver.launcher.runtime_folder import find_private_folder
-from modelserver.launcher.traffic.state import TRAFFIC_FILE, Shares, runtime_values, shares_lock, write_shares
+from modelserver.launcher.traffic.state import (
+    TRAFFIC_FILE,
+    Shares,
+    runtime_values,
+    shares_from,
+    shares_lock,
+    write_shares,
+)
 from modelserver.project import PROJECT_ROOT
 
 ADMIN_SOCKET = Path("envoy") / "admin.sock"
@@ -35,7 +42,7 @@ class TrafficError(RuntimeError):
 
 def percent(text: str) -> int:
     """A share in percent, 0 to 100."""
-    if not text.isdigit() or int(text) > 100:
+    if not (text.isascii() and text.isdigit()) or int(text) > 100:
         raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
     return int(text)
 
@@ -44,12 +51,16 @@ def read_running(runtime_dir: Path) -> dict[str, Shares]:
     """The shares the running launcher keeps (every model with a candidate)."""
     try:
         found = json.loads((runtime_dir / TRAFFIC_FILE).read_text(encoding="utf-8"))
-        return {model: Shares(**fields) for model, fields in found.items()}
-    except (OSError, ValueError, TypeError, AttributeError) as error:
+        shares = {model: shares_from(fields) for model, fields in found.items()}
+    except (OSError, ValueError, AttributeError) as error:
         raise TrafficError(
             f"no running stack with a candidate in {runtime_dir} ({type(error).__name__}): a model needs a"
             " `candidate` in models.yaml, and the stack must be started (`make run`)"
         ) from None
+    broken = sorted(model for model, share in shares.items() if share is None)
+    if broken:
+        raise TrafficError(f"{runtime_dir / TRAFFIC_FILE} holds shares this command did not write: {broken}")
+    return {model: share for model, share in shares.items() if share is not None}
 
 
 def changed(share: Shares, args: argparse.Namespace) -> Shares:
@@ -66,6 +77,7 @@ def changed(share: Shares, args: argparse.Namespace) -> Shares:
 def apply(runtime_dir: Path, model: str, args: argparse.Namespace) -> Shares:
     """Change `model`'s shares in Envoy first, then in the runtime folder (under the lock the
     launcher's rollback takes too)."""
+    read_running(runtime_dir)  # a stack is running: its folder and file are there
     with shares_lock(runtime_dir):
         shares = read_running(runtime_dir)
         if model not in shares:

@@ -64,6 +64,24 @@ class Shares:
         return (self.canary > 0 or self.shadow > 0) and not self.promoted
 
 
+def shares_from(fields: object) -> Shares | None:
+    """A model's shares as the file holds them, or None where they are not what this module
+    writes (a hand edit): a percentage 0-100 each, and the fields' own types."""
+    if not isinstance(fields, dict):
+        return None
+    try:
+        share = Shares(**fields)
+    except TypeError:
+        return None
+    percents = (share.canary, share.shadow)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 100 for p in percents):
+        return None
+    texts_ok = isinstance(share.changed_at, str) and isinstance(share.changed_by, str)
+    if not texts_ok or not isinstance(share.promoted, bool):
+        return None
+    return share if share.rolled_back is None or isinstance(share.rolled_back, str) else None
+
+
 def catalogue_shares(catalogue: Catalogue) -> dict[str, Shares]:
     """Each model with a candidate, at the catalogue's policy."""
     return {
@@ -81,11 +99,8 @@ def read_shares(runtime_dir: Path, catalogue: Catalogue) -> dict[str, Shares]:
     except (OSError, ValueError):
         return shares
     for model, fields in (found if isinstance(found, dict) else {}).items():
-        if model in shares and isinstance(fields, dict):
-            try:
-                shares[model] = Shares(**fields)
-            except TypeError:
-                continue
+        if model in shares and (share := shares_from(fields)) is not None:
+            shares[model] = share
     return shares
 
 

@@ -65,7 +65,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         self._rollbacks = dict.fromkeys(self._candidates, 0)
         self._tail = AccessLogTail(access_log)
         self._shares: dict[str, Shares] = {}
-        self._file_stamp: tuple[int, int] | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
         self._unapplied = False  # a rollback kept in the runtime folder but not yet in Envoy
 
     @property
@@ -81,6 +81,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         with shares_lock(self._runtime_dir):
             write_shares(self._runtime_dir, catalogue_shares(self._catalogue))
         self._reread()
+        self._tail.read()  # from here on: an earlier run's requests are not this one's
 
     def shares(self) -> dict[str, Shares]:
         """The shares now, as the runtime folder holds them (what a new Envoy starts with)."""
@@ -93,7 +94,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         The windows stay: what the candidate answered before a change is still its own record."""
         try:
             stat = (self._runtime_dir / TRAFFIC_FILE).stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each write is a new file
         except OSError:
             stamp = None
         if stamp == self._file_stamp and self._shares:
