@@ -295,7 +295,8 @@ class RouteTable:
         """A pin (`x-model-version`) naming no version of `name`: a 404 listing its versions."""
         versions = [version.version for version in (self._catalogue.models[name], *self._candidate_of(name))]
         sentence = f"model {name} has no such version; its versions: {', '.join(versions)} ({VERSION_HEADER})"
-        return combined({"match": _with_header(match, PINS_ANY)}, direct(404, sentence), *parts)
+        limit = body_limit(self.body_limit(name))  # as the model's own routes: 413 before 404
+        return combined({"match": _with_header(match, PINS_ANY)}, direct(404, sentence), limit, *parts)
 
     def _candidate_of(self, name: str) -> list[ModelEntry]:
         candidate = self._catalogue.candidates().get(name)
