@@ -219,6 +219,8 @@ class ModelEntry(BaseModel):
     traffic: TrafficPolicy = Field(default_factory=TrafficPolicy)
     # `handler_config` parsed by the kind's settings model, once, when the entry loads.
     _settings: BaseModel = PrivateAttr()
+    # A candidate's primary's names (it answers to them too); empty for an entry of the file.
+    _stands_in_for: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _extra_files_stay_put(self) -> ModelEntry:
@@ -264,7 +266,7 @@ class ModelEntry(BaseModel):
         if spec.torchserve is not None:
             fields["torchserve"] = spec.torchserve.model_dump()
         try:
-            return ModelEntry.model_validate(
+            candidate = ModelEntry.model_validate(
                 {
                     **fields,
                     "name": candidate_name(self.name),
@@ -274,6 +276,8 @@ class ModelEntry(BaseModel):
             )
         except ValidationError as error:
             raise ValueError(f"candidate.{catalogue_problem(error)}") from None
+        candidate._stands_in_for = tuple(self.served_names())  # pylint: disable=protected-access
+        return candidate
 
     @property
     def settings(self) -> BaseModel:
@@ -289,12 +293,13 @@ class ModelEntry(BaseModel):
         """Names a request may use for this model: its served name, then the Hub ids of what
         it holds. A Hub id brought through the variable (`hub_id`) is a different model: only
         that id names it. A local folder is taken to be a copy of the catalogue's model (an
-        offline mirror), so the catalogue's aliases and Hub id still apply."""
+        offline mirror), so the catalogue's aliases and Hub id still apply. A candidate also
+        answers to every name of its primary (a body naming the model may reach either)."""
         if hub_id and hub_id != self.source.hub:
-            return [self.name, hub_id]
-        return list(
-            dict.fromkeys([self.name, *self.aliases, *([self.source.hub] if self.source.hub else [])])
-        )
+            own = [self.name, hub_id]
+        else:
+            own = [self.name, *self.aliases, *([self.source.hub] if self.source.hub else [])]
+        return list(dict.fromkeys([*own, *self._stands_in_for]))
 
     @model_validator(mode="after")
     def _admission_defaults(self) -> ModelEntry:

@@ -170,7 +170,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             settings.runtime_dir / "envoy" / ACCESS_LOG_NAME,
             self._envoy_admin,
         )
-        traffic.begin()
+        traffic.begin(self._unserved_candidates())
         self._readiness = Readiness(
             list(archives),
             self._model_status,
@@ -194,7 +194,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         tokens = torchserve.tokens()
         if not self._wait_for_models(self._primaries()):
             return 0 if self.stopping() else 1
-        self._settle_candidates()
+        self._hold_loading_candidates()
         self._comparer = self._shadow_comparer(archives)
         self._envoy = Envoy(settings, self._environ)
         self._envoy.start(tokens.inference, self._route_table())
@@ -221,25 +221,18 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         candidates = {entry.name for entry in self._catalogue.candidates().values()}
         return [name for name in self._served.archives if name not in candidates]
 
-    def _settle_candidates(self) -> None:
-        """Wait a while for the candidates too (the primaries are ready): one that does not
-        load never holds its model back; it gets no traffic (rolled back, saying why)."""
-        assert self._torchserve is not None and self._traffic is not None
-        deadline = time.monotonic() + self._settings.candidate_grace_s
-        waiting = {
-            model: entry.name
+    def _unserved_candidates(self) -> dict[str, str]:
+        """Model -> why its candidate is not served (skipped at build, or not selected)."""
+        return {
+            model: self._served.skipped.get(entry.name) or self._served.skipped.get(model) or "not built"
             for model, entry in self._catalogue.candidates().items()
-            if entry.name in self._served.archives
+            if entry.name not in self._served.archives
         }
-        while waiting and not self.stopping():
-            states = {model: self._torchserve.model_status(name) for model, name in waiting.items()}
-            waiting = {model: name for model, name in waiting.items() if states[model] != "ready"}
-            if waiting and time.monotonic() > deadline:
-                for model, name in sorted(waiting.items()):
-                    reason = f"the candidate {name} is not ready: {states[model]}"
-                    self._traffic.roll_back(model, reason, apply=False)  # Envoy starts with it
-                return
-            time.sleep(0.2)
+
+    def _hold_loading_candidates(self) -> None:
+        """No traffic to a candidate until it is ready (or rolled back after its grace)."""
+        assert self._torchserve is not None and self._traffic is not None
+        self._traffic.hold_loading(self._torchserve.model_status, self._settings.candidate_grace_s)
 
     def _shadow_comparer(self, archives: dict[str, Path]) -> ShadowComparer | None:
         """The comparer of shadow pairs, started, for the models served with their candidate."""
@@ -255,6 +248,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         }
         if not targets or self._traffic is None:
             return None
+        table = self._route_table()
         comparer = ShadowComparer(
             self._settings.shadow_socket,
             targets,
@@ -262,6 +256,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             self._inference_key,
             self._traffic.record_pair,
             self._traffic.skipped,
+            timeout_s=max(table.generic_timeout_s(name) for name in targets),
         )
         comparer.start()
         return comparer
@@ -272,6 +267,12 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         if tokens is None:
             raise OSError("TorchServe has not written its keys")
         return tokens.inference
+
+    def _reapply_traffic(self) -> None:
+        """A new Envoy runs: the traffic shares go to it again (one changed while it started
+        went to the Envoy before it)."""
+        if self._traffic is not None:
+            self._traffic.reapply()
 
     def _envoy_admin(self, method: str, path: str) -> str:
         if self._envoy is None:
@@ -350,6 +351,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         except RuntimeError as error:
             log.error("could not restart TorchServe: %s", error)
             return
+        self._hold_loading_candidates()  # the new Envoy config gives them nothing until ready
         if self._hand_envoy_the_key() and self._wait_for_models(self._primaries()):
             log.info("TorchServe restarted; every model is ready again")
             self._restore_scaled_workers()
@@ -396,6 +398,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         try:
             self._envoy.reload(tokens.inference, self._route_table())
             self._envoy.wait_ready()
+            self._reapply_traffic()
         except RuntimeError as error:
             # Every epoch still holds the old key, which TorchServe refuses: nothing is lost by
             # stopping them all, and the serving loop then starts Envoy afresh with the new key.
@@ -415,6 +418,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
         try:
             self._envoy.start(tokens.inference, self._route_table())
             self._envoy.wait_ready()
+            self._reapply_traffic()
             log.info("Envoy restarted")
         except RuntimeError as error:
             log.error("could not restart Envoy: %s", error)

@@ -138,6 +138,14 @@ def test_every_answer_names_its_version_and_a_client_may_pin_one(upgrades: Launc
     assert pinned.json()["prediction"] == expected_label(DISAGREEING_ROWS, CANDIDATE_LABELS)
     assert pinned.json()["prediction"] != plain.json()["prediction"]
     assert ask(upgrades, AGREEING_ROWS, **{VERSION_HEADER: "1"}).headers[VERSION_HEADER] == "1"
+    # A body naming the model reaches either version: the candidate answers to its names too.
+    named = post(
+        upgrades,
+        "/predictions/crystal_sklearn",
+        {"crystalData": AGREEING_ROWS, "model_name": "crystal_sklearn"},
+        {VERSION_HEADER: "2"},
+    )
+    assert named.status_code == 200 and named.headers[VERSION_HEADER] == "2", named.text
     generic = post(
         upgrades, "/predictions/crystal_sklearn", {"crystalData": AGREEING_ROWS}, {VERSION_HEADER: "2"}
     )
@@ -231,6 +239,27 @@ def test_shadow_agreement_matches_the_known_disagreement_rate(upgrades: Launcher
         status(upgrades, "crystal_sklearn"),
     )
     traffic(upgrades, "crystal_sklearn", shadow=0)
+
+
+def test_the_shadow_share_is_of_the_requests_the_primary_answers_whatever_the_canary(
+    upgrades: Launcher,
+) -> None:
+    traffic(upgrades, "crystal_sklearn", canary=50, shadow=50)
+    before = status(upgrades, "crystal_sklearn")["shadow_pairs"]
+    session = requests.Session()
+    versions = Counter(
+        session.post(f"{upgrades.url}{ROUTE}", json={"crystalData": AGREEING_ROWS}, timeout=30).headers[
+            VERSION_HEADER
+        ]
+        for _ in range(400)
+    )
+    time.sleep(1.0)  # the last mirrors compared
+    now = status(upgrades, "crystal_sklearn")["shadow_pairs"]
+    mirrored = sum(now[key] - before[key] for key in now)
+    # Half of the primary's answers, within 5 standard deviations of Binomial(n, 0.5).
+    primary = versions["1"]
+    assert abs(mirrored - primary / 2) <= 5 * math.sqrt(primary * 0.25), (versions, mirrored)
+    traffic(upgrades, "crystal_sklearn", canary=0, shadow=0)
 
 
 def test_a_candidate_failing_every_request_is_rolled_back_with_no_client_error(upgrades: Launcher) -> None:

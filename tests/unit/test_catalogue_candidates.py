@@ -161,3 +161,12 @@ def test_a_mistake_fails_the_load_naming_it(tmp_path: Path, change: str, problem
     with pytest.raises(ConfigError, match=problem) as refused:
         load(tmp_path, broken(change))
     assert str(tmp_path / "models.yaml") in str(refused.value)
+
+
+def test_the_candidate_answers_to_every_name_of_its_primary(tmp_path: Path) -> None:
+    catalogue = load(tmp_path, project_catalogue())
+    primary = catalogue.entry("crystal_sklearn")
+    candidate = catalogue.entry("crystal_sklearn__candidate")
+    assert candidate.served_names()[0] == "crystal_sklearn__candidate"
+    assert set(primary.served_names()) <= set(candidate.served_names())
+    assert set(primary.served_names()) <= set(candidate.served_names("someone/else"))

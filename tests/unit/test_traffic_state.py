@@ -16,6 +16,7 @@ from modelserver.launcher.traffic.state import (
     Shares,
     canary_key,
     catalogue_shares,
+    mirror_value,
     read_shares,
     runtime_values,
     shadow_key,
@@ -140,6 +141,21 @@ def test_runtime_values_are_two_keys_per_model() -> None:
         ("modelserver.canary.a", 100),
         ("modelserver.shadow.a", 0),
         ("modelserver.canary.b", 25),
-        ("modelserver.shadow.b", 10),
+        # Envoy draws one number per request for the canary route and the mirror: 10% of the
+        # primary's 75% of draws, above the canary's 25.
+        ("modelserver.shadow.b", 33),
     ]
     assert not runtime_values({})
+
+
+@pytest.mark.parametrize(
+    ("canary", "shadow", "threshold"),
+    [(0, 0, 0), (0, 30, 30), (0, 100, 100), (25, 20, 40), (25, 0, 0), (50, 50, 75), (100, 50, 100)],
+)
+def test_the_mirror_threshold_gives_the_shadow_share_of_the_primarys_requests(
+    canary: int, shadow: int, threshold: int
+) -> None:
+    assert mirror_value(Shares(canary=canary, shadow=shadow)) == threshold
+    if shadow and canary < 100:
+        # The draws the primary answers are canary..99; those below the threshold are mirrored.
+        assert (threshold - canary) / (100 - canary) == pytest.approx(shadow / 100, abs=0.01)

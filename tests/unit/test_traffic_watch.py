@@ -105,7 +105,7 @@ def answered(cluster: str, status: int, upstream_ms: int = 12) -> dict[str, Any]
 def test_begin_writes_the_catalogues_shares(watched: Callable[..., Watched]) -> None:
     running = watched(canary=10, shadow=5)
     assert running.watch.active
-    running.watch.begin()
+    running.watch.begin({})
     share = running.shares()
     assert (share["canary"], share["shadow"], share["changed_by"], share["rolled_back"]) == (
         10,
@@ -119,7 +119,7 @@ def test_begin_writes_the_catalogues_shares(watched: Callable[..., Watched]) -> 
 
 def test_failing_shadow_pairs_roll_the_candidate_back(watched: Callable[..., Watched]) -> None:
     running = watched(shadow=50)
-    running.watch.begin()
+    running.watch.begin({})
     for _ in range(4):
         running.watch.record_pair(pair(candidate_status=500))
     running.watch.tend()
@@ -153,7 +153,7 @@ def test_failing_shadow_pairs_roll_the_candidate_back(watched: Callable[..., Wat
 
 def test_a_promoted_candidate_is_never_rolled_back(watched: Callable[..., Watched]) -> None:
     running = watched(shadow=50)
-    running.watch.begin()
+    running.watch.begin({})
     with shares_lock(running.runtime_dir):
         promoted = Shares(canary=100, promoted=True).changed("operator")
         write_shares(running.runtime_dir, {MODEL: promoted})
@@ -169,7 +169,7 @@ def test_a_promoted_candidate_is_never_rolled_back(watched: Callable[..., Watche
 
 def test_a_candidate_without_a_share_is_not_judged(watched: Callable[..., Watched]) -> None:
     running = watched()
-    running.watch.begin()
+    running.watch.begin({})
     for _ in range(10):
         running.watch.record_pair(pair(candidate_status=500))
     running.watch.tend()
@@ -183,7 +183,7 @@ def test_access_log_lines_feed_the_candidates_window_under_a_canary_share(
     running = watched(canary=10)
     # A previous launcher's lines are not this candidate's record.
     running.log(*[answered("model_crystal_sklearn__candidate", 500)] * 10)
-    running.watch.begin()
+    running.watch.begin({})
     running.watch.tend()  # the tail starts here, at the end of the file
     assert running.admin.calls == []
     running.log(
@@ -211,7 +211,7 @@ def test_access_log_lines_written_after_begin_count_from_the_first_turn(
 ) -> None:
     running = watched(canary=10)
     running.log(answered("model_crystal_sklearn", 200))  # a previous launcher's
-    running.watch.begin()
+    running.watch.begin({})
     running.log(*[answered("model_crystal_sklearn__candidate", 500)] * 5)
     running.watch.tend()
     assert running.watch.status()[MODEL]["candidate"]["requests_total"] == 5
@@ -219,7 +219,7 @@ def test_access_log_lines_written_after_begin_count_from_the_first_turn(
 
 def test_a_rollback_envoy_did_not_take_is_kept_and_sent_again(watched: Callable[..., Watched]) -> None:
     running = watched(canary=20)
-    running.watch.begin()
+    running.watch.begin({})
     running.admin.failures = 1
     for _ in range(5):
         running.watch.record_pair(pair(candidate_status=500))
@@ -239,7 +239,7 @@ def test_a_rolled_back_candidate_is_judged_afresh_once_given_traffic_again(
     watched: Callable[..., Watched],
 ) -> None:
     running = watched(shadow=50)
-    running.watch.begin()
+    running.watch.begin({})
     for _ in range(5):
         running.watch.record_pair(pair(candidate_status=500))
     running.watch.tend()
@@ -257,7 +257,7 @@ def test_a_rolled_back_candidate_is_judged_afresh_once_given_traffic_again(
 
 def test_compared_pairs_give_the_agreement(watched: Callable[..., Watched]) -> None:
     running = watched(shadow=50)
-    running.watch.begin()
+    running.watch.begin({})
     running.watch.record_pair(pair(comparison=Comparison(items=4, agreeing=3, largest_score_difference=0.02)))
     running.watch.record_pair(pair(comparison=Comparison(items=4, agreeing=4, largest_score_difference=0.01)))
     running.watch.record_pair(PairResult(MODEL, 200, 0.01, 200, 0.01, None, "the answers hold other fields"))
@@ -279,7 +279,7 @@ def test_agreement_below_the_minimum_rolls_back(tmp_path: Path) -> None:
     catalogue = candidate_catalogue(tmp_path, traffic={"shadow": 100, "rollback": rollback})
     admin = FakeAdmin()
     watch = TrafficWatch(catalogue, tmp_path, tmp_path / "access.log", admin)
-    watch.begin()
+    watch.begin({})
     for _ in range(5):
         watch.record_pair(pair(comparison=Comparison(items=4, agreeing=3)))
     watch.tend()
@@ -291,8 +291,96 @@ def test_agreement_below_the_minimum_rolls_back(tmp_path: Path) -> None:
 def test_without_a_candidate_the_watch_does_nothing(tmp_path: Path) -> None:
     admin = FakeAdmin()
     watch = TrafficWatch(Catalogue.load(), tmp_path, tmp_path / "access.log", admin)
-    watch.begin()
+    watch.begin({})
     watch.tend()
     assert not watch.active and not watch.status() and not watch.exposition()
     assert not (tmp_path / TRAFFIC_FILE).exists() and not admin.calls
     assert catalogue_shares(Catalogue.load()) == {}
+
+
+def test_a_loading_candidate_gets_no_traffic_until_ready_and_is_rolled_back_after_its_grace(
+    watched: Callable[..., Watched],
+) -> None:
+    running = watched(canary=30, shadow=20)
+    running.watch.begin({})
+    states = {"crystal_sklearn__candidate": "no ready worker (STARTING)"}
+    running.watch.hold_loading(states.__getitem__, grace_s=60)
+    held = running.watch.shares()[MODEL]
+    assert (held.canary, held.shadow) == (0, 0) and running.watch.status()[MODEL]["loading"]
+    for _ in range(6):  # what a loading candidate answers is never judged
+        running.watch.record_pair(pair(candidate_status=503))
+    running.watch.tend()
+    assert running.admin.calls[-1] == ("POST", BOTH_OFF) and running.shares()["rolled_back"] is None
+    states["crystal_sklearn__candidate"] = "ready"
+    running.watch.tend()
+    assert running.watch.shares()[MODEL].canary == 30 and "loading" not in running.watch.status()[MODEL]
+    assert running.admin.calls[-1][1].startswith("/runtime_modify?modelserver.canary.crystal_sklearn=30")
+    running.watch.hold_loading(lambda _: "no ready worker (STARTING)", grace_s=0)
+    running.watch.tend()
+    assert "is not ready: no ready worker" in running.shares()["rolled_back"]
+    assert running.admin.calls[-1] == ("POST", BOTH_OFF)
+
+
+def test_a_candidate_not_served_starts_rolled_back_and_gets_no_traffic(
+    watched: Callable[..., Watched],
+) -> None:
+    running = watched(canary=30)
+    running.watch.begin({MODEL: "no source: set CRYSTAL_SKLEARN_CANDIDATE"})
+    assert running.shares()["canary"] == 0
+    assert (
+        running.shares()["rolled_back"]
+        == "the candidate is not served: no source: set CRYSTAL_SKLEARN_CANDIDATE"
+    )
+    with shares_lock(running.runtime_dir):  # an operator's share cannot reach it either
+        write_shares(running.runtime_dir, {MODEL: Shares(canary=50).changed("operator")})
+    assert running.watch.shares()[MODEL].canary == 0 and running.watch.status()[MODEL]["canary"] == 0
+
+
+def test_without_candidates_an_earlier_runs_shares_file_goes(tmp_path: Path) -> None:
+    runtime_dir = tmp_path / "run"
+    runtime_dir.mkdir()
+    (runtime_dir / TRAFFIC_FILE).write_text('{"crystal_sklearn": {"canary": 10}}', encoding="utf-8")
+    TrafficWatch(Catalogue.load(), runtime_dir, runtime_dir / "access.log", FakeAdmin()).begin({})
+    assert not (runtime_dir / TRAFFIC_FILE).exists()
+
+
+def test_a_rollback_judged_on_shares_an_operator_changed_since_is_dropped(
+    watched: Callable[..., Watched],
+) -> None:
+    running = watched(shadow=50)
+    running.watch.begin({})
+    judged = read_shares(running.runtime_dir, running.catalogue)[MODEL]
+    with shares_lock(running.runtime_dir):  # the operator promotes it meanwhile
+        write_shares(running.runtime_dir, {MODEL: Shares(canary=100, promoted=True).changed("operator")})
+    running.watch.roll_back(MODEL, "candidate 5xx rate 100.0%", judged=judged)
+    assert running.shares()["promoted"] and running.shares()["rolled_back"] is None
+    assert not running.admin.calls and running.watch.status()[MODEL]["rollbacks"] == 0
+
+
+def test_a_rollback_the_folder_cannot_keep_is_still_made_in_envoy(
+    watched: Callable[..., Watched], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = watched(shadow=50)
+    running.watch.begin({})
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("modelserver.launcher.traffic.watch.write_shares", full_disk)
+    for _ in range(5):
+        running.watch.record_pair(pair(candidate_status=500))
+    running.watch.tend()
+    assert running.admin.calls == [("POST", BOTH_OFF)]
+    assert running.watch.status()[MODEL]["rolled_back"] and running.watch.shares()[MODEL].shadow == 0
+    assert running.shares()["shadow"] == 50  # the file could not be written
+
+
+def test_a_new_envoy_gets_the_shares_again(watched: Callable[..., Watched]) -> None:
+    running = watched(canary=10)
+    running.watch.begin({})
+    running.watch.tend()
+    calls = len(running.admin.calls)
+    running.watch.reapply()
+    running.watch.tend()
+    assert len(running.admin.calls) == calls + 1
+    assert running.admin.calls[-1][1].startswith("/runtime_modify?modelserver.canary.crystal_sklearn=10")

@@ -214,11 +214,11 @@ def test_a_skipped_candidate_gets_no_share_and_its_pin_answers_503_why(catalogue
 
 def test_the_shares_given_are_the_runtime_values_of_the_static_layer(catalogue: Catalogue) -> None:
     table = RouteTable(catalogue, {}, shares={PRIMARY: Shares(canary=25, shadow=10)})
-    assert table.runtime_values() == {CANARY_KEY: 25, SHADOW_KEY: 10}
+    assert table.runtime_values() == {CANARY_KEY: 25, SHADOW_KEY: 33}  # 10% of the primary's 75%
     config = envoy_config(LaunchSettings(), "t", table)
     assert config["layered_runtime"] == {
         "layers": [
-            {"name": "static", "static_layer": {CANARY_KEY: 25, SHADOW_KEY: 10}},
+            {"name": "static", "static_layer": {CANARY_KEY: 25, SHADOW_KEY: 33}},
             {"name": "admin", "admin_layer": {}},
         ]
     }
@@ -226,7 +226,7 @@ def test_the_shares_given_are_the_runtime_values_of_the_static_layer(catalogue: 
 
 def test_without_shares_given_the_catalogues_policy_is_the_runtime(tmp_path: Path) -> None:
     table = RouteTable(candidate_catalogue(tmp_path, traffic={"canary": 10, "shadow": 5}), {})
-    assert table.runtime_values() == {CANARY_KEY: 10, SHADOW_KEY: 5}
+    assert table.runtime_values() == {CANARY_KEY: 10, SHADOW_KEY: 14}  # 5% of the primary's 90%
     assert not RouteTable(Catalogue.load(), {}).runtime_values()
 
 

@@ -302,6 +302,12 @@ class RouteTable:
         candidate = self._catalogue.candidates().get(name)
         return [candidate] if candidate is not None else []
 
+    def generic_timeout_s(self, name: str) -> float:
+        """How long a generic route of `name` waits for an answer: the longest TorchServe
+        response timeout of its versions, plus a margin."""
+        versions = [self._catalogue.models[name], *self._candidate_of(name)]
+        return max(version.torchserve.responseTimeout for version in versions) + GENERIC_MARGIN_S
+
     def body_limit(self, name: str) -> int:
         """The body limit of a model's routes: what its kind's limits need, at most
         BODY_LIMIT_BYTES."""
@@ -367,7 +373,7 @@ class RouteTable:
                 routes += self._served(match, spec.model, spec.timeout_s, self._plain(spec))
         # The generic path, per model: its own idle timeout (TorchServe's, plus a margin).
         for name, entry in sorted(self._catalogue.models.items()):
-            timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
+            timeout = self.generic_timeout_s(name)
             match = {"path": f"/predictions/{name}", "headers": POST}
             routes += self._served(match, name, timeout, self._plain(None))
             if entry.candidate is not None:
@@ -398,7 +404,7 @@ class RouteTable:
         for name, entry in sorted(self._catalogue.models.items()):
             if KINDS[entry.kind].open_inference is None:
                 continue
-            timeout = entry.torchserve.responseTimeout + GENERIC_MARGIN_S
+            timeout = self.generic_timeout_s(name)
             # The version in the path is the protocol's own (always the primary); without one, the
             # request is shared with a candidate like any other (never mirrored: the comparer
             # reads the kinds' own answers, not tensors).

@@ -127,10 +127,19 @@ def write_shares(runtime_dir: Path, shares: Mapping[str, Shares]) -> None:
     os.replace(temporary, target)
 
 
+def mirror_value(share: Shares) -> int:
+    """The shadow runtime value that mirrors `share.shadow` percent of the requests the primary
+    answers. Envoy draws one number per request for both the canary route and the mirror, so
+    the primary sees only the draws at or above `canary`: the mirror's threshold starts there."""
+    if share.shadow == 0:
+        return 0
+    return min(100, share.canary + round(share.shadow * (100 - share.canary) / 100))
+
+
 def runtime_values(shares: Mapping[str, Shares]) -> dict[str, int]:
     """The shares as Envoy runtime keys and values."""
     values: dict[str, int] = {}
     for model, share in sorted(shares.items()):
         values[canary_key(model)] = share.canary
-        values[shadow_key(model)] = share.shadow
+        values[shadow_key(model)] = mirror_value(share)
     return values

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         self._runtime_dir = runtime_dir
         self._admin = admin
         self._lock = threading.Lock()
+        self._reread_lock = threading.Lock()  # one reading of the shares file at a time
         self._candidates = catalogue.candidates()
         self._watches = {
             name: VersionWatch.for_policy(catalogue.models[name].traffic.rollback)
@@ -66,47 +68,90 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         self._tail = AccessLogTail(access_log)
         self._shares: dict[str, Shares] = {}
         self._file_stamp: tuple[int, int, int] | None = None
-        self._unapplied = False  # a rollback kept in the runtime folder but not yet in Envoy
+        self._unapplied = False  # shares Envoy may not have yet (a rollback, a new Envoy)
+        # Candidates that get no traffic whatever the shares say: not served (model -> why), or
+        # still loading (model -> when it is given up on).
+        self._unserved: dict[str, str] = {}
+        self._loading: dict[str, float] = {}
+        self._loading_status: Callable[[str], str] = lambda _: "ready"
 
     @property
     def active(self) -> bool:
         """Whether any model has a candidate to watch."""
         return bool(self._candidates)
 
-    def begin(self) -> None:
+    def begin(self, unserved: Mapping[str, str]) -> None:
         """A new launcher starts from the catalogue's policy (written down for the `traffic`
-        command and for every Envoy this launcher starts)."""
+        command and for every Envoy this launcher starts); a candidate not served (`unserved`:
+        model -> why) starts rolled back. Without candidates, an earlier run's file goes."""
         if not self.active:
+            (self._runtime_dir / TRAFFIC_FILE).unlink(missing_ok=True)
             return
+        self._unserved = {name: why for name, why in unserved.items() if name in self._candidates}
+        shares = catalogue_shares(self._catalogue)
+        for name, why in self._unserved.items():
+            shares[name] = shares[name].changed(
+                "launcher", canary=0, shadow=0, rolled_back=f"the candidate is not served: {why}"
+            )
         with shares_lock(self._runtime_dir):
-            write_shares(self._runtime_dir, catalogue_shares(self._catalogue))
+            write_shares(self._runtime_dir, shares)
         self._reread()
         self._tail.read()  # from here on: an earlier run's requests are not this one's
 
+    def hold_loading(self, status: Callable[[str], str], grace_s: float) -> None:
+        """Give no traffic to the served candidates until `status(<candidate>)` says "ready";
+        one not ready within `grace_s` is rolled back (at start, and after TorchServe restarts,
+        so a candidate still loading is never judged on the errors of its loading)."""
+        deadline = time.monotonic() + grace_s
+        self._loading_status = status
+        with self._lock:
+            self._loading = {name: deadline for name in self._candidates if name not in self._unserved}
+        self._unapplied = True
+
+    def reapply(self) -> None:
+        """A new Envoy runs: give it the shares now (a change made while it started reached
+        the one before it)."""
+        self._unapplied = True
+
     def shares(self) -> dict[str, Shares]:
-        """The shares now, as the runtime folder holds them (what a new Envoy starts with)."""
+        """The shares Envoy gets now: the runtime folder's, none for a candidate that is not
+        served or still loading."""
         self._reread()
         with self._lock:
-            return dict(self._shares)
+            return self._effective(self._shares)
+
+    def _effective(self, shares: Mapping[str, Shares]) -> dict[str, Shares]:
+        held = set(self._unserved) | set(self._loading)
+        return {
+            name: replace(share, canary=0, shadow=0) if name in held else share
+            for name, share in shares.items()
+        }
 
     def _reread(self) -> None:
         """Take the runtime folder's shares if they changed (the `traffic` command wrote them).
-        The windows stay: what the candidate answered before a change is still its own record."""
-        try:
-            stat = (self._runtime_dir / TRAFFIC_FILE).stat()
-            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each write is a new file
-        except OSError:
-            stamp = None
-        if stamp == self._file_stamp and self._shares:
-            return
-        shares = read_shares(self._runtime_dir, self._catalogue)
-        with self._lock:
-            self._shares, self._file_stamp = shares, stamp
+        A candidate given traffic again after none is judged afresh, on empty windows. Called
+        before anything is recorded, so what is recorded after a change counts under it."""
+        with self._reread_lock:
+            try:
+                stat = (self._runtime_dir / TRAFFIC_FILE).stat()
+                stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each write is a new file
+            except OSError:
+                stamp = None
+            if stamp == self._file_stamp and self._shares:
+                return
+            shares = read_shares(self._runtime_dir, self._catalogue)
+            with self._lock:
+                for name, share in shares.items():
+                    before = self._shares.get(name)
+                    if share.watched and (before is None or not before.watched):
+                        self._watches[name].clear()
+                self._shares, self._file_stamp = shares, stamp
 
     def tend(self) -> None:
         """Read what was answered since the last turn, and roll back what breaks its bounds."""
         if not self.active:
             return
+        self._settle()
         self._apply()
         self._reread()
         for record in self._tail.read():
@@ -119,39 +164,70 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         for name in self._candidates:
             self._judge(name)
 
+    def _settle(self) -> None:
+        """Release the candidates that are ready; roll back those past their grace."""
+        for name, deadline in sorted(self._loading.items()):
+            status = self._loading_status(self._candidates[name].name)
+            if status == "ready":
+                with self._lock:
+                    self._loading.pop(name, None)
+                    self._watches[name].clear()  # what it answered while loading is not judged
+                self._unapplied = True
+                log.info("%s's candidate is ready: it gets its traffic shares", name)
+            elif time.monotonic() > deadline:
+                with self._lock:
+                    self._loading.pop(name, None)
+                self.roll_back(name, f"the candidate {self._candidates[name].name} is not ready: {status}")
+
     def _judge(self, name: str) -> None:
         with self._lock:
             share = self._shares.get(name)
-            if share is None or not share.watched:
+            if share is None or not share.watched or name in self._loading or name in self._unserved:
                 return
             reason = self._watches[name].reason(self._catalogue.models[name].traffic.rollback)
         if reason is not None:
-            self.roll_back(name, reason)
+            self.roll_back(name, reason, judged=share)
 
-    def roll_back(self, name: str, reason: str, apply: bool = True) -> None:
+    def roll_back(self, name: str, reason: str, judged: Shares | None = None) -> None:
         """Every request of `name` to its primary again, now, and why: kept in the runtime
-        folder first (an Envoy started later begins rolled back), then set in Envoy (unless
-        `apply` is False: none runs yet)."""
+        folder, then set in Envoy. A rollback judged on shares an operator has changed since is
+        dropped (their change wins); one the folder cannot keep (a full disk) is still made."""
         with shares_lock(self._runtime_dir):
             shares = read_shares(self._runtime_dir, self._catalogue)
+            if judged is not None and shares[name] != judged:
+                return
             shares[name] = shares[name].changed(
                 "launcher", canary=0, shadow=0, rolled_back=reason, promoted=False
             )
-            write_shares(self._runtime_dir, shares)
+            try:
+                write_shares(self._runtime_dir, shares)
+            except OSError as error:
+                log.error("cannot keep %s's rollback in %s: %s", name, TRAFFIC_FILE, error)
+            with self._lock:
+                self._shares = shares
+                self._rollbacks[name] += 1
+                self._watches[name].clear()  # judged afresh once the operator sends it traffic again
+            self._unapplied = True
+            self._apply_locked()
         log.warning("%s rolled back to its primary version: %s", name, reason)
-        with self._lock:
-            self._rollbacks[name] += 1
-            self._watches[name].clear()  # judged afresh once the operator sends it traffic again
-        self._unapplied = self._unapplied or apply
-        self._apply()
-        self._reread()
 
     def _apply(self) -> None:
-        """Set the runtime folder's shares in Envoy, if a change is not there yet."""
+        """Set the shares in Envoy, if a change may not be there yet (under the lock the
+        `traffic` command takes: neither undoes the other's change in Envoy)."""
         if not self._unapplied:
             return
         try:
-            apply_to_envoy(self._admin, read_shares(self._runtime_dir, self._catalogue))
+            with shares_lock(self._runtime_dir):
+                self._reread()
+                self._apply_locked()
+        except OSError as error:
+            log.error("could not set the traffic shares in Envoy (retrying): %s", error)
+
+    def _apply_locked(self) -> None:
+        with self._lock:
+            shares = self._effective(self._shares)
+        try:
+            apply_to_envoy(self._admin, shares)
         except OSError as error:
             log.error("could not set the traffic shares in Envoy (retrying): %s", error)
             return
@@ -160,6 +236,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
     def record_pair(self, pair: PairResult) -> None:
         """A shadow pair the comparer finished: both versions' outcomes, and their comparison."""
         name = pair.model
+        self._reread()
         with self._lock:
             watch = self._watches.get(name)
             if watch is None:
@@ -187,7 +264,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
         with self._lock:
             for name, candidate in self._candidates.items():
                 entry = self._catalogue.models[name]
-                share = self._shares.get(name, Shares())
+                share = self._effective(self._shares).get(name, Shares())
                 watch = self._watches[name]
                 found[name] = {
                     "primary": {"version": entry.version, **_window(watch.primary)},
@@ -200,6 +277,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
                     "largest_score_difference": _rounded(watch.agreement.largest_score_difference()),
                     "top_k_overlap": _rounded(watch.agreement.top_k_overlap()),
                     "rollbacks": self._rollbacks[name],
+                    **({"loading": True} if name in self._loading else {}),
                 }
         return found
 
@@ -270,7 +348,7 @@ def exposition_of(status: Mapping[str, Any]) -> str:
             _family(
                 "modelserver_traffic_rolled_back",
                 "gauge",
-                "1 while a model is rolled back to its primary by the rollback policy.",
+                "1 while a model is rolled back to its primary (policy, operator or candidate state).",
                 [(labels, float(model["rolled_back"] is not None)) for labels, model in models],
             ),
             _family(
