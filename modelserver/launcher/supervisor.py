@@ -176,7 +176,7 @@ class Supervisor:  # pylint: disable=too-many-instance-attributes
             self._model_status,
             self._served.skipped,
             trained_on=self._served.trained_on,
-            traffic=traffic.status if traffic.active else None,
+            traffic=traffic.summary if traffic.active else None,
             optional={entry.name for entry in self._catalogue.candidates().values()},
         )
         if self.stopping():

@@ -110,8 +110,8 @@ def traffic(stack: Launcher, model: str, **change: object) -> dict[str, Any]:
 
 
 def status(stack: Launcher, model: str) -> dict[str, Any]:
-    """The model's entry of GET /traffic."""
-    response = requests.get(f"{stack.url}/traffic", timeout=10)
+    """The model's entry of GET /traffic (on the operations port)."""
+    response = requests.get(f"http://127.0.0.1:{stack.ports.prometheus}/traffic", timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json()["models"][model])
 
@@ -155,6 +155,8 @@ def test_every_answer_names_its_version_and_a_client_may_pin_one(upgrades: Launc
 def test_an_unknown_version_or_the_candidates_own_name_is_a_json_404(upgrades: Launcher) -> None:
     body = check_json_error(ask(upgrades, AGREEING_ROWS, **{VERSION_HEADER: "3"}), 404, ErrorType.NOT_FOUND)
     assert "1, 2" in body["error"] and VERSION_HEADER in body["error"]
+    # Per-model traffic figures stay off the public port, as /metrics does.
+    check_json_error(requests.get(f"{upgrades.url}/traffic", timeout=10), 404)
     hidden = post(upgrades, "/predictions/crystal_sklearn__candidate", {"crystalData": AGREEING_ROWS})
     assert VERSION_HEADER in check_json_error(hidden, 404)["error"]
 
@@ -233,11 +235,8 @@ def test_shadow_agreement_matches_the_known_disagreement_rate(upgrades: Launcher
     assert now["rolled_back"] is None and now["candidate"]["error_rate"] == 0.0
     metrics = fresh_metrics(upgrades)
     assert 'modelserver_shadow_agreement_ratio{model="crystal_sklearn"} 0.75' in metrics
-    health = requests.get(upgrades.health_url, timeout=10).json()
-    assert health["traffic"]["crystal_sklearn"]["shadow"] == 100, (
-        health["traffic"]["crystal_sklearn"],
-        status(upgrades, "crystal_sklearn"),
-    )
+    health = requests.get(upgrades.health_url, timeout=10).json()["traffic"]["crystal_sklearn"]
+    assert health["versions"] == ["1", "2"] and health["shadow"] == 100 and health["agreement"] == 0.75
     traffic(upgrades, "crystal_sklearn", shadow=0)
 
 

@@ -597,7 +597,11 @@ def test_the_operations_port_has_a_connection_budget_of_its_own() -> None:
     assert limit["typed_config"]["max_connections"] == config.OPERATIONS_CONNECTIONS
     routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     clusters = {r["match"].get("path"): r["route"]["cluster"] for r in routes if "route" in r}
-    assert clusters == {"/metrics": config.METRICS_CLUSTER, "/healthcheck": HEALTH_CLUSTER}
+    assert clusters == {
+        "/metrics": config.METRICS_CLUSTER,
+        "/healthcheck": HEALTH_CLUSTER,
+        "/traffic": config.METRICS_CLUSTER,
+    }
 
 
 def test_memory_pressure_resets_big_streams_and_its_refusals_are_ours() -> None:

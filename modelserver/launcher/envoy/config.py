@@ -56,7 +56,9 @@ PUBLIC_LISTENER = "public"  # also the stat prefix: http.public.* in Envoy's sta
 # public port's budget (`--max-connections`) and bounded by a budget of their own, so a crowd
 # that fills the public port never makes a replica fail its probes.
 PROMETHEUS_LISTENER = "prometheus"
-OPERATIONS_ONLY = "this port serves GET /metrics (Prometheus text) and GET /healthcheck only"
+OPERATIONS_ONLY = (
+    "this port serves GET /metrics (Prometheus text), GET /healthcheck and GET /traffic (JSON) only"
+)
 # Scrapers and probes use a few; a 128-client crowd on /metrics gets the cluster's 503s, not closes.
 OPERATIONS_CONNECTIONS = 256
 HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes this way
@@ -65,8 +67,8 @@ HEALTH_CLUSTER = "health"  # the launcher's own server: /healthcheck alone goes 
 # "at capacity" with Retry-After at once, so /healthcheck never queues behind a crowd on one of
 # them. The launcher serves each group for at most that many requests at once too (loopback
 # callers; modelserver/launcher/pages/health.py keeps threads for /healthcheck beyond them all).
-METRICS_CLUSTER = "metrics"  # GET /metrics (the Prometheus listener)
-DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files, /traffic
+METRICS_CLUSTER = "metrics"  # GET /metrics and GET /traffic (the Prometheus listener)
+DOCUMENTS_CLUSTER = "documents"  # /openapi.json, /docs and its files
 OPEN_INFERENCE_PAGES_CLUSTER = "v2_pages"  # /v2 health and metadata
 METRICS_READERS = DOCUMENT_READERS = OPEN_INFERENCE_READERS = 2
 
@@ -130,8 +132,8 @@ GENERIC_PATH = r"^/predictions/[A-Za-z0-9_.-]+$"
 # /docs and its Swagger UI files (/docs/swagger-ui.css, ...): one file name with an extension,
 # never a dot segment nor a deeper path.
 DOCS_PATHS = r"docs(/[A-Za-z0-9_-]+(\.[A-Za-z0-9]+)+)?"
-LAUNCHER_PAGES = rf"^/(openapi\.json|traffic|{DOCS_PATHS})$"
-GET_PAGES = rf"^/(healthcheck|openapi\.json|traffic|{DOCS_PATHS})$"
+LAUNCHER_PAGES = rf"^/(openapi\.json|{DOCS_PATHS})$"
+GET_PAGES = rf"^/(healthcheck|openapi\.json|{DOCS_PATHS})$"
 # Headers no handler reads, dropped before TorchServe: each one costs the Java frontend and the
 # Python worker per request (docs/BENCHMARKS.md, "Request headers").
 UNREAD_HEADERS = ["user-agent", "accept", "accept-encoding", "x-forwarded-proto", "x-envoy-original-path"]
@@ -671,8 +673,14 @@ def prometheus_listener(settings: LaunchSettings) -> dict[str, Any]:
             "match": {"path": "/healthcheck", "headers": _method_is("GET")},
             "route": {"cluster": HEALTH_CLUSTER, "timeout": "5s"},
         },
+        # Each model's candidate: shares, error rates, latencies, agreement (per-model traffic
+        # figures, like /metrics: never on the public port).
         {
-            "match": {"safe_regex": {"regex": "^/(metrics|healthcheck)$"}},
+            "match": {"path": "/traffic", "headers": _method_is("GET")},
+            "route": {"cluster": METRICS_CLUSTER, "timeout": "5s"},
+        },
+        {
+            "match": {"safe_regex": {"regex": "^/(metrics|healthcheck|traffic)$"}},
             **direct(405, "method not allowed; use GET", allow="GET"),
         },
         {"match": {"prefix": "/"}, **direct(404, OPERATIONS_ONLY)},

@@ -52,10 +52,10 @@ def loopback_pages(
     envoy_stats: Source,
     traffic: TrafficWatch | None = None,
 ) -> Pages:
-    """What the loopback health server answers besides /healthcheck: the API's documents and
-    /traffic (for at most DOCUMENT_READERS requests at once) and /metrics (TorchServe's,
-    Envoy's and the launcher's series in one scrape, shared for about a second, and made for
-    at most METRICS_READERS requests at once)."""
+    """What the loopback health server answers besides /healthcheck: the API's documents (for
+    at most DOCUMENT_READERS requests at once), /metrics (TorchServe's, Envoy's and the
+    launcher's series in one scrape, shared for about a second) and /traffic, each made for at
+    most METRICS_READERS requests at once."""
     sources: dict[str, Source] = {
         "torchserve": http_source(f"http://127.0.0.1:{torchserve_metrics_port}/metrics"),
         "envoy": envoy_stats,
@@ -66,9 +66,8 @@ def loopback_pages(
     shared = CachedScrape(scraper.scrape)
     documents = ReaderLimit("the API's documents", DOCUMENT_READERS)
     return {
-        **documents.pages(
-            {**static_pages(api_documents(catalogue)), "/traffic": lambda: traffic_page(traffic)}
-        ),
+        **documents.pages(static_pages(api_documents(catalogue))),
+        "/traffic": limited("/traffic", lambda: traffic_page(traffic), METRICS_READERS),
         "/metrics": limited("/metrics", lambda: (METRICS_CONTENT_TYPE, shared()), METRICS_READERS),
     }
 

@@ -259,7 +259,7 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
                 self._pairs[name]["skipped"] += 1
 
     def status(self) -> dict[str, Any]:
-        """Each candidate's policy and how it is doing, for /healthcheck and /traffic."""
+        """Each candidate's policy and how it is doing, for /traffic and /metrics."""
         found: dict[str, Any] = {}
         with self._lock:
             for name, candidate in self._candidates.items():
@@ -280,6 +280,18 @@ class TrafficWatch:  # pylint: disable=too-many-instance-attributes
                     **({"loading": True} if name in self._loading else {}),
                 }
         return found
+
+    def summary(self) -> dict[str, Any]:
+        """Each candidate's policy and running agreement, for /healthcheck (the figures are on
+        the operations port: /traffic, /metrics)."""
+        kept = ("canary", "shadow", "promoted", "rolled_back", "agreement")
+        return {
+            name: {
+                "versions": [model["primary"]["version"], model["candidate"]["version"]],
+                **{key: model[key] for key in kept},
+            }
+            for name, model in self.status().items()
+        }
 
     def exposition(self) -> str:
         """The watch as Prometheus text (`modelserver_traffic_*`, `modelserver_version_*`,
